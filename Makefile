@@ -1,0 +1,60 @@
+# The README's two commands are `make demo` and `make test`; everything else here serves them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Every target that runs Airflow or a client first points it at the local stack.
+LOCAL_ENV := . scripts/local-env.sh &&
+STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-16)
+
+.PHONY: help install lock stack-start stack-stop stack-status airflow-db demo test test-unit clean
+
+help:
+	@echo "make demo          run the whole pipeline on generated data against the local stack"
+	@echo "make test          run the test suite (unit, integration on the real stack, DAG tests)"
+	@echo "make stack-start   start Kafka, the Schema Registry and the S3 endpoint (idempotent)"
+	@echo "make stack-status  show what runs where, and where its log is"
+	@echo "make stack-stop    stop the local stack"
+	@echo "make install       create .venv and install the pinned requirements"
+	@echo "make lock          re-resolve requirements.in into requirements.txt"
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -r requirements.in
+	{ echo "# The resolved lock of requirements.in for Python 3.11 on Linux: every package that gets installed,"; \
+	  echo "# pinned. Regenerate with \`make lock\`; install with \`make install\`."; \
+	  .lock-venv/bin/pip freeze --all --exclude pip --exclude setuptools --exclude wheel; } > requirements.txt
+	rm -rf .lock-venv
+
+stack-start: install
+	$(PY) -m devstack start
+
+stack-stop:
+	$(PY) -m devstack stop
+
+stack-status:
+	$(PY) -m devstack status
+
+airflow-db: install
+	@$(LOCAL_ENV) mkdir -p "$$AIRFLOW_HOME" && $(VENV)/bin/airflow db migrate > "$$AIRFLOW_HOME/db-migrate.log" 2>&1 \
+	  || { echo "airflow db migrate failed; see $$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+
+demo: stack-start airflow-db
+	@$(LOCAL_ENV) $(PY) -m scripts.demo
+
+test: stack-start
+	@$(LOCAL_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	@$(LOCAL_ENV) $(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+clean: stack-stop
+	rm -rf .devstack .airflow

@@ -1,0 +1,68 @@
+"""Checks that a service really answers, not only that its port is open."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import urllib.error
+import urllib.request
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts connections on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def kafka_answers(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> bool:
+    """Send a Kafka ApiVersions request (v0) and expect error code 0 back.
+
+    This is the first request every Kafka client sends; a broker that answers it is serving the
+    protocol, which a bare TCP connect to a still-starting broker does not prove.
+    """
+    client_id = b"devstack"
+    correlation_id = 7
+    # Request header v1: api_key=18 (ApiVersions), api_version=0, correlation_id, client_id.
+    header = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(struct.pack(">i", len(header)) + header)
+            size_bytes = _recv_exact(sock, 4)
+            (size,) = struct.unpack(">i", size_bytes)
+            body = _recv_exact(sock, size)
+    except (OSError, ConnectionError):
+        return False
+    got_correlation, error_code = struct.unpack(">ih", body[:6])
+    return got_correlation == correlation_id and error_code == 0
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            raise ConnectionError("connection closed mid-response")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def http_json(url: str, timeout: float = 2.0):
+    """GET url and return its JSON body, or None when it does not answer with 200 and JSON."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            if response.status != 200:
+                return None
+            return json.loads(response.read() or b"null")
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True when GET url answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False

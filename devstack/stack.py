@@ -1,0 +1,557 @@
+"""Start, stop and report the local services, each a process with a pid file and a log."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack import probes
+from devstack.javas import describe_available, find_java
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEVSTACK_DIR = Path(__file__).resolve().parent
+
+
+class StackError(RuntimeError):
+    """A service cannot start or stop; the message is one sentence that says what and where."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise StackError(f"{name}={raw!r} is not a port number") from None
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Where the stack lives and listens; every value can be overridden from the environment."""
+
+    home: Path = field(
+        default_factory=lambda: Path(os.environ.get("DEVSTACK_HOME") or PROJECT_ROOT / ".devstack")
+    )
+    host: str = "127.0.0.1"
+    kafka_port: int = field(default_factory=lambda: _env_int("KAFKA_PORT", 9092))
+    kafka_controller_port: int = field(
+        default_factory=lambda: _env_int("KAFKA_CONTROLLER_PORT", 9093)
+    )
+    registry_port: int = field(default_factory=lambda: _env_int("SCHEMA_REGISTRY_PORT", 8081))
+    registry_management_port: int = field(
+        default_factory=lambda: _env_int("SCHEMA_REGISTRY_MANAGEMENT_PORT", 8091)
+    )
+    s3_port: int = field(default_factory=lambda: _env_int("S3_PORT", 9000))
+    kafka_heap: str = field(default_factory=lambda: os.environ.get("KAFKA_HEAP", "1g"))
+    registry_heap: str = field(default_factory=lambda: os.environ.get("SCHEMA_REGISTRY_HEAP", "512m"))
+    # The jars cache is shared by every checkout on this machine unless told otherwise, so a
+    # fresh clone starts without fetching again.
+    cache: Path = field(
+        default_factory=lambda: Path(
+            os.environ.get("DEVSTACK_CACHE") or Path.home() / ".cache" / "avazu-kafka-devstack"
+        )
+    )
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run(self) -> Path:
+        return self.home / "run"
+
+
+def _pom_property(pom: Path, name: str) -> str:
+    match = re.search(rf"<{re.escape(name)}>([^<]+)</{re.escape(name)}>", pom.read_text())
+    if not match:
+        raise StackError(f"{pom} does not declare <{name}>")
+    return match.group(1).strip()
+
+
+def _maven_fetch(pom: Path, target: Path, log: Path, what: str) -> None:
+    """Resolve the pom's dependencies through Maven and copy them into target (once)."""
+    done = target / ".complete"
+    if done.exists():
+        return
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise StackError(
+            f"Maven (mvn) is needed to fetch {what} from Maven Central but is not on PATH; "
+            "install it (apt-get install maven)"
+        )
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"  fetching {what} through Maven (first start only) ...", flush=True)
+    with log.open("w") as out:
+        result = subprocess.run(
+            [mvn, "-B", "-f", str(pom), "dependency:copy-dependencies",
+             f"-DoutputDirectory={target}"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=pom.parent,
+        )
+    if result.returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        raise StackError(f"fetching {what} with mvn failed (exit {result.returncode}); see {log}")
+    done.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+class Service:
+    """One local process: how to prepare it, start it and tell that it answers."""
+
+    name = ""
+    start_timeout = 60.0
+
+    def __init__(self, settings: StackSettings):
+        self.settings = settings
+
+    # What each service provides.
+    def ports(self) -> list[int]:
+        raise NotImplementedError
+
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Fetch and set up what the process needs; cheap when already done."""
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        raise NotImplementedError
+
+    # Shared process handling.
+    @property
+    def log(self) -> Path:
+        return self.settings.logs / f"{self.name}.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.settings.run / f"{self.name}.pid"
+
+    @property
+    def marker(self) -> bytes:
+        """An environment entry that tells our process apart from any other (and from a recycled pid)."""
+        return f"DEVSTACK_SERVICE={self.name}@{self.settings.home}".encode()
+
+    def pid(self) -> int | None:
+        """The pid of our process when it is alive, else None (and a stale pid file is removed)."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+        except (OSError, ValueError):
+            self.pidfile.unlink(missing_ok=True)
+            return None
+        if state == "Z" or self.marker not in environ.split(b"\0"):
+            self.pidfile.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def spawn(self) -> int:
+        for port in self.ports():
+            if probes.port_in_use(port, self.settings.host):
+                raise StackError(
+                    f"port {port} for {self.name} is already in use by a process devstack did not "
+                    f"start; stop that process or choose another port ({self._port_hint(port)})"
+                )
+        self.prepare()
+        argv, extra_env = self.command()
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        marker_key, marker_value = self.marker.decode().split("=", 1)
+        env = {**os.environ, **extra_env, marker_key: marker_value}
+        with self.log.open("ab") as out:
+            out.write(f"\n--- devstack start {time.ctime()}: {' '.join(argv)}\n".encode())
+            out.flush()
+            process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, cwd=self.settings.home, start_new_session=True,
+            )
+        self.pidfile.write_text(str(process.pid))
+        self._process = process
+        return process.pid
+
+    def _port_hint(self, port: int) -> str:
+        return "see `python -m devstack env --help`"
+
+    def wait_until_answers(self, deadline: float) -> None:
+        process = getattr(self, "_process", None)
+        while time.monotonic() < deadline:
+            if self.answers():
+                return
+            if process is not None and process.poll() is not None:
+                self.pidfile.unlink(missing_ok=True)
+                raise StackError(
+                    f"{self.name} exited during start-up (exit code {process.returncode}); "
+                    f"see {self.log}"
+                )
+            if process is None and self.pid() is None:
+                raise StackError(f"{self.name} stopped during start-up; see {self.log}")
+            time.sleep(0.5)
+        raise StackError(
+            f"{self.name} did not answer on {self.endpoint()} within {self.start_timeout:.0f} s; "
+            f"see {self.log}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop our process (TERM, then KILL after timeout). False when it was not running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._alive(pid):
+            time.sleep(0.2)
+        if self._alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.pidfile.unlink(missing_ok=True)
+        return True
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+        except OSError:
+            return False
+        return state != "Z"
+
+
+class KafkaBroker(Service):
+    """Apache Kafka, one node acting as broker and KRaft controller."""
+
+    name = "kafka"
+    start_timeout = 90.0
+    pom = DEVSTACK_DIR / "kafka" / "pom.xml"
+
+    @property
+    def version(self) -> str:
+        return _pom_property(self.pom, "kafka.version")
+
+    @property
+    def libs(self) -> Path:
+        return self.settings.cache / f"kafka-{self.version}" / "libs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.home / "kafka" / "data"
+
+    def ports(self) -> list[int]:
+        return [self.settings.kafka_port, self.settings.kafka_controller_port]
+
+    def endpoint(self) -> str:
+        return f"{self.settings.host}:{self.settings.kafka_port}"
+
+    def _port_hint(self, port: int) -> str:
+        return "KAFKA_PORT" if port == self.settings.kafka_port else "KAFKA_CONTROLLER_PORT"
+
+    def _java(self) -> str:
+        java = find_java(17, os.environ.get("KAFKA_JAVA_HOME"))
+        if java is None:
+            raise StackError(
+                "Kafka needs Java 17 or newer but none was found (looked at KAFKA_JAVA_HOME, "
+                f"JAVA_HOME, PATH and /usr/lib/jvm; saw {describe_available()}); "
+                "install one (apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
+            )
+        return java.path
+
+    def _write_config(self) -> Path:
+        s = self.settings
+        conf_dir = s.home / "kafka"
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        config = conf_dir / "server.properties"
+        config.write_text(
+            "\n".join(
+                [
+                    "# Written by devstack at every start; edit devstack/stack.py instead.",
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers={s.host}:{s.kafka_controller_port}",
+                    f"listeners=PLAINTEXT://{s.host}:{s.kafka_port},"
+                    f"CONTROLLER://{s.host}:{s.kafka_controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{s.host}:{s.kafka_port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={self.data_dir}",
+                    # One node: internal topics cannot have more than one replica.
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    # Topics are provisioned from the declarations, never created by a typo.
+                    "auto.create.topics.enable=false",
+                    "group.initial.rebalance.delay.ms=0",
+                    "num.partitions=1",
+                    "",
+                ]
+            )
+        )
+        log4j = conf_dir / "log4j2.properties"
+        log4j.write_text(
+            "\n".join(
+                [
+                    "rootLogger.level=INFO",
+                    "rootLogger.appenderRef.stdout.ref=STDOUT",
+                    "appender.stdout.type=Console",
+                    "appender.stdout.name=STDOUT",
+                    "appender.stdout.layout.type=PatternLayout",
+                    "appender.stdout.layout.pattern=[%d] %p %m (%c)%n",
+                    # The state-change and request loggers are very chatty at INFO.
+                    "logger.statechange.name=state.change.logger",
+                    "logger.statechange.level=WARN",
+                    "logger.kafkaController.name=kafka.controller",
+                    "logger.kafkaController.level=WARN",
+                    "",
+                ]
+            )
+        )
+        return config
+
+    def prepare(self) -> None:
+        _maven_fetch(self.pom, self.libs, self.settings.logs / "fetch-kafka.log",
+                     f"Apache Kafka {self.version}")
+        config = self._write_config()
+        if (self.data_dir / "meta.properties").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        log = self.settings.logs / "kafka-format.log"
+        with log.open("w") as out:
+            result = subprocess.run(
+                [self._java(), *self._jvm_flags(), "kafka.tools.StorageTool", "format",
+                 "--standalone", "-t", cluster_id, "-c", str(config)],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        if result.returncode != 0:
+            raise StackError(f"formatting Kafka storage in {self.data_dir} failed; see {log}")
+
+    def _jvm_flags(self) -> list[str]:
+        conf_dir = self.settings.home / "kafka"
+        return [
+            f"-Dlog4j2.configurationFile={conf_dir / 'log4j2.properties'}",
+            "-cp", f"{self.libs}/*",
+        ]
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        argv = [
+            self._java(), f"-Xms256m", f"-Xmx{self.settings.kafka_heap}",
+            "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            *self._jvm_flags(), "kafka.Kafka", str(self.settings.home / "kafka" / "server.properties"),
+        ]
+        return argv, {}
+
+    def answers(self) -> bool:
+        return probes.kafka_answers(self.settings.kafka_port, self.settings.host)
+
+
+class SchemaRegistry(Service):
+    """Apicurio Registry with its Confluent-compatible API, storing schemas in an H2 file."""
+
+    name = "schema-registry"
+    start_timeout = 150.0
+    pom = DEVSTACK_DIR / "registry" / "pom.xml"
+
+    @property
+    def version(self) -> str:
+        return _pom_property(self.pom, "apicurio.version")
+
+    @property
+    def app_dir(self) -> Path:
+        return self.settings.cache / f"apicurio-registry-{self.version}" / "app"
+
+    def ports(self) -> list[int]:
+        return [self.settings.registry_port, self.settings.registry_management_port]
+
+    def endpoint(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.registry_port}/apis/ccompat/v7"
+
+    def _port_hint(self, port: int) -> str:
+        if port == self.settings.registry_port:
+            return "SCHEMA_REGISTRY_PORT"
+        return "SCHEMA_REGISTRY_MANAGEMENT_PORT"
+
+    def _java(self) -> str:
+        java = find_java(21, os.environ.get("REGISTRY_JAVA_HOME"))
+        if java is None:
+            raise StackError(
+                f"Apicurio Registry {self.version} needs Java 21 or newer but none was found "
+                f"(saw {describe_available(os.environ.get('REGISTRY_JAVA_HOME'))}); install a "
+                "JDK 21+ and point REGISTRY_JAVA_HOME at it"
+            )
+        return java.path
+
+    def prepare(self) -> None:
+        self._java()
+        if (self.app_dir / "quarkus-run.jar").exists():
+            return
+        download = self.app_dir.parent / "download"
+        _maven_fetch(self.pom, download, self.settings.logs / "fetch-schema-registry.log",
+                     f"Apicurio Registry {self.version}")
+        tarballs = list(download.glob("*.tar.gz"))
+        if len(tarballs) != 1:
+            raise StackError(f"expected one Apicurio tarball in {download}, found {len(tarballs)}")
+        staging = self.app_dir.with_name("app.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        with tarfile.open(tarballs[0]) as tar:
+            tar.extractall(staging, filter="data")
+        staging.rename(self.app_dir)
+        # The unpacked app is all that is needed from now on.
+        shutil.rmtree(download)
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        s = self.settings
+        db = s.home / "schema-registry" / "registry"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            self._java(), f"-Xmx{s.registry_heap}", "-XX:+UseSerialGC",
+            "-jar", str(self.app_dir / "quarkus-run.jar"),
+        ]
+        env = {
+            "QUARKUS_HTTP_HOST": s.host,
+            "QUARKUS_HTTP_PORT": str(s.registry_port),
+            "QUARKUS_MANAGEMENT_HOST": s.host,
+            "QUARKUS_MANAGEMENT_PORT": str(s.registry_management_port),
+            # A file database, so schema ids stay valid for the records already in Kafka.
+            "APICURIO_DATASOURCE_URL": f"jdbc:h2:file:{db}",
+            "QUARKUS_LOG_CONSOLE_COLOR": "false",
+        }
+        return argv, env
+
+    def answers(self) -> bool:
+        return isinstance(probes.http_json(f"{self.endpoint()}/subjects"), list)
+
+
+class S3Endpoint(Service):
+    """moto's S3-compatible server (in memory: buckets go away when it stops)."""
+
+    name = "s3"
+    start_timeout = 60.0
+
+    def ports(self) -> list[int]:
+        return [self.settings.s3_port]
+
+    def endpoint(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.s3_port}"
+
+    def _port_hint(self, port: int) -> str:
+        return "S3_PORT"
+
+    def prepare(self) -> None:
+        if importlib.util.find_spec("moto") is None:
+            raise StackError(
+                f"the S3 endpoint needs moto[server], which {sys.executable} does not have; "
+                "run `make install` (or pip install -r requirements.txt)"
+            )
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-m", "moto.server", "-H", self.settings.host,
+                "-p", str(self.settings.s3_port)], {}
+
+    def answers(self) -> bool:
+        return probes.http_ok(f"{self.endpoint()}/")
+
+
+SERVICE_TYPES: dict[str, type[Service]] = {
+    cls.name: cls for cls in (KafkaBroker, SchemaRegistry, S3Endpoint)
+}
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    pid: int | None
+    answers: bool
+    endpoint: str
+    log: Path
+
+    @property
+    def state(self) -> str:
+        if self.pid and self.answers:
+            return "running"
+        if self.pid:
+            return "starting or stuck"
+        if self.answers:
+            return "answering, but not started by devstack"
+        return "stopped"
+
+
+class Stack:
+    """The set of local services, addressed by name."""
+
+    def __init__(self, settings: StackSettings | None = None):
+        self.settings = settings or StackSettings()
+        self.services = {name: cls(self.settings) for name, cls in SERVICE_TYPES.items()}
+
+    def select(self, names: list[str] | None) -> list[Service]:
+        if not names:
+            return list(self.services.values())
+        unknown = [n for n in names if n not in self.services]
+        if unknown:
+            raise StackError(
+                f"unknown service {', '.join(unknown)}; choose from {', '.join(self.services)}"
+            )
+        return [self.services[n] for n in names]
+
+    def start(self, names: list[str] | None = None, echo=print) -> list[ServiceStatus]:
+        """Start what is not running and wait until every service answers. Idempotent."""
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        waiting: list[Service] = []
+        for service in self.select(names):
+            if service.pid() is not None:
+                if service.answers():
+                    echo(f"  {service.name}: already running")
+                    continue
+                echo(f"  {service.name}: process is up, waiting for it to answer")
+            else:
+                echo(f"  {service.name}: starting")
+                service.spawn()
+            waiting.append(service)
+        for service in waiting:
+            service.wait_until_answers(time.monotonic() + service.start_timeout)
+        return self.status(names)
+
+    def stop(self, names: list[str] | None = None, echo=print) -> None:
+        for service in self.select(names):
+            if service.stop():
+                echo(f"  {service.name}: stopped")
+            else:
+                echo(f"  {service.name}: was not running")
+
+    def status(self, names: list[str] | None = None) -> list[ServiceStatus]:
+        return [
+            ServiceStatus(s.name, s.pid(), s.answers(), s.endpoint(), s.log)
+            for s in self.select(names)
+        ]
+
+    def environment(self) -> dict[str, str]:
+        """The variables that point clients at this stack."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.services["kafka"].endpoint(),
+            "SCHEMA_REGISTRY_URL": self.services["schema-registry"].endpoint(),
+            "S3_ENDPOINT_URL": self.services["s3"].endpoint(),
+        }

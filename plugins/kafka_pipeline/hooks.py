@@ -1,0 +1,89 @@
+"""Hooks: an Airflow connection in, a ready client out.
+
+``kafka_default`` follows the Kafka provider's convention (librdkafka settings as the connection's
+extra JSON); ``schema_registry_default`` holds the registry URL as its host (login and password,
+when set, become basic auth).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from airflow.providers.apache.kafka.hooks.base import KafkaBaseHook
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowException
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from include.reachability import ClusterInfo, ServiceUnreachable, check_broker, check_registry
+
+
+class KafkaClusterHook(KafkaBaseHook):
+    """One Kafka connection, handing out admin, producer and consumer clients with overrides."""
+
+    def client_config(self, **overrides: Any) -> dict[str, Any]:
+        """The connection's librdkafka settings with overrides (dots may be given as underscores)."""
+        return {**self._build_config(), **overrides}
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self.client_config())
+
+    def producer(self, **overrides: Any) -> Producer:
+        return Producer(self.client_config(**overrides))
+
+    def consumer(self, group_id: str, **overrides: Any) -> Consumer:
+        return Consumer(self.client_config(**{"group.id": group_id, **overrides}))
+
+    def ensure_reachable(self, timeout: float = 10.0) -> ClusterInfo:
+        """Fail the task with one sentence when the broker does not answer."""
+        try:
+            info = check_broker(self.client_config(), timeout,
+                                where=f"connection {self.kafka_config_id}")
+        except ServiceUnreachable as error:
+            raise AirflowException(str(error)) from None
+        self.log.info("Kafka cluster %s answers: %d broker(s), %d topic(s)",
+                      info.cluster_id, info.brokers, info.topics)
+        return info
+
+
+class SchemaRegistryHook(BaseHook):
+    """A Confluent-API Schema Registry client from an Airflow connection."""
+
+    conn_name_attr = "schema_registry_conn_id"
+    default_conn_name = "schema_registry_default"
+    conn_type = "http"
+    hook_name = "Schema Registry"
+
+    def __init__(self, schema_registry_conn_id: str = default_conn_name):
+        super().__init__()
+        self.schema_registry_conn_id = schema_registry_conn_id
+
+    @cached_property
+    def url(self) -> str:
+        conn = self.get_connection(self.schema_registry_conn_id)
+        host = conn.host or ""
+        if "://" in host:
+            return host.rstrip("/")
+        scheme = conn.schema or "http"
+        port = f":{conn.port}" if conn.port else ""
+        return f"{scheme}://{host}{port}"
+
+    def get_conn(self) -> SchemaRegistryClient:
+        conn = self.get_connection(self.schema_registry_conn_id)
+        config: dict[str, Any] = {"url": self.url}
+        if conn.login:
+            config["basic.auth.user.info"] = f"{conn.login}:{conn.password or ''}"
+        config.update(conn.extra_dejson or {})
+        return SchemaRegistryClient(config)
+
+    def ensure_reachable(self) -> list[str]:
+        """Fail the task with one sentence when the registry does not answer."""
+        try:
+            subjects = check_registry(self.get_conn(), self.url,
+                                      where=f"connection {self.schema_registry_conn_id}")
+        except ServiceUnreachable as error:
+            raise AirflowException(str(error)) from None
+        self.log.info("Schema Registry at %s answers: %d subject(s)", self.url, len(subjects))
+        return subjects

@@ -1,0 +1,34 @@
+# shellcheck shell=bash
+# Source this file to point Airflow and the clients at the local stack:
+#   . scripts/local-env.sh
+# AIRFLOW_HOME lives inside the project (SQLite metadata DB), dags/ and plugins/ are this
+# project's, and the connections come from environment variables. Every value set here can be
+# overridden by exporting it first, e.g. KAFKA_BOOTSTRAP_SERVERS=broker:29092.
+_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
+
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$_root/.airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$_root/dags}"
+export AIRFLOW__CORE__PLUGINS_FOLDER="${AIRFLOW__CORE__PLUGINS_FOLDER:-$_root/plugins}"
+export AIRFLOW__CORE__LOAD_EXAMPLES="${AIRFLOW__CORE__LOAD_EXAMPLES:-False}"
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="${AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION:-True}"
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db}"
+# `include` is imported from the project root by DAGs, plugins and tests alike.
+case ":${PYTHONPATH:-}:" in
+  *":$_root:"*) ;;
+  *) export PYTHONPATH="$_root${PYTHONPATH:+:$PYTHONPATH}" ;;
+esac
+
+# Where the local stack listens (see `python -m devstack --help` for the port variables).
+export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
+export SCHEMA_REGISTRY_URL="${SCHEMA_REGISTRY_URL:-http://127.0.0.1:${SCHEMA_REGISTRY_PORT:-8081}/apis/ccompat/v7}"
+export S3_ENDPOINT_URL="${S3_ENDPOINT_URL:-http://127.0.0.1:${S3_PORT:-9000}}"
+
+# The same connection ids exist in docker-compose.airflow.yml, so DAG code never knows where it runs.
+# kafka_default follows the Kafka provider's convention: librdkafka settings as the extra JSON.
+if [ -z "${AIRFLOW_CONN_KAFKA_DEFAULT:-}" ]; then
+  export AIRFLOW_CONN_KAFKA_DEFAULT='{"conn_type": "kafka", "extra": {"bootstrap.servers": "'"$KAFKA_BOOTSTRAP_SERVERS"'"}}'
+fi
+if [ -z "${AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT:-}" ]; then
+  export AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT='{"conn_type": "http", "host": "'"$SCHEMA_REGISTRY_URL"'"}'
+fi
+unset _root
