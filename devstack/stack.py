@@ -333,6 +333,7 @@ class KafkaBroker(Service):
         return config
 
     def prepare(self) -> None:
+        java = self._java()
         _maven_fetch(self.pom, self.libs, self.settings.logs / "fetch-kafka.log",
                      f"Apache Kafka {self.version}")
         config = self._write_config()
@@ -343,7 +344,7 @@ class KafkaBroker(Service):
         log = self.settings.logs / "kafka-format.log"
         with log.open("w") as out:
             result = subprocess.run(
-                [self._java(), *self._jvm_flags(), "kafka.tools.StorageTool", "format",
+                [java, *self._jvm_flags(), "kafka.tools.StorageTool", "format",
                  "--standalone", "-t", cluster_id, "-c", str(config)],
                 stdout=out, stderr=subprocess.STDOUT,
             )
@@ -519,7 +520,7 @@ class Stack:
 
     def start(self, names: list[str] | None = None, echo=print) -> list[ServiceStatus]:
         """Start what is not running and wait until every service answers. Idempotent."""
-        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.settings.logs.mkdir(parents=True, exist_ok=True)
         waiting: list[Service] = []
         for service in self.select(names):
             if service.pid() is not None:

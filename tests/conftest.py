@@ -1,0 +1,100 @@
+"""Shared fixtures: the environment Airflow and the clients need, and the local stack.
+
+`make test` sources scripts/local-env.sh; running pytest by hand loads the same file here, so both
+see the same connections. Tests get an Airflow home of their own (wiped per session), so they never
+touch the demo's metadata DB.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_AIRFLOW_HOME = ROOT / ".airflow-test"
+
+
+def _load_local_env() -> None:
+    # This runs at import time, before any test module imports Airflow (which reads its config once).
+    shutil.rmtree(TEST_AIRFLOW_HOME, ignore_errors=True)
+    TEST_AIRFLOW_HOME.mkdir(parents=True)
+    os.environ["AIRFLOW_HOME"] = str(TEST_AIRFLOW_HOME)
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{TEST_AIRFLOW_HOME}/airflow.db"
+    dumped = subprocess.run(
+        ["bash", "-c", ". scripts/local-env.sh && env -0"], cwd=ROOT, check=True,
+        capture_output=True,
+    ).stdout
+    for entry in dumped.split(b"\0"):
+        key, sep, value = entry.decode().partition("=")
+        if sep and key not in os.environ:
+            os.environ[key] = value
+
+
+_load_local_env()
+
+
+@pytest.fixture(scope="session")
+def local_stack():
+    """The local Kafka, Schema Registry and S3 endpoint, started when not already running."""
+    from devstack import Stack, StackError
+
+    try:
+        Stack().start(echo=lambda line: None)
+    except StackError as error:
+        pytest.fail(f"the local stack could not start: {error}", pytrace=False)
+    return os.environ
+
+
+@pytest.fixture(scope="session")
+def kafka_config(local_stack) -> dict:
+    """librdkafka settings for the local broker."""
+    return {"bootstrap.servers": local_stack["KAFKA_BOOTSTRAP_SERVERS"]}
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(local_stack) -> str:
+    return local_stack["SCHEMA_REGISTRY_URL"]
+
+
+@pytest.fixture
+def registry_client(schema_registry_url):
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient({"url": schema_registry_url})
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint_url(local_stack) -> str:
+    """URL of the S3-compatible endpoint (moto server) of the local stack."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    return local_stack["S3_ENDPOINT_URL"]
+
+
+@pytest.fixture
+def unique_name(request):
+    """A name no other test uses: topics, subjects, groups and buckets never collide."""
+
+    def make(prefix: str = "t") -> str:
+        test = request.node.name.split("[")[0].replace("test_", "")[:30]
+        return f"{prefix}_{test}_{uuid.uuid4().hex[:10]}"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated Airflow metadata DB in the tests' own AIRFLOW_HOME."""
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return TEST_AIRFLOW_HOME
