@@ -1,0 +1,1 @@
+"""Reusable operators: thin, templated shells around plain functions in include/."""
