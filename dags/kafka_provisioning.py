@@ -1,0 +1,74 @@
+"""kafka_provisioning: topics and schemas as declared in include/config/topics.yaml.
+
+validate_declarations -> provision_topics -> register_schemas -> verify
+
+Runs when the declarations asset gets an event (after a deploy changes topics.yaml or a schema),
+every day at 06:00 UTC to report and reconcile drift, and by hand. With dry_run it only reports.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from kafka_pipeline.operators.provisioning import (
+    ProvisionTopicsOperator,
+    RegisterSchemasOperator,
+    VerifyProvisioningOperator,
+)
+
+from include.kafka_admin.catalog import DEFAULT_DECLARATIONS
+
+TOPIC_DECLARATIONS = Asset(uri=DEFAULT_DECLARATIONS.as_uri(), name="kafka_topic_declarations")
+DEFAULT_ARGS = {"owner": "data-platform", "retries": 2, "retry_delay": pendulum.duration(seconds=15)}
+
+
+@dag(
+    dag_id="kafka_provisioning",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 6 * * *", timezone="UTC"), assets=[TOPIC_DECLARATIONS]),
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["kafka", "schema-registry", "provisioning"],
+    render_template_as_native_obj=True,
+    params={
+        "declarations": Param(str(DEFAULT_DECLARATIONS), type="string",
+                              description="The topics YAML to apply."),
+        "dry_run": Param(False, type="boolean", description="Only report what would change."),
+        "fix_drift": Param(True, type="boolean",
+                           description="Set drifted topic configs back to the declared values."),
+        "grow_partitions": Param(False, type="boolean",
+                                 description="Add partitions where fewer exist than declared "
+                                             "(changes which partition a key goes to)."),
+    },
+    doc_md=__doc__,
+)
+def kafka_provisioning():
+    @task
+    def validate_declarations(params=None) -> dict:
+        """Load and check the declarations before anything is sent to Kafka."""
+        from kafka_pipeline.operators.provisioning import load_declarations
+
+        from include.kafka_admin.subjects import subject_specs
+
+        catalog = load_declarations(params["declarations"])
+        return {"topics": catalog.names(), "subjects": [s.subject for s in subject_specs(catalog)]}
+
+    declarations = "{{ params.declarations }}"
+    provision = ProvisionTopicsOperator(
+        task_id="provision_topics", declarations=declarations, dry_run="{{ params.dry_run }}",
+        fix_drift="{{ params.fix_drift }}", grow_partitions="{{ params.grow_partitions }}")
+    register = RegisterSchemasOperator(
+        task_id="register_schemas", declarations=declarations, dry_run="{{ params.dry_run }}")
+    verify = VerifyProvisioningOperator(task_id="verify", declarations=declarations)
+
+    @task.short_circuit
+    def unless_dry_run(params=None) -> bool:
+        """A dry run changes nothing, so there is nothing to verify."""
+        return not params["dry_run"]
+
+    validate_declarations() >> provision >> register >> unless_dry_run() >> verify
+
+
+kafka_provisioning()

@@ -1,0 +1,1 @@
+"""Declarative Kafka administration: topic declarations, topic reconciliation, schema registration."""

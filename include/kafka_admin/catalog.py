@@ -1,0 +1,200 @@
+"""The topic declarations (include/config/topics.yaml), loaded and checked before any broker call."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DECLARATIONS = ROOT / "include" / "config" / "topics.yaml"
+SCHEMAS_DIR = ROOT / "schemas"
+
+# Topic-level configs of Apache Kafka 4.x (kafka-configs --describe --all lists the same names).
+# Checked here so a typo fails validation instead of reaching the broker.
+KNOWN_TOPIC_CONFIGS = frozenset({
+    "cleanup.policy", "compression.type", "compression.gzip.level", "compression.lz4.level",
+    "compression.zstd.level", "delete.retention.ms", "file.delete.delay.ms", "flush.messages",
+    "flush.ms", "follower.replication.throttled.replicas", "index.interval.bytes",
+    "leader.replication.throttled.replicas", "local.retention.bytes", "local.retention.ms",
+    "max.compaction.lag.ms", "max.message.bytes", "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms", "message.timestamp.type", "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms", "min.insync.replicas", "preallocate", "remote.storage.enable",
+    "remote.log.copy.disable", "remote.log.delete.on.disable", "retention.bytes", "retention.ms",
+    "segment.bytes", "segment.index.bytes", "segment.jitter.ms", "segment.ms",
+    "unclean.leader.election.enable",
+})
+ENUM_CONFIGS = {
+    "cleanup.policy": {"delete", "compact", "compact,delete", "delete,compact"},
+    "compression.type": {"uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"},
+    "message.timestamp.type": {"CreateTime", "LogAppendTime"},
+}
+BOOLEAN_CONFIGS = {"preallocate", "remote.storage.enable", "unclean.leader.election.enable",
+                   "remote.log.copy.disable", "remote.log.delete.on.disable"}
+TEXT_CONFIGS = {"follower.replication.throttled.replicas", "leader.replication.throttled.replicas",
+                "min.cleanable.dirty.ratio"} | set(ENUM_CONFIGS)
+COMPATIBILITY_LEVELS = {"BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
+                        "FULL", "FULL_TRANSITIVE", "NONE"}
+
+TOPIC_KEYS = {"name", "description", "partitions", "replication_factor", "configs",
+              "value_schema", "key_schema", "compatibility"}
+DEFAULT_KEYS = {"replication_factor", "configs", "compatibility"}
+FILE_KEYS = {"defaults", "topics"}
+
+
+class DeclarationError(ValueError):
+    """The declarations are wrong; the message names the file, the topic and the key."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One declared topic, with the defaults already applied."""
+
+    name: str
+    description: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str]
+    value_schema: Path | None = None
+    key_schema: Path | None = None
+    compatibility: str = "BACKWARD"
+
+    def subjects(self) -> dict[str, Path]:
+        """Schema Registry subjects of this topic (TopicNameStrategy) and their schema files."""
+        found = {}
+        if self.value_schema:
+            found[f"{self.name}-value"] = self.value_schema
+        if self.key_schema:
+            found[f"{self.name}-key"] = self.key_schema
+        return found
+
+
+@dataclass(frozen=True)
+class TopicCatalog:
+    source: Path
+    topics: tuple[TopicSpec, ...] = field(default_factory=tuple)
+
+    def __getitem__(self, name: str) -> TopicSpec:
+        for topic in self.topics:
+            if topic.name == name:
+                return topic
+        raise KeyError(name)
+
+    def names(self) -> list[str]:
+        return [t.name for t in self.topics]
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _config_value(where: str, name: str, value: Any) -> str:
+    """Kafka takes every config as a string; check the value's shape first."""
+    if name not in KNOWN_TOPIC_CONFIGS:
+        raise DeclarationError(
+            f"{where}: unknown Kafka topic config {name!r}{_suggest(name, KNOWN_TOPIC_CONFIGS)}")
+    if name in BOOLEAN_CONFIGS:
+        if not isinstance(value, bool):
+            raise DeclarationError(f"{where}: {name} must be true or false, not {value!r}")
+        return str(value).lower()
+    if name in ENUM_CONFIGS:
+        if str(value) not in ENUM_CONFIGS[name]:
+            raise DeclarationError(
+                f"{where}: {name} must be one of {', '.join(sorted(ENUM_CONFIGS[name]))}, not {value!r}")
+        return str(value)
+    if name in TEXT_CONFIGS:
+        return str(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise DeclarationError(f"{where}: {name} must be a whole number (-1 or more), not {value!r}")
+    return str(value)
+
+
+def _schema_path(where: str, key: str, value: Any, schemas_dir: Path) -> Path | None:
+    if value is None:
+        return None
+    path = schemas_dir / str(value)
+    if not path.is_file():
+        raise DeclarationError(f"{where}: {key} file {path} does not exist")
+    try:
+        fastavro.parse_schema(json.loads(path.read_text()))
+    except (ValueError, fastavro.schema.SchemaParseException) as error:
+        raise DeclarationError(f"{where}: {key} file {path} is not valid Avro: {error}") from None
+    return path
+
+
+def _positive_int(where: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DeclarationError(f"{where}: {key} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
+def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
+    for key in given:
+        if key not in allowed:
+            raise DeclarationError(f"{where}: unknown key {key!r}{_suggest(str(key), allowed)}")
+
+
+def parse_catalog(document: Any, source: Path, schemas_dir: Path = SCHEMAS_DIR) -> TopicCatalog:
+    """Check a parsed declarations document and turn it into a catalog."""
+    if not isinstance(document, dict):
+        raise DeclarationError(f"{source}: expected a mapping with 'topics', got {type(document).__name__}")
+    _check_keys(str(source), document, FILE_KEYS)
+    defaults = document.get("defaults") or {}
+    _check_keys(f"{source}: defaults", defaults, DEFAULT_KEYS)
+    default_configs = {
+        name: _config_value(f"{source}: defaults", name, value)
+        for name, value in (defaults.get("configs") or {}).items()
+    }
+    raw_topics = document.get("topics")
+    if not isinstance(raw_topics, list) or not raw_topics:
+        raise DeclarationError(f"{source}: 'topics' must be a non-empty list")
+
+    topics: list[TopicSpec] = []
+    for index, raw in enumerate(raw_topics):
+        if not isinstance(raw, dict) or not raw.get("name"):
+            raise DeclarationError(f"{source}: topic #{index + 1} has no name")
+        name = str(raw["name"])
+        where = f"{source}: topic {name}"
+        _check_keys(where, raw, TOPIC_KEYS)
+        if name in {t.name for t in topics}:
+            raise DeclarationError(f"{where}: declared twice")
+        if "partitions" not in raw:
+            raise DeclarationError(f"{where}: partitions is missing")
+        configs = dict(default_configs)
+        for config_name, value in (raw.get("configs") or {}).items():
+            configs[config_name] = _config_value(where, config_name, value)
+        compatibility = str(raw.get("compatibility", defaults.get("compatibility", "BACKWARD")))
+        if compatibility not in COMPATIBILITY_LEVELS:
+            raise DeclarationError(
+                f"{where}: compatibility must be one of {', '.join(sorted(COMPATIBILITY_LEVELS))}, "
+                f"not {compatibility!r}")
+        topics.append(TopicSpec(
+            name=name,
+            description=str(raw.get("description", "")),
+            partitions=_positive_int(where, "partitions", raw["partitions"]),
+            replication_factor=_positive_int(
+                where, "replication_factor", raw.get("replication_factor", defaults.get("replication_factor", 1))),
+            configs=configs,
+            value_schema=_schema_path(where, "value_schema", raw.get("value_schema"), schemas_dir),
+            key_schema=_schema_path(where, "key_schema", raw.get("key_schema"), schemas_dir),
+            compatibility=compatibility,
+        ))
+    return TopicCatalog(source, tuple(topics))
+
+
+def load_catalog(path: str | Path = DEFAULT_DECLARATIONS, schemas_dir: Path = SCHEMAS_DIR) -> TopicCatalog:
+    """Read and check the declarations file; raise DeclarationError with one sentence if wrong."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise DeclarationError(f"declarations file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise DeclarationError(f"{path} is not valid YAML: {error}") from None
+    return parse_catalog(document, path, schemas_dir)

@@ -1,0 +1,145 @@
+"""Operators that bring Kafka topics and Schema Registry subjects in line with the declarations.
+
+Each is a thin shell: connection -> client (hooks), declarations -> catalog (include), one call,
+a result table in the log and in XCom. A wrong declaration or an incompatible schema fails the
+task without retries (retrying cannot fix it); an unreachable service fails it with retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from include.kafka_admin.catalog import DEFAULT_DECLARATIONS, DeclarationError, TopicCatalog, load_catalog
+from include.kafka_admin.subjects import IncompatibleSchema, register_subjects, subject_specs
+from include.kafka_admin.topics import ProvisioningError, apply_plans, format_table, plan_topics, verify_topics
+from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
+
+TOPIC_COLUMNS = ["topic", "action", "partitions", "details"]
+SUBJECT_COLUMNS = ["subject", "action", "version", "schema_id", "compatibility", "schema_file"]
+
+
+def as_bool(value: Any) -> bool:
+    """Template-rendered params may arrive as strings ("False"); read them as people mean them."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+def load_declarations(path: str) -> TopicCatalog:
+    try:
+        return load_catalog(path)
+    except DeclarationError as error:
+        raise AirflowFailException(str(error)) from None
+
+
+class ProvisionTopicsOperator(BaseOperator):
+    """Create missing topics; report drift; fix config drift and grow partitions when asked.
+
+    :param declarations: path of the topics YAML (templated)
+    :param dry_run: only plan and report (templated)
+    :param fix_drift: set drifted configs back to the declared values (incremental alter)
+    :param grow_partitions: add partitions where fewer exist than declared (never removes any)
+    """
+
+    template_fields: Sequence[str] = ("declarations", "dry_run", "fix_drift", "grow_partitions")
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, declarations: str = str(DEFAULT_DECLARATIONS), dry_run: Any = False,
+                 fix_drift: Any = True, grow_partitions: Any = False,
+                 kafka_config_id: str = KafkaClusterHook.default_conn_name, **kwargs):
+        super().__init__(**kwargs)
+        self.declarations = declarations
+        self.dry_run = dry_run
+        self.fix_drift = fix_drift
+        self.grow_partitions = grow_partitions
+        self.kafka_config_id = kafka_config_id
+
+    def execute(self, context) -> list[dict]:
+        catalog = load_declarations(self.declarations)
+        hook = KafkaClusterHook(self.kafka_config_id)
+        hook.ensure_reachable()
+        admin = hook.admin()
+        try:
+            outcomes = apply_plans(admin, catalog, plan_topics(admin, catalog),
+                                   fix_drift=as_bool(self.fix_drift),
+                                   grow_partitions=as_bool(self.grow_partitions),
+                                   dry_run=as_bool(self.dry_run))
+        except ProvisioningError as error:
+            raise AirflowFailException(str(error)) from None
+        rows = [o.as_dict() for o in outcomes]
+        self.log.info("Topics%s:\n%s", " (dry run)" if as_bool(self.dry_run) else "",
+                      format_table(rows, TOPIC_COLUMNS))
+        return rows
+
+
+class RegisterSchemasOperator(BaseOperator):
+    """Set each subject's compatibility level, check the schema against it, then register.
+
+    Every subject is checked before any is registered: an incompatible schema fails the task
+    with the subject, the level and the reason, and registers nothing.
+    """
+
+    template_fields: Sequence[str] = ("declarations", "dry_run")
+    ui_color = "#eef7ea"
+
+    def __init__(self, *, declarations: str = str(DEFAULT_DECLARATIONS), dry_run: Any = False,
+                 schema_registry_conn_id: str = SchemaRegistryHook.default_conn_name, **kwargs):
+        super().__init__(**kwargs)
+        self.declarations = declarations
+        self.dry_run = dry_run
+        self.schema_registry_conn_id = schema_registry_conn_id
+
+    def execute(self, context) -> list[dict]:
+        catalog = load_declarations(self.declarations)
+        hook = SchemaRegistryHook(self.schema_registry_conn_id)
+        hook.ensure_reachable()
+        try:
+            outcomes = register_subjects(hook.get_conn(), subject_specs(catalog), dry_run=as_bool(self.dry_run))
+        except IncompatibleSchema as error:
+            raise AirflowFailException(str(error)) from None
+        rows = [o.as_dict() for o in outcomes]
+        self.log.info("Subjects%s:\n%s", " (dry run)" if as_bool(self.dry_run) else "",
+                      format_table(rows, SUBJECT_COLUMNS))
+        return rows
+
+
+class VerifyProvisioningOperator(BaseOperator):
+    """Describe every topic and subject again and fail, naming each, where any differs."""
+
+    template_fields: Sequence[str] = ("declarations",)
+
+    def __init__(self, *, declarations: str = str(DEFAULT_DECLARATIONS),
+                 kafka_config_id: str = KafkaClusterHook.default_conn_name,
+                 schema_registry_conn_id: str = SchemaRegistryHook.default_conn_name, **kwargs):
+        super().__init__(**kwargs)
+        self.declarations = declarations
+        self.kafka_config_id = kafka_config_id
+        self.schema_registry_conn_id = schema_registry_conn_id
+
+    def execute(self, context) -> dict:
+        catalog = load_declarations(self.declarations)
+        hook = KafkaClusterHook(self.kafka_config_id)
+        hook.ensure_reachable()
+        try:
+            plans = verify_topics(hook.admin(), catalog)
+        except ProvisioningError as error:
+            raise AirflowFailException(str(error)) from None
+        registry = SchemaRegistryHook(self.schema_registry_conn_id)
+        # A dry run's "would-register" rows must not pass verification: check for "unchanged" only.
+        try:
+            outcomes = register_subjects(registry.get_conn(), subject_specs(catalog), dry_run=True)
+        except IncompatibleSchema as error:
+            raise AirflowFailException(str(error)) from None
+        missing = [o.subject for o in outcomes if o.action != "unchanged"]
+        if missing:
+            raise AirflowFailException(
+                f"{len(missing)} subject(s) do not hold the declared schema as a registered version: "
+                f"{', '.join(missing)}")
+        summary = {"topics": len(plans), "subjects": len(outcomes),
+                   "partitions": sum(p.actual_partitions or 0 for p in plans)}
+        self.log.info("Verified against %s: %s", catalog.source.name, summary)
+        return summary

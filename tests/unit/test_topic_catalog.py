@@ -1,0 +1,86 @@
+"""The topic declarations: the shipped file loads, and every kind of mistake is one clear sentence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from include.avazu.contract import avro_schema
+from include.kafka_admin.catalog import DEFAULT_DECLARATIONS, SCHEMAS_DIR, DeclarationError, load_catalog
+from include.kafka_admin.subjects import subject_specs
+
+SEED_TOPICS = {"ad_events_raw", "ad_events_error", "ad_events_retry"}
+STREAM_TOPICS = {"web-events", "purchase-events", "analytics-events", "analytics-dlq", "input-topic", "output-topic"}
+
+
+def test_shipped_declarations_hold_the_seed_and_stream_topics():
+    catalog = load_catalog()
+    names = set(catalog.names())
+    assert SEED_TOPICS | STREAM_TOPICS <= names
+    raw = catalog["ad_events_raw"]
+    assert raw.partitions == 3 and raw.value_schema.name == "ad_event.avsc"
+    assert catalog["ad_events_error"].configs["retention.ms"] == str(7 * 24 * 3600 * 1000)
+    assert catalog["ingest_checkpoints"].configs["cleanup.policy"] == "compact"
+    # Defaults apply where a topic says nothing.
+    assert all(t.configs["min.insync.replicas"] == "1" for t in catalog.topics)
+    assert "ad_events_raw-value" in {s.subject for s in subject_specs(catalog)}
+
+
+def test_ad_event_schema_file_is_the_row_contract():
+    assert json.loads((SCHEMAS_DIR / "ad_event.avsc").read_text()) == avro_schema()
+
+
+def _write(tmp_path: Path, document) -> Path:
+    path = tmp_path / "topics.yaml"
+    path.write_text(yaml.safe_dump(document) if not isinstance(document, str) else document)
+    return path
+
+
+def _one_topic(**overrides):
+    topic = {"name": "clicks", "partitions": 3, "configs": {"retention.ms": 1000}}
+    topic.update(overrides)
+    return {"topics": [topic]}
+
+
+@pytest.mark.parametrize("document, message", [
+    (_one_topic(partitionz=3), "topic clicks: unknown key 'partitionz' (did you mean 'partitions'?)"),
+    (_one_topic(partitions=0), "topic clicks: partitions must be a whole number of at least 1, not 0"),
+    (_one_topic(configs={"retention.msec": 5}),
+     "topic clicks: unknown Kafka topic config 'retention.msec' (did you mean 'retention.ms'?)"),
+    (_one_topic(configs={"priority.processor": "true"}), "unknown Kafka topic config 'priority.processor'"),
+    (_one_topic(configs={"cleanup.policy": "archive"}), "cleanup.policy must be one of"),
+    (_one_topic(configs={"retention.ms": "a week"}), "retention.ms must be a whole number"),
+    (_one_topic(value_schema="nowhere.avsc"), "topic clicks: value_schema file"),
+    (_one_topic(compatibility="BACKWARDS"), "compatibility must be one of"),
+    ({"topics": [{"name": "a", "partitions": 1}, {"name": "a", "partitions": 1}]}, "topic a: declared twice"),
+    ({"topic": []}, "unknown key 'topic' (did you mean 'topics'?)"),
+    ({"topics": [{"partitions": 1}]}, "topic #1 has no name"),
+    ({"topics": [{"name": "b"}]}, "topic b: partitions is missing"),
+])
+def test_bad_declarations_fail_with_one_sentence(tmp_path, document, message):
+    with pytest.raises(DeclarationError) as info:
+        load_catalog(_write(tmp_path, document))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_invalid_avro_names_the_file(tmp_path):
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    (schemas / "broken.avsc").write_text('{"type": "record", "name": "B", "fields": [{"name": "x"}]}')
+    with pytest.raises(DeclarationError, match=r"topic clicks: value_schema file .*broken.avsc is not valid Avro"):
+        load_catalog(_write(tmp_path, _one_topic(value_schema="broken.avsc")), schemas_dir=schemas)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    with pytest.raises(DeclarationError, match="is not valid YAML"):
+        load_catalog(_write(tmp_path, "topics: [unclosed"))
+    with pytest.raises(DeclarationError, match="does not exist"):
+        load_catalog(tmp_path / "absent.yaml")
+
+
+def test_default_declarations_path_is_in_the_project():
+    assert DEFAULT_DECLARATIONS.is_file()
