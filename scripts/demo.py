@@ -26,6 +26,7 @@ class DemoStep:
 
 
 STEPS = [
+    DemoStep("kafka_provisioning", "topics and schemas as declared in include/config/topics.yaml"),
     DemoStep("kafka_smoke", "Avro records through the broker and the registry and back",
              {"topic": "smoke_avro_roundtrip", "records": 1000}),
 ]
@@ -70,6 +71,12 @@ def _task_results(dag_id: str, logical_date: dt.datetime) -> tuple[str, dict[str
 def _describe(value: object) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "action" in v for v in value):
+        # A result table: how many rows took each action.
+        actions: dict[str, int] = {}
+        for row in value:
+            actions[row["action"]] = actions.get(row["action"], 0) + 1
+        return f"{len(value)} rows: " + ", ".join(f"{n} {a}" for a, n in sorted(actions.items()))
     return json.dumps(value, default=str)
 
 

@@ -1,0 +1,407 @@
+"""The compose stack and the Dockerfile agree with the lock, with the code and with each other.
+
+There is no Docker engine in the test environment, so the files are parsed and every name, port,
+URL, option and command in them is checked against what the project and the installed Airflow
+expect.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.airflow.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+REQUIREMENTS = ROOT / "requirements.txt"
+LOCAL_ENV = ROOT / "scripts" / "local-env.sh"
+
+ONE_SHOT = {"airflow-init", "minio-init"}
+AIRFLOW_SERVICES = {
+    "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+    "airflow-triggerer",
+}
+PROJECT_DIRS = ("dags", "plugins", "include", "schemas", "scripts")
+IMAGE_HOME = "/opt/airflow"
+
+
+def _interpolate(value: str) -> str:
+    """What compose makes of a value when no variable is set: defaults, and `$$` as `$`."""
+    value = re.sub(r"(?<!\$)\$\{\w+:-([^}]*)\}", r"\1", value)
+    return value.replace("$$", "$")
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per logical line, continuations joined, comments dropped."""
+    instructions, pending = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + stripped).partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    return instructions
+
+
+def _copies() -> list[tuple[str, str]]:
+    """(source, destination) of every single-source COPY, flags such as --chown dropped."""
+    pairs = []
+    for keyword, arguments in _dockerfile_instructions():
+        if keyword == "COPY":
+            paths = [token for token in shlex.split(arguments) if not token.startswith("--")]
+            pairs.extend((source, paths[-1]) for source in paths[:-1])
+    return pairs
+
+
+def _published(service: dict) -> list[tuple[str, int, int]]:
+    """(host ip, host port, container port) of every published port."""
+    result = []
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            result.append((entry.get("host_ip", ""), int(entry["published"]), int(entry["target"])))
+            continue
+        assert isinstance(entry, str), f"port {entry!r} must be quoted (YAML 1.1 reads some a:b as base 60)"
+        parts = entry.split("/")[0].rsplit(":", 2)
+        if len(parts) == 1:
+            continue  # container port only: Docker picks a free host port
+        ip, port, container = ["", *parts] if len(parts) == 2 else parts
+        result.append((ip, int(port), int(container)))
+    return result
+
+
+def _listeners(value: str) -> dict[str, tuple[str, int]]:
+    """Kafka's `NAME://host:port,...` as {NAME: (host, port)}."""
+    result = {}
+    for entry in value.split(","):
+        name, _, address = entry.partition("://")
+        host, _, port = address.rpartition(":")
+        result[name] = (host, int(port))
+    return result
+
+
+@pytest.fixture(scope="module")
+def services() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+
+
+@pytest.fixture(scope="module")
+def airflow_env(services) -> dict:
+    """The x-airflow-common environment, as the long-running Airflow services get it."""
+    return services["airflow-scheduler"]["environment"]
+
+
+@pytest.fixture(scope="module")
+def airflow_cli():
+    """Parse an airflow command line with the installed Airflow's own parser."""
+    from airflow.cli.cli_parser import get_parser
+
+    parser = get_parser()
+
+    def parse(argv: list[str]):
+        assert argv, "empty command"
+        try:
+            return parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"`airflow {shlex.join(argv)}` is not a command of the installed Airflow")
+
+    return parse
+
+
+@pytest.fixture(scope="module")
+def init_script(services) -> str:
+    command = services["airflow-init"]["command"]
+    assert command[:2] == ["bash", "-c"], "airflow-init runs one bash script"
+    return _interpolate(command[2])
+
+
+@pytest.fixture(scope="module")
+def init_connections(init_script, airflow_cli) -> dict:
+    """{conn_id: parsed arguments} of every `airflow connections add` in airflow-init."""
+    connections = {}
+    for line in init_script.splitlines():
+        if line.startswith("airflow connections add "):
+            args = airflow_cli(shlex.split(line)[1:])
+            assert args.conn_id not in connections, f"{args.conn_id} is added twice"
+            connections[args.conn_id] = args
+    return connections
+
+
+def test_dockerfile_builds_on_the_locked_airflow_and_python():
+    (image,) = [arguments for keyword, arguments in _dockerfile_instructions() if keyword == "FROM"]
+    match = re.fullmatch(r"apache/airflow:(?P<airflow>[\d.]+)-python(?P<python>\d+\.\d+)", image)
+    assert match, f"FROM {image} is not an official apache/airflow:<version>-python<x.y> image"
+    lock = REQUIREMENTS.read_text()
+    locked = re.search(r"^apache-airflow==(\S+)$", lock, re.MULTILINE)
+    assert locked and match["airflow"] == locked[1]
+    header = "".join(line for line in lock.splitlines() if line.startswith("#"))
+    assert f"Python {match['python']}" in header, "the lock was resolved for another Python"
+
+
+def test_dockerfile_installs_the_lock_without_changing_airflow():
+    instructions = _dockerfile_instructions()
+    (destination,) = [dest for source, dest in _copies() if source == "requirements.txt"]
+    if destination.endswith("/"):
+        destination += "requirements.txt"
+    (copied_at,) = [i for i, (keyword, arguments) in enumerate(instructions)
+                    if keyword == "COPY" and "requirements.txt" in arguments]
+    installs = [(i, shlex.split(arguments)) for i, (keyword, arguments) in enumerate(instructions)
+                if keyword == "RUN" and "pip install" in arguments]
+    assert len(installs) == 1
+    installed_at, tokens = installs[0]
+    assert installed_at > copied_at
+    assert tokens[tokens.index("-r") + 1] == destination
+    assert "apache-airflow==${AIRFLOW_VERSION}" in tokens
+    assert "--no-cache-dir" in tokens
+    # The official image installs packages as the airflow user (into its ~/.local), never as root.
+    users = [arguments for keyword, arguments in instructions[:installed_at] if keyword == "USER"]
+    assert users[-1:] in ([], ["airflow"])
+
+
+def test_dockerfile_ships_the_project_and_makes_include_importable():
+    copies = {source.rstrip("/"): dest.rstrip("/") for source, dest in _copies()}
+    for name in PROJECT_DIRS:
+        assert copies.get(name) == f"{IMAGE_HOME}/{name}", f"{name}/ is not copied to {IMAGE_HOME}"
+    env = [arguments for keyword, arguments in _dockerfile_instructions() if keyword == "ENV"]
+    pythonpath = [a.split("=", 1)[1] for a in env if a.startswith("PYTHONPATH=")]
+    assert pythonpath and IMAGE_HOME in pythonpath[-1].split(":")
+
+
+def test_compose_mounts_the_project_where_the_image_has_it(services):
+    for name in AIRFLOW_SERVICES:
+        mounts = dict(entry.split(":")[:2] for entry in services[name]["volumes"])
+        for directory in ("dags", "plugins", "include", "schemas", "data"):
+            # include/storage.py resolves data/... against the project root, /opt/airflow here.
+            assert mounts.get(f"./{directory}") == f"{IMAGE_HOME}/{directory}", (name, directory)
+
+
+def test_dockerignore_keeps_local_state_out_but_not_what_the_image_needs():
+    patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert {".venv", ".devstack", ".airflow", "data", "out", ".git"} <= set(patterns)
+    assert any(fnmatch.fnmatch("include/avazu/__pycache__", p) for p in patterns)
+    for source, _ in _copies():
+        excluded = [p for p in patterns if fnmatch.fnmatch(source.rstrip("/"), p)]
+        assert not excluded, f"{source} is copied by the Dockerfile but excluded by {excluded}"
+
+
+def test_every_long_running_service_has_a_healthcheck(services):
+    assert ONE_SHOT <= services.keys()
+    unchecked = [name for name, service in services.items()
+                 if name not in ONE_SHOT and not service.get("healthcheck", {}).get("test")]
+    assert not unchecked
+    for name in ONE_SHOT:
+        # A restarted one-shot job never counts as completed for the services waiting on it.
+        assert services[name].get("restart", "no") == "no", name
+
+
+def test_every_dependency_waits_on_a_condition(services):
+    for name, service in services.items():
+        depends_on = service.get("depends_on", {})
+        assert isinstance(depends_on, dict), f"{name}: a list of dependencies waits for nothing"
+        for dependency, spec in depends_on.items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            expected = ("service_completed_successfully" if dependency in ONE_SHOT
+                        else "service_healthy")
+            assert spec.get("condition") == expected, f"{name} -> {dependency}"
+            if expected == "service_healthy":
+                assert services[dependency].get("healthcheck"), dependency
+
+
+def test_airflow_services_run_the_project_image_after_airflow_init(services):
+    assert {name for name in services if name.startswith("airflow-")} == AIRFLOW_SERVICES
+    sources = set()
+    for name in AIRFLOW_SERVICES:
+        build = services[name].get("build")
+        if build is None:
+            sources.add(("image", services[name]["image"]))
+        else:
+            build = {"context": build} if isinstance(build, str) else build
+            sources.add(("build", build["context"], build.get("dockerfile", "Dockerfile")))
+        if name != "airflow-init":
+            condition = services[name]["depends_on"]["airflow-init"]["condition"]
+            assert condition == "service_completed_successfully", name
+    assert sources == {("build", ".", "Dockerfile")}
+
+
+def test_airflow_init_creates_exactly_the_connections_the_code_uses(init_connections, init_script):
+    from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
+
+    hook_ids = {KafkaClusterHook.default_conn_name, SchemaRegistryHook.default_conn_name}
+    local_ids = {name.lower() for name in
+                 re.findall(r"\bAIRFLOW_CONN_([A-Z0-9_]+)=", LOCAL_ENV.read_text())}
+    assert set(init_connections) == hook_ids == local_ids
+    assert init_connections[KafkaClusterHook.default_conn_name].conn_type == KafkaClusterHook.conn_type
+    assert (init_connections[SchemaRegistryHook.default_conn_name].conn_type
+            == SchemaRegistryHook.conn_type)
+    # `connections add` keeps an existing connection, so each one is deleted first.
+    lines = init_script.splitlines()
+    for conn_id in init_connections:
+        deleted = [i for i, line in enumerate(lines) if f"airflow connections delete {conn_id} " in line]
+        added = [i for i, line in enumerate(lines) if f"airflow connections add {conn_id} " in line]
+        assert deleted and added and deleted[0] < added[0], conn_id
+
+
+def test_kafka_connection_uses_the_brokers_internal_listener(services, init_connections, airflow_env):
+    kafka = services["kafka"]["environment"]
+    internal = kafka["KAFKA_INTER_BROKER_LISTENER_NAME"]
+    host, port = _listeners(kafka["KAFKA_ADVERTISED_LISTENERS"])[internal]
+    assert host == "kafka" and "kafka" in services
+    assert _listeners(kafka["KAFKA_LISTENERS"])[internal][1] == port
+    bootstrap = f"{host}:{port}"
+    assert json.loads(init_connections["kafka_default"].conn_extra) == {"bootstrap.servers": bootstrap}
+    assert airflow_env["KAFKA_BOOTSTRAP_SERVERS"] == bootstrap
+    registry = services["schema-registry"]["environment"]
+    assert registry["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"] == f"PLAINTEXT://{bootstrap}"
+    assert bootstrap in " ".join(services["kafka"]["healthcheck"]["test"])
+
+
+def test_kafka_is_one_node_reachable_from_the_host_that_never_auto_creates_topics(services):
+    kafka = services["kafka"]["environment"]
+    assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    listeners = _listeners(kafka["KAFKA_LISTENERS"])
+    controller = kafka["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"] == (
+        f"{kafka['KAFKA_NODE_ID']}@kafka:{listeners[controller][1]}")
+    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    factors = {key: value for key, value in kafka.items() if key.endswith("REPLICATION_FACTOR")}
+    assert factors and set(factors.values()) == {1}
+    published = {host_port: container for _, host_port, container in _published(services["kafka"])}
+    advertised = _listeners(kafka["KAFKA_ADVERTISED_LISTENERS"])
+    host_listeners = [name for name, (host, _) in advertised.items() if host == "localhost"]
+    assert host_listeners
+    for name in host_listeners:
+        # A host client is sent to localhost:<port>, which must reach that listener.
+        assert published.get(advertised[name][1]) == listeners[name][1], name
+
+
+def test_schema_registry_connection_matches_the_registry_service(services, init_connections,
+                                                                airflow_env):
+    url = init_connections["schema_registry_default"].conn_host
+    parts = urlsplit(url)
+    assert parts.hostname == "schema-registry" and parts.hostname in services
+    registry = services["schema-registry"]
+    assert parts.port == urlsplit(registry["environment"]["SCHEMA_REGISTRY_LISTENERS"]).port
+    assert parts.port in {container for _, _, container in _published(registry)}
+    assert airflow_env["SCHEMA_REGISTRY_URL"] == url
+    assert f"localhost:{parts.port}/subjects" in " ".join(registry["healthcheck"]["test"])
+
+
+def test_s3_endpoint_is_minio_with_its_root_credentials(services, airflow_env):
+    endpoint = urlsplit(airflow_env["S3_ENDPOINT_URL"])
+    assert endpoint.hostname == "minio" and endpoint.hostname in services
+    minio = services["minio"]
+    command = minio["command"]
+    assert command[command.index("--address") + 1] == f":{endpoint.port}"
+    assert endpoint.port in {container for _, _, container in _published(minio)}
+    assert airflow_env["AWS_ACCESS_KEY_ID"] == minio["environment"]["MINIO_ROOT_USER"]
+    assert airflow_env["AWS_SECRET_ACCESS_KEY"] == minio["environment"]["MINIO_ROOT_PASSWORD"]
+    init = services["minio-init"]
+    assert init["environment"] == minio["environment"]
+    script = _interpolate(" ".join(init["command"]))
+    assert f"alias set stack {airflow_env['S3_ENDPOINT_URL']} " in script
+    assert "mc mb --ignore-existing stack/avazu" in script
+
+
+def test_published_host_ports_do_not_collide(services):
+    seen: dict[int, str] = {}
+    for name, service in services.items():
+        for _, host_port, _ in _published(service):
+            assert host_port not in seen, f"{name} and {seen.get(host_port)} both publish {host_port}"
+            seen[host_port] = name
+    assert {9092, 8081, 9000, 8080} <= seen.keys()
+
+
+def test_airflow_commands_exist_in_the_installed_cli(services, airflow_cli):
+    for name in AIRFLOW_SERVICES - {"airflow-init"}:
+        command = services[name]["command"]
+        airflow_cli(command if isinstance(command, list) else shlex.split(command))
+        test = services[name]["healthcheck"]["test"]
+        if test[0] == "CMD-SHELL" and test[1].startswith("airflow "):
+            args = airflow_cli(shlex.split(_interpolate(test[1]))[1:])
+            assert args.hostname == "${HOSTNAME}", "each container checks its own job"
+
+
+def test_airflow_settings_are_options_of_the_installed_airflow(services):
+    from airflow.configuration import retrieve_configuration_description
+
+    description = retrieve_configuration_description(include_providers=False)
+    for name in AIRFLOW_SERVICES:
+        for variable in services[name]["environment"]:
+            if variable.startswith("AIRFLOW__"):
+                section, _, option = variable[len("AIRFLOW__"):].lower().partition("__")
+                assert option in description.get(section, {}).get("options", {}), variable
+
+
+def test_every_airflow_component_shares_the_secrets_and_the_api_server(services, airflow_env):
+    from cryptography.fernet import Fernet
+
+    shared = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
+              "AIRFLOW__API__SECRET_KEY", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+              "AIRFLOW__CORE__EXECUTION_API_SERVER_URL")
+    for name in AIRFLOW_SERVICES:
+        env = services[name]["environment"]
+        assert {key: env.get(key) for key in shared} == {key: airflow_env[key] for key in shared}, name
+    Fernet(_interpolate(airflow_env["AIRFLOW__CORE__FERNET_KEY"]))  # the default must be a real key
+    assert airflow_env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+
+    execution = urlsplit(airflow_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
+    apiserver = services["airflow-apiserver"]
+    assert execution.hostname == "airflow-apiserver" and execution.path == "/execution/"
+    assert execution.port in {container for _, _, container in _published(apiserver)}
+    assert f"localhost:{execution.port}/api/v2/version" in " ".join(apiserver["healthcheck"]["test"])
+
+    database = urlsplit(airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    postgres = services["postgres"]["environment"]
+    assert database.hostname == "postgres"
+    assert (database.username, database.password, database.path.lstrip("/")) == (
+        postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"])
+
+
+def test_scheduler_health_check_is_served_where_it_is_probed(services, airflow_env):
+    from airflow.configuration import retrieve_configuration_description
+
+    options = retrieve_configuration_description(include_providers=False)["scheduler"]["options"]
+    port = options["scheduler_health_check_server_port"]["default"]
+    assert airflow_env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
+    test = services["airflow-scheduler"]["healthcheck"]["test"]
+    assert f"http://localhost:{port}/health" in test
+
+
+def test_ui_password_file_is_written_by_init_where_the_api_server_reads_it(services, init_script,
+                                                                         airflow_env):
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+
+    assert airflow_env["AIRFLOW__CORE__AUTH_MANAGER"] == (
+        f"{SimpleAuthManager.__module__}.{SimpleAuthManager.__qualname__}")
+    users = dict(user.split(":")[:2] for user in
+                 airflow_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(","))
+    assert users == {"admin": "admin"}
+    written = re.findall(r"json\.dumps\(\{\"(\w+)\": os\.environ\[\"(\w+)\"\]\}\)", init_script)
+    assert written == [("admin", "AIRFLOW_ADMIN_PASSWORD")]
+    assert services["airflow-init"]["environment"]["AIRFLOW_ADMIN_PASSWORD"] == (
+        "${AIRFLOW_ADMIN_PASSWORD:-admin}")
+    assert '> "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE}"' in init_script
+
+    folder = str(Path(airflow_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).parent)
+    volumes = yaml.safe_load(COMPOSE_FILE.read_text())["volumes"]
+
+    def mounted_at(name: str) -> str:
+        (source,) = [entry.split(":")[0] for entry in services[name]["volumes"]
+                     if entry.split(":")[1] == folder]
+        return source
+
+    # The same named volume in both containers (a bind mount would need a host folder).
+    assert mounted_at("airflow-init") == mounted_at("airflow-apiserver")
+    assert mounted_at("airflow-apiserver") in volumes
