@@ -1,29 +1,31 @@
 """Shared fixtures: the environment Airflow and the clients need, and the local stack.
 
 `make test` sources scripts/local-env.sh; running pytest by hand loads the same file here, so both
-see the same connections. Tests get an Airflow home of their own (wiped per session), so they never
-touch the demo's metadata DB.
+see the same connections. Each pytest session gets an Airflow home of its own (a temporary folder),
+so tests never touch the demo's metadata DB or another session's.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_AIRFLOW_HOME = ROOT / ".airflow-test"
+# One Airflow home per pytest session, so two sessions in one checkout never share a metadata DB.
+TEST_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-test-"))
+atexit.register(shutil.rmtree, TEST_AIRFLOW_HOME, ignore_errors=True)
 
 
 def _load_local_env() -> None:
     # This runs at import time, before any test module imports Airflow (which reads its config once).
-    shutil.rmtree(TEST_AIRFLOW_HOME, ignore_errors=True)
-    TEST_AIRFLOW_HOME.mkdir(parents=True)
     os.environ["AIRFLOW_HOME"] = str(TEST_AIRFLOW_HOME)
     os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{TEST_AIRFLOW_HOME}/airflow.db"
     dumped = subprocess.run(

@@ -1,0 +1,310 @@
+"""Samples of an Avazu file drawn in one streaming pass: head, uniform reservoir, per hour.
+
+Samples hold good rows only (rows that pass the contract), as their original text, so a sample
+file is itself a valid Avazu CSV that the reader and the ingestion accept. Bad rows are kept
+apart (:class:`BadRowHead`) with their line numbers and reasons. Each sample is written in file
+order. Everything is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+from include import storage
+from include.avazu.contract import HEADER_LINE
+from include.avazu.reader import BadRow, RowChunk
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "avazu_sampling.json"
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Sizes and seed of the samples; defaults live in ``include/config/avazu_sampling.json``."""
+
+    head_sizes: tuple[int, ...] = (1_000, 10_000, 50_000)
+    uniform_size: int = 10_000
+    per_hour_size: int = 100
+    seed: int = 7
+    compress: bool = False
+    bad_rows_kept: int = 1_000
+
+    def validated(self) -> SamplingPlan:
+        """Return self, or raise ``ValueError`` with one sentence naming the bad setting."""
+        for name in ("uniform_size", "per_hour_size", "bad_rows_kept", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(
+                    f"sampling setting {name} must be a whole number >= 0, got {value!r}"
+                )
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.head_sizes):
+            raise ValueError(
+                "sampling setting head_sizes must be whole numbers >= 1, "
+                f"got {list(self.head_sizes)!r}"
+            )
+        if len(set(self.head_sizes)) != len(self.head_sizes):
+            raise ValueError(
+                f"sampling setting head_sizes has repeated sizes: {list(self.head_sizes)!r}"
+            )
+        return self
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], base: SamplingPlan | None = None) -> SamplingPlan:
+        """Build a plan from a mapping (config file, DAG params); unknown keys are an error."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown sampling settings {unknown}; known ones are {sorted(known)}")
+        changes = dict(values)
+        if "head_sizes" in changes:
+            changes["head_sizes"] = tuple(changes["head_sizes"])
+        return replace(base or cls(), **changes).validated()
+
+
+def load_sampling_config(path: Path = DEFAULT_CONFIG) -> dict[str, Any]:
+    """Read the sampling config file; a missing or malformed file is one clear ``ValueError``."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read sampling config {path}: {err}") from None
+    for key in ("plan", "default_source_uri", "default_output_uri", "generate_if_missing"):
+        if key not in config:
+            raise ValueError(f"sampling config {path} has no {key!r} entry")
+    SamplingPlan.from_mapping(config["plan"])
+    return config
+
+
+class HeadSample:
+    """The first ``size`` good rows."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.line_numbers: list[int] = []
+        self.lines: list[str] = []
+
+    def offer(self, lines: Sequence[str], line_numbers: Sequence[int]) -> None:
+        room = self.size - len(self.lines)
+        if room > 0:
+            self.lines.extend(lines[:room])
+            self.line_numbers.extend(line_numbers[:room])
+
+    def rows(self) -> list[tuple[int, str]]:
+        return list(zip(self.line_numbers, self.lines))
+
+
+class UniformReservoir:
+    """A uniform random sample of ``size`` items from a stream of unknown length (Li's Algorithm L).
+
+    Algorithm L draws how many items to skip instead of a random number per item, so the cost
+    is O(size x log(n / size)) random draws for n items; between picks a chunk is not touched.
+    """
+
+    def __init__(self, size: int, rng: random.Random):
+        self.size = size
+        self.rng = rng
+        self.items: list[tuple[int, str]] = []
+        self.seen = 0
+        self._w = 1.0
+        self._next = 0  # stream index of the next item to take once the reservoir is full
+
+    def offer(self, lines: Sequence[str], line_numbers: Sequence[int]) -> None:
+        """Consider the next ``len(lines)`` items of the stream."""
+        count = len(lines)
+        base = self.seen
+        self.seen += count
+        if self.size == 0:
+            return
+        taken = 0
+        if len(self.items) < self.size:
+            taken = min(self.size - len(self.items), count)
+            self.items.extend(zip(line_numbers[:taken], lines[:taken]))
+            if len(self.items) < self.size:
+                return
+            self._w = math.exp(math.log(self._unit()) / self.size)
+            self._next = base + taken + self._skip()
+        while self._next < self.seen:
+            offset = self._next - base
+            self.items[self.rng.randrange(self.size)] = (line_numbers[offset], lines[offset])
+            self._w *= math.exp(math.log(self._unit()) / self.size)
+            self._next += self._skip() + 1
+
+    def _skip(self) -> int:
+        # W is the largest key so far; it shrinks like size / seen and never reaches 0 or 1 in
+        # practice, but a float can round there, and both ends must not divide by log(1) or log(0).
+        if self._w >= 1.0:
+            return 0
+        if self._w <= 0.0:
+            return 1 << 62
+        return math.floor(math.log(self._unit()) / math.log1p(-self._w))
+
+    def _unit(self) -> float:
+        # Strictly inside (0, 1): both logarithms above need it.
+        while True:
+            u = self.rng.random()
+            if u > 0.0:
+                return u
+
+    def rows(self) -> list[tuple[int, str]]:
+        return sorted(self.items)
+
+
+class HourlyReservoirs:
+    """``size`` uniformly drawn rows for every hour, each hour with its own seeded stream."""
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.seed = seed
+        self.by_hour: dict[int, UniformReservoir] = {}
+
+    def offer(
+        self, lines: Sequence[str], line_numbers: Sequence[int], hours: Sequence[int]
+    ) -> None:
+        position = 0
+        # Rows come in hour order, so runs of one hour are long and cost one call each.
+        for hour, run in groupby(hours):
+            length = sum(1 for _ in run)
+            reservoir = self.by_hour.get(hour)
+            if reservoir is None:
+                reservoir = self.by_hour[hour] = UniformReservoir(
+                    self.size, random.Random(f"{self.seed}:hour:{hour}")
+                )
+            reservoir.offer(
+                lines[position : position + length], line_numbers[position : position + length]
+            )
+            position += length
+
+    def rows(self) -> list[tuple[int, str]]:
+        return sorted(item for reservoir in self.by_hour.values() for item in reservoir.items)
+
+
+class BadRowHead:
+    """The first ``size`` bad rows, with line number, reason, field, message and raw text."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.rows: list[BadRow] = []
+
+    def offer(self, bad_rows: Sequence[BadRow]) -> None:
+        room = self.size - len(self.rows)
+        if room > 0:
+            self.rows.extend(bad_rows[:room])
+
+
+@dataclass
+class WrittenSample:
+    """A sample file that was written."""
+
+    name: str
+    kind: str
+    uri: str
+    rows: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "uri": self.uri, "rows": self.rows}
+
+
+@dataclass
+class SampleSet:
+    """All samplers of a plan, fed together from each chunk."""
+
+    plan: SamplingPlan
+    head: HeadSample = field(init=False)
+    uniform: UniformReservoir = field(init=False)
+    hourly: HourlyReservoirs = field(init=False)
+    bad: BadRowHead = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plan = self.plan.validated()
+        # Head samples are nested: keep the largest, write each size as its prefix.
+        self.head = HeadSample(max(self.plan.head_sizes, default=0))
+        self.uniform = UniformReservoir(
+            self.plan.uniform_size, random.Random(f"{self.plan.seed}:uniform")
+        )
+        self.hourly = HourlyReservoirs(self.plan.per_hour_size, self.plan.seed)
+        self.bad = BadRowHead(self.plan.bad_rows_kept)
+
+    def add(self, chunk: RowChunk) -> None:
+        """Offer one chunk's good rows to every sampler and its bad rows to the bad-row head."""
+        lines, numbers = chunk.lines, chunk.line_numbers
+        if lines:
+            self.head.offer(lines, numbers)
+            self.uniform.offer(lines, numbers)
+            if self.plan.per_hour_size:
+                self.hourly.offer(lines, numbers, [record["hour"] for record in chunk.records])
+        if chunk.bad_rows:
+            self.bad.offer(chunk.bad_rows)
+
+    def write(self, folder_uri: str) -> list[WrittenSample]:
+        """Write every sample as an Avazu CSV (``.csv`` or ``.csv.gz``) under ``folder_uri``."""
+        suffix = ".csv.gz" if self.plan.compress else ".csv"
+        head = self.head.rows()
+        outputs: list[tuple[str, str, list[tuple[int, str]]]] = [
+            (f"train_sample_{_size_label(size)}{suffix}", "head", head[:size])
+            for size in sorted(self.plan.head_sizes)
+        ]
+        if self.plan.uniform_size:
+            outputs.append(
+                (
+                    f"train_uniform_{_size_label(self.plan.uniform_size)}{suffix}",
+                    "uniform",
+                    self.uniform.rows(),
+                )
+            )
+        if self.plan.per_hour_size:
+            outputs.append(
+                (
+                    f"train_per_hour_{_size_label(self.plan.per_hour_size)}{suffix}",
+                    "per_hour",
+                    self.hourly.rows(),
+                )
+            )
+        written = []
+        for name, kind, rows in outputs:
+            uri = storage.join_uri(folder_uri, name)
+            _write_lines(uri, [HEADER_LINE, *(line for _, line in rows)], self.plan.compress)
+            written.append(WrittenSample(name, kind, uri, len(rows)))
+        bad_uri = storage.join_uri(folder_uri, "bad_rows_head.csv")
+        _write_lines(bad_uri, _bad_rows_csv(self.bad.rows), compress=False)
+        written.append(WrittenSample("bad_rows_head.csv", "bad_rows", bad_uri, len(self.bad.rows)))
+        return written
+
+
+def _size_label(size: int) -> str:
+    """1000 -> '1k', 50000 -> '50k', 2000000 -> '2m', 1500 -> '1500' (the seed's file names)."""
+    if size % 1_000_000 == 0:
+        return f"{size // 1_000_000}m"
+    if size % 1_000 == 0:
+        return f"{size // 1_000}k"
+    return str(size)
+
+
+def _bad_rows_csv(rows: Sequence[BadRow]) -> Iterator[str]:
+    # Raw text can hold commas and quotes, so this file is real quoted CSV, unlike the samples.
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="")
+    for values in [("line_number", "reason", "field", "message", "raw")] + [
+        (bad.line_number, bad.reason.value, bad.field or "", bad.message, bad.raw) for bad in rows
+    ]:
+        writer.writerow(values)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+
+
+def _write_lines(uri: str, lines: Iterator[str] | list[str], compress: bool) -> None:
+    with storage.open_write(uri) as raw:
+        sink = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if compress else raw
+        for line in lines:
+            sink.write(line.encode("utf-8"))
+            sink.write(b"\n")
+        if compress:
+            sink.close()
