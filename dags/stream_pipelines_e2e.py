@@ -1,0 +1,176 @@
+"""stream_pipelines_e2e: both stream pipelines end to end, bounded, for `airflow dags test`.
+
+    create_topics -> simulate_web_events      -> analytics_processor -> report_analytics
+                  -> simulate_purchase_events -^
+                  -> publish_words            -> uppercase_processor -> report_words
+
+The processors are the always-on ones of ``stream_processors`` with an ``idle_timeout``: they stop
+once the simulated events are processed. The reports read the output with read_committed and fail
+the run unless every good event arrived exactly once and every bad one went to the DLQ. Give it
+topics and a group prefix of its own (the defaults are the declared topics): the check assumes the
+topics carry only what this DAG sent since its groups last ran.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, task
+from kafka_pipeline.operators.stream import StreamProcessorOperator
+
+from include.streaming import topics
+from include.streaming.words import SEED_WORDS
+from include.streaming.analytics import DLQ_NOTICE
+
+DEFAULT_ARGS = {"owner": "stream-processing", "retries": 1, "retry_delay": pendulum.duration(seconds=10)}
+
+
+@dag(
+    dag_id="stream_pipelines_e2e",
+    schedule=None,
+    max_active_runs=1,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=["streaming", "kafka", "e2e", "seed-003", "seed-004"],
+    params={
+        "web_events_topic": Param(topics.WEB_EVENTS, type="string"),
+        "purchase_events_topic": Param(topics.PURCHASE_EVENTS, type="string"),
+        "analytics_events_topic": Param(topics.ANALYTICS_EVENTS, type="string"),
+        "analytics_dlq_topic": Param(topics.ANALYTICS_DLQ, type="string"),
+        "input_topic": Param(topics.INPUT_TOPIC, type="string"),
+        "output_topic": Param(topics.OUTPUT_TOPIC, type="string"),
+        "partitions": Param(3, type="integer", minimum=1, maximum=64,
+                            description="Partitions of the topics this run has to create."),
+        "group_prefix": Param("stream_pipelines_e2e", type="string",
+                              description="Prefix of the processor and report consumer groups."),
+        "web_events": Param(200, type="integer", minimum=0, maximum=100_000),
+        "purchase_events": Param(200, type="integer", minimum=0, maximum=100_000),
+        "rate": Param(None, type=["null", "number"], minimum=1,
+                      description="Events per second per simulator; null sends as fast as possible."),
+        "bad_ratio": Param(0.1, type="number", minimum=0, maximum=1),
+        "seed": Param(0, type="integer"),
+        "words": Param(list(SEED_WORDS), type="array"),
+        "idle_timeout": Param(5, type="number", minimum=1,
+                              description="A processor stops after this many seconds without records."),
+        "max_runtime": Param(300, type="number", minimum=5,
+                             description="A processor stops after this many seconds in any case."),
+    },
+    doc_md=__doc__,
+)
+def stream_pipelines_e2e():
+    @task
+    def create_topics(params=None) -> list[str]:
+        from kafka_pipeline.hooks import KafkaClusterHook
+
+        from include.streaming.topics import ensure_topics
+
+        names = [params[name] for name in ("web_events_topic", "purchase_events_topic",
+                                           "analytics_events_topic", "analytics_dlq_topic",
+                                           "input_topic", "output_topic")]
+        return ensure_topics(KafkaClusterHook().admin(), names, partitions=params["partitions"])
+
+    @task
+    def simulate_web_events(params=None) -> dict:
+        from kafka_pipeline.hooks import KafkaClusterHook
+
+        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, web_events
+
+        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
+        events = web_events(params["web_events"], seed=params["seed"], bad_ratio=params["bad_ratio"])
+        return publish(producer, params["web_events_topic"], events, rate=params["rate"]).as_dict()
+
+    @task
+    def simulate_purchase_events(params=None) -> dict:
+        from kafka_pipeline.hooks import KafkaClusterHook
+
+        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, purchase_events
+
+        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
+        events = purchase_events(params["purchase_events"], seed=params["seed"],
+                                 bad_ratio=params["bad_ratio"])
+        return publish(producer, params["purchase_events_topic"], events, rate=params["rate"]).as_dict()
+
+    @task
+    def publish_words(params=None) -> dict:
+        from kafka_pipeline.hooks import KafkaClusterHook
+
+        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, word_events
+
+        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
+        return publish(producer, params["input_topic"], word_events(params["words"])).as_dict()
+
+    analytics_processor = StreamProcessorOperator(
+        task_id="analytics_processor",
+        transform_factory="include.streaming.analytics.analytics_transform",
+        transform_kwargs={"web_topic": "{{ params.web_events_topic }}",
+                          "purchase_topic": "{{ params.purchase_events_topic }}"},
+        input_topics=["{{ params.web_events_topic }}", "{{ params.purchase_events_topic }}"],
+        output_topic="{{ params.analytics_events_topic }}",
+        dlq_topic="{{ params.analytics_dlq_topic }}",
+        group_id="{{ params.group_prefix }}-analytics",
+        max_runtime="{{ params.max_runtime }}",
+        idle_timeout="{{ params.idle_timeout }}",
+        dead_letter_notice=DLQ_NOTICE,
+        schema_registry_conn_id="schema_registry_default",
+    )
+    uppercase_processor = StreamProcessorOperator(
+        task_id="uppercase_processor",
+        transform_factory="include.streaming.words.uppercase_transform",
+        input_topics=["{{ params.input_topic }}"],
+        output_topic="{{ params.output_topic }}",
+        group_id="{{ params.group_prefix }}-uppercase",
+        max_runtime="{{ params.max_runtime }}",
+        idle_timeout="{{ params.idle_timeout }}",
+    )
+
+    @task
+    def report_analytics(web: dict, purchase: dict, processed: dict, params=None) -> dict:
+        from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
+
+        from include.serde import AvroDecoder
+        from include.streaming.readers import (
+            REPORT_CONSUMER_SETTINGS,
+            check_analytics_run,
+            read_analytics_report,
+        )
+
+        kafka = KafkaClusterHook()
+        registry = SchemaRegistryHook().get_conn()
+        consumer = kafka.consumer(f"{params['group_prefix']}-analytics-report",
+                                  **REPORT_CONSUMER_SETTINGS)
+        try:
+            decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
+            report = read_analytics_report(consumer, params["analytics_events_topic"],
+                                           decoder.decode).as_dict()
+        finally:
+            consumer.close()
+        return {**report, "check": check_analytics_run(report, [web, purchase], processed)}
+
+    @task
+    def report_words(processed: dict, params=None) -> dict:
+        from kafka_pipeline.hooks import KafkaClusterHook
+
+        from include.streaming.readers import (
+            REPORT_CONSUMER_SETTINGS,
+            check_words_run,
+            read_words_report,
+        )
+
+        consumer = KafkaClusterHook().consumer(f"{params['group_prefix']}-words-report",
+                                               **REPORT_CONSUMER_SETTINGS)
+        try:
+            report = read_words_report(consumer, params["output_topic"]).as_dict()
+        finally:
+            consumer.close()
+        return {**report, "check": check_words_run(report, params["words"])}
+
+    topics_ready = create_topics()
+    web, purchase, words = simulate_web_events(), simulate_purchase_events(), publish_words()
+    topics_ready >> [web, purchase, words]
+    [web, purchase] >> analytics_processor
+    words >> uppercase_processor
+    report_analytics(web, purchase, analytics_processor.output)
+    report_words(uppercase_processor.output)
+
+
+stream_pipelines_e2e()

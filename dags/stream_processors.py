@@ -1,0 +1,79 @@
+"""stream_processors: the seed 004 and seed 003 stream processors, always on.
+
+    web-events + purchase-events -> analytics_processor -> analytics-events   (failures: analytics-dlq)
+    input-topic                  -> uppercase_processor -> output-topic
+
+``schedule="@continuous"`` with ``max_active_runs=1`` is how Airflow keeps them running: a run's
+tasks stop after ``max_runtime`` seconds (or when the task is stopped from the UI: the batch in hand
+is finished and committed), and the scheduler starts the next run at once - also after a failure,
+once the task's retries are spent. Each task is one processor instance with a stable instance id:
+the next run's instance fences the previous one and resumes from its committed offsets.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag
+from kafka_pipeline.operators.stream import StreamProcessorOperator
+
+from include.streaming import topics
+from include.streaming.analytics import DLQ_NOTICE
+
+DEFAULT_ARGS = {
+    "owner": "stream-processing",
+    "retries": 2,
+    "retry_delay": pendulum.duration(seconds=15),
+    # A safety net above max_runtime: the processor normally stops itself long before.
+    "execution_timeout": pendulum.duration(hours=25),
+}
+
+
+@dag(
+    dag_id="stream_processors",
+    schedule="@continuous",
+    max_active_runs=1,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=["streaming", "kafka", "always-on", "seed-003", "seed-004"],
+    params={
+        "web_events_topic": Param(topics.WEB_EVENTS, type="string"),
+        "purchase_events_topic": Param(topics.PURCHASE_EVENTS, type="string"),
+        "analytics_events_topic": Param(topics.ANALYTICS_EVENTS, type="string"),
+        "analytics_dlq_topic": Param(topics.ANALYTICS_DLQ, type="string"),
+        "input_topic": Param(topics.INPUT_TOPIC, type="string"),
+        "output_topic": Param(topics.OUTPUT_TOPIC, type="string"),
+        "analytics_group": Param("stream-analytics", type="string",
+                                 description="Consumer group of the analytics processor."),
+        "uppercase_group": Param("stream-uppercase", type="string",
+                                 description="Consumer group of the upper-case processor."),
+        "max_runtime": Param(3600, type="integer", minimum=10, maximum=86_400,
+                             description="Seconds each run processes before the next run takes over."),
+    },
+    doc_md=__doc__,
+)
+def stream_processors():
+    StreamProcessorOperator(
+        task_id="analytics_processor",
+        transform_factory="include.streaming.analytics.analytics_transform",
+        transform_kwargs={"web_topic": "{{ params.web_events_topic }}",
+                          "purchase_topic": "{{ params.purchase_events_topic }}"},
+        input_topics=["{{ params.web_events_topic }}", "{{ params.purchase_events_topic }}"],
+        output_topic="{{ params.analytics_events_topic }}",
+        dlq_topic="{{ params.analytics_dlq_topic }}",
+        group_id="{{ params.analytics_group }}",
+        max_runtime="{{ params.max_runtime }}",
+        dead_letter_notice=DLQ_NOTICE,
+        schema_registry_conn_id="schema_registry_default",
+    )
+    StreamProcessorOperator(
+        task_id="uppercase_processor",
+        transform_factory="include.streaming.words.uppercase_transform",
+        input_topics=["{{ params.input_topic }}"],
+        output_topic="{{ params.output_topic }}",
+        group_id="{{ params.uppercase_group }}",
+        max_runtime="{{ params.max_runtime }}",
+    )
+
+
+stream_processors()

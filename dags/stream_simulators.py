@@ -1,0 +1,85 @@
+"""stream_simulators: feed the stream pipelines (seed 004's two producers, seed 003's words).
+
+    simulate_web_events       -> web-events        (some events miss a field)
+    simulate_purchase_events  -> purchase-events   (some are broken JSON or mistyped)
+    publish_words             -> input-topic       (the seed's five words, or the given ones)
+
+Bounded runs, triggered by hand: ``count`` events at ``rate`` events/s from a seeded generator (the
+same seed gives the same events). Each task returns what it sent, naming every bad event.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+from include.streaming import topics
+from include.streaming.words import SEED_WORDS
+
+DEFAULT_ARGS = {"owner": "stream-processing", "retries": 1, "retry_delay": pendulum.duration(seconds=10)}
+
+
+@dag(
+    dag_id="stream_simulators",
+    schedule=None,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    tags=["streaming", "kafka", "simulator", "seed-003", "seed-004"],
+    params={
+        "web_events_topic": Param(topics.WEB_EVENTS, type="string"),
+        "purchase_events_topic": Param(topics.PURCHASE_EVENTS, type="string"),
+        "input_topic": Param(topics.INPUT_TOPIC, type="string"),
+        # Bounded so the list of bad events in the XCom stays small.
+        "web_events": Param(1000, type="integer", minimum=0, maximum=100_000,
+                            description="How many web events to send."),
+        "purchase_events": Param(1000, type="integer", minimum=0, maximum=100_000,
+                                 description="How many purchase events to send."),
+        "rate": Param(200, type=["null", "number"], minimum=1,
+                      description="Events per second per simulator; null sends as fast as possible."),
+        "bad_ratio": Param(0.1, type="number", minimum=0, maximum=1,
+                           description="Share of events broken on purpose."),
+        "seed": Param(0, type="integer",
+                      description="Random seed: the same seed gives the same events."),
+        "words": Param(list(SEED_WORDS), type="array",
+                       description="The words for input-topic (seed 003)."),
+    },
+    doc_md=__doc__,
+)
+def stream_simulators():
+    @task
+    def simulate_web_events(params=None) -> dict:
+        from kafka_pipeline.hooks import KafkaClusterHook
+
+        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, web_events
+
+        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
+        events = web_events(params["web_events"], seed=params["seed"], bad_ratio=params["bad_ratio"])
+        return publish(producer, params["web_events_topic"], events, rate=params["rate"]).as_dict()
+
+    @task
+    def simulate_purchase_events(params=None) -> dict:
+        from kafka_pipeline.hooks import KafkaClusterHook
+
+        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, purchase_events
+
+        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
+        events = purchase_events(params["purchase_events"], seed=params["seed"],
+                                 bad_ratio=params["bad_ratio"])
+        return publish(producer, params["purchase_events_topic"], events, rate=params["rate"]).as_dict()
+
+    @task
+    def publish_words(params=None) -> dict:
+        from kafka_pipeline.hooks import KafkaClusterHook
+
+        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, word_events
+
+        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
+        return publish(producer, params["input_topic"], word_events(params["words"])).as_dict()
+
+    simulate_web_events()
+    simulate_purchase_events()
+    publish_words()
+
+
+stream_simulators()

@@ -1,0 +1,224 @@
+"""The final consumers of the stream pipelines: read what a processor committed and report it.
+
+Like the seed's last KafkaConsumer, a report reader is a consumer group that starts from the
+earliest offset; unlike it, it stops at the end of the topic (so it can be a bounded task), reads
+with ``isolation.level=read_committed`` (only committed transactions), and commits its offsets at
+the end, so the next report of the same group covers only what came after.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any, Callable, Iterator
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+
+log = logging.getLogger(__name__)
+
+# How many records a report logs one by one, like the seed's consumer prints them.
+LOGGED_RECORDS = 20
+
+
+class ReportFailed(RuntimeError):
+    """The topic could not be read to its end."""
+
+
+# Consumer settings of a report reader (with the cluster's settings and a group id).
+REPORT_CONSUMER_SETTINGS = {"auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                            "enable.auto.commit": False, "enable.partition.eof": True}
+
+
+def iter_to_end(consumer: Consumer, topics: list[str], timeout: float = 60.0) -> Iterator[Message]:
+    """Subscribe and yield every record up to the end of each assigned partition, then commit.
+
+    The end is the last stable offset: records of a transaction still open are not read (they
+    belong to the next report). The consumer must have ``enable.partition.eof`` set. The offsets
+    are committed only once the caller has taken every record.
+    """
+    assigned: set[tuple[str, int]] = set()
+    at_end: set[tuple[str, int]] = set()
+
+    def on_assign(_consumer, partitions):
+        assigned.update((tp.topic, tp.partition) for tp in partitions)
+
+    consumer.subscribe(topics, on_assign=on_assign)
+    deadline = time.monotonic() + timeout
+    read = 0
+    while not assigned or not assigned <= at_end:
+        if time.monotonic() > deadline:
+            raise ReportFailed(f"reading {', '.join(topics)} to its end took longer than "
+                               f"{timeout:.0f} s ({len(at_end)} of {len(assigned)} partitions done)")
+        for message in consumer.consume(num_messages=1000, timeout=0.5):
+            error = message.error()
+            if error is None:
+                read += 1
+                at_end.discard((message.topic(), message.partition()))
+                yield message
+            elif error.code() == KafkaError._PARTITION_EOF:
+                at_end.add((message.topic(), message.partition()))
+            elif error.fatal() or error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise ReportFailed(f"cannot read {', '.join(topics)}: {error}")
+            else:
+                log.warning("consumer error while reading %s (the client retries): %s",
+                            ", ".join(topics), error)
+    if read:
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            # _NO_OFFSET: nothing new to commit.
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                raise
+
+
+def read_to_end(consumer: Consumer, topics: list[str], timeout: float = 60.0) -> list[Message]:
+    """Every record up to the end of the topics (see iter_to_end), as a list."""
+    return list(iter_to_end(consumer, topics, timeout))
+
+
+@dataclass
+class AnalyticsReport:
+    """What a reader of analytics-events saw."""
+
+    topic: str
+    records: int = 0
+    by_event_type: dict[str, int] = field(default_factory=dict)
+    by_source: dict[str, int] = field(default_factory=dict)
+    users: int = 0
+    revenue: dict[str, str] = field(default_factory=dict)
+    # Events made from the same input record more than once: exactly-once means 0.
+    duplicates: int = 0
+    undecodable: int = 0
+    first_occurred_at: str | None = None
+    last_occurred_at: str | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_analytics_report(consumer: Consumer, topic: str, decode: Callable[[bytes], dict[str, Any]],
+                     timeout: float = 60.0) -> AnalyticsReport:
+    """Read analytics-events to its end and count it by event type, source, user and currency."""
+    began = time.monotonic()
+    report = AnalyticsReport(topic)
+    by_type: Counter[str] = Counter()
+    by_source: Counter[str] = Counter()
+    revenue: dict[str, Decimal] = {}
+    users: set[str] = set()
+    # Every origin is kept to count duplicates: fine for a bounded run's report, not for years.
+    seen: set[tuple[str, int, int]] = set()
+    first: dt.datetime | None = None
+    last: dt.datetime | None = None
+    for message in iter_to_end(consumer, [topic], timeout):
+        report.records += 1
+        try:
+            event = decode(message.value())
+        except Exception as exc:  # counted and logged: a report never hides a bad record
+            report.undecodable += 1
+            log.warning("undecodable record %s[%d]@%d: %s", message.topic(), message.partition(),
+                        message.offset(), exc)
+            continue
+        if report.records <= LOGGED_RECORDS:
+            log.info("Consumed from %s: %s %s %s", topic, event["event_type"], event["user_id"],
+                     event["event_id"])
+        by_type[event["event_type"]] += 1
+        by_source[event["source"]] += 1
+        users.add(event["user_id"])
+        first = min(first or event["occurred_at"], event["occurred_at"])
+        last = max(last or event["occurred_at"], event["occurred_at"])
+        if event.get("amount") is not None:
+            revenue[event["currency"]] = revenue.get(event["currency"], Decimal(0)) + event["amount"]
+        origin = (event["source_topic"], event["source_partition"], event["source_offset"])
+        if origin in seen:
+            report.duplicates += 1
+        seen.add(origin)
+    report.by_event_type = dict(sorted(by_type.items()))
+    report.by_source = dict(sorted(by_source.items()))
+    report.users = len(users)
+    report.revenue = {currency: str(total) for currency, total in sorted(revenue.items())}
+    if first is not None:
+        report.first_occurred_at = first.isoformat()
+        report.last_occurred_at = last.isoformat()
+    report.seconds = round(time.monotonic() - began, 3)
+    log.info("%s: %d analytics events (%s), %d users, %d duplicates, %d undecodable", topic,
+             report.records, report.by_event_type, report.users, report.duplicates,
+             report.undecodable)
+    return report
+
+
+@dataclass
+class WordsReport:
+    """What a reader of output-topic saw, in partition order."""
+
+    topic: str
+    records: int = 0
+    by_partition: dict[int, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        # XCom keys are strings in JSON.
+        return {**asdict(self), "by_partition": {str(p): w for p, w in self.by_partition.items()}}
+
+
+def read_words_report(consumer: Consumer, topic: str, timeout: float = 60.0) -> WordsReport:
+    """Read output-topic to its end; the words of each partition in the order they were written."""
+    began = time.monotonic()
+    report = WordsReport(topic)
+    for message in iter_to_end(consumer, [topic], timeout):
+        word = (message.value() or b"").decode("utf-8", "replace")
+        report.records += 1
+        report.by_partition.setdefault(message.partition(), []).append(word)
+        if report.records <= LOGGED_RECORDS:
+            log.info("Consumed from %s: %s", topic, word)
+    report.by_partition = dict(sorted(report.by_partition.items()))
+    report.seconds = round(time.monotonic() - began, 3)
+    log.info("%s: %d words from %d partition(s)", topic, report.records, len(report.by_partition))
+    return report
+
+
+class PipelineMismatch(AssertionError):
+    """An end-to-end run did not deliver exactly what was sent."""
+
+
+def check_analytics_run(report: dict[str, Any], simulations: list[dict[str, Any]],
+                        processed: dict[str, Any]) -> dict[str, Any]:
+    """Compare a bounded seed 004 run end to end: every good event once, every bad one in the DLQ.
+
+    Holds when the topics carried only this run's events past the groups' committed offsets.
+    Returns the comparison; raises PipelineMismatch naming each difference.
+    """
+    good = sum(s["good"] for s in simulations)
+    bad = sum(s["bad"] for s in simulations)
+    comparison = {"sent": good + bad, "expected_analytics": good, "expected_dead_letters": bad,
+                  "processed_in": processed["records_in"], "dead_lettered": processed["dead_lettered"],
+                  "analytics_seen": report["records"], "duplicates": report["duplicates"]}
+    problems = []
+    if processed["records_in"] != good + bad:
+        problems.append(f"the processor read {processed['records_in']} of the {good + bad} events sent "
+                        f"(stopped by {processed['stop_reason']})")
+    if processed["dead_lettered"] != bad:
+        problems.append(f"{processed['dead_lettered']} events went to the DLQ, {bad} were sent bad")
+    if report["records"] != good:
+        problems.append(f"the final consumer saw {report['records']} analytics events, "
+                        f"{good} good events were sent")
+    if report["duplicates"] or report["undecodable"]:
+        problems.append(f"{report['duplicates']} duplicate and {report['undecodable']} undecodable "
+                        "analytics events")
+    if problems:
+        raise PipelineMismatch("; ".join(problems))
+    return comparison
+
+
+def check_words_run(report: dict[str, Any], words: list[str]) -> dict[str, Any]:
+    """Compare a bounded seed 003 run end to end: each word once, upper-cased."""
+    seen = sorted(w for ws in report["by_partition"].values() for w in ws)
+    expected = sorted(w.upper() for w in words)
+    if seen != expected:
+        raise PipelineMismatch(f"the final consumer saw {len(seen)} words {seen[:10]}..., expected "
+                               f"{len(expected)} words {expected[:10]}...")
+    return {"words_sent": len(words), "words_seen": len(seen)}
