@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from include.kafka_admin.topics import ensure_topics
 from include.serde import AvroDecoder, AvroEncoder, load_schema
 
 log = logging.getLogger(__name__)
@@ -57,21 +58,6 @@ def smoke_records(run_id: str, count: int) -> list[dict[str, Any]]:
         }
         for i in range(count)
     ]
-
-
-def ensure_topic(admin: AdminClient, topic: str, partitions: int = 3, timeout: float = 30.0) -> bool:
-    """Create the topic when missing. True when this call created it."""
-    futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1)],
-        operation_timeout=timeout, request_timeout=timeout,
-    )
-    try:
-        futures[topic].result()
-        return True
-    except KafkaException as error:
-        if error.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-            return False
-        raise
 
 
 def register_schema(registry: SchemaRegistryClient, subject: str) -> tuple[int, dict[str, Any]]:
@@ -148,7 +134,7 @@ def run_roundtrip(admin: AdminClient, producer: Producer, consumer: Consumer,
     began = time.monotonic()
     run_id = run_id or uuid.uuid4().hex
     subject = f"{topic}-value"
-    created = ensure_topic(admin, topic)
+    created = bool(ensure_topics(admin, [topic], partitions=3))
     log.info("topic %s %s", topic, "created" if created else "already existed")
     schema_id, schema = register_schema(registry, subject)
     log.info("schema registered under %s with id %d", subject, schema_id)

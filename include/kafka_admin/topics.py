@@ -10,7 +10,9 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-from confluent_kafka import KafkaException
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -69,6 +71,34 @@ class TopicOutcome:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def ensure_topics(admin: AdminClient, topics: Iterable[str], partitions: int = 3,
+                  timeout: float = 30.0) -> list[str]:
+    """Create each missing topic with ``partitions`` partitions; return the ones this call created.
+
+    Existing topics are left as they are (their partition count included): declared topics are
+    reconciled by the provisioning DAG, this only makes a fresh broker usable. The replication
+    factor is the broker's default.
+    """
+    wanted = list(dict.fromkeys(topics))
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [t for t in wanted if t not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=-1) for t in missing],
+        operation_timeout=timeout, request_timeout=timeout)
+    created = []
+    for topic, future in futures.items():
+        try:
+            future.result()
+            created.append(topic)
+        except KafkaException as exc:
+            # Another task created it between the listing and now.
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return sorted(created)
 
 
 def capped_replication(spec: TopicSpec, brokers: int) -> int:

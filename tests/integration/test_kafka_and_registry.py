@@ -12,7 +12,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from include.serde import AvroDecoder, AvroEncoder
-from include.smoke import SCHEMA_PATH, consume_all, ensure_topic, run_roundtrip
+from include.kafka_admin.topics import ensure_topics
+from include.smoke import SCHEMA_PATH, consume_all, run_roundtrip
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +35,8 @@ def _consumer(kafka_config, group):
 def test_create_topic_then_produce_and_consume_in_key_order(kafka_config, unique_name):
     topic = unique_name("topic")
     admin = AdminClient(kafka_config)
-    assert ensure_topic(admin, topic, partitions=3) is True
-    assert ensure_topic(admin, topic, partitions=3) is False  # second call is a no-op
+    assert ensure_topics(admin, [topic], partitions=3) == [topic]
+    assert ensure_topics(admin, [topic], partitions=3) == []  # second call is a no-op
     assert len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == 3
 
     producer = Producer({**kafka_config, "acks": "all", "enable.idempotence": True})
@@ -92,7 +93,7 @@ def test_registry_compatibility_endpoints(registry_client, unique_name):
 
 def test_wire_format_is_compatible_with_confluent_serdes(kafka_config, registry_client, unique_name):
     topic = unique_name("wire")
-    ensure_topic(AdminClient(kafka_config), topic, partitions=1)
+    ensure_topics(AdminClient(kafka_config), [topic], partitions=1)
     subject = f"{topic}-value"
     schema_id = registry_client.register_schema(subject, Schema(json.dumps(SCHEMA), "AVRO"))
     ctx = SerializationContext(topic, MessageField.VALUE)
