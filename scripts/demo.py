@@ -1,7 +1,8 @@
 """`make demo`: run the pipeline's DAGs through `airflow dags test` against the local stack.
 
 Each step is one DAG run; its task log goes to a file and what each task returned (its counts) is
-printed. Later pipeline stages add their DAGs to STEPS.
+printed. Later pipeline stages add their DAGs to STEPS. What a step needs that is not a DAG run
+(a generated input file) is a PREPARATION, done first.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,12 +25,58 @@ class DemoStep:
     dag_id: str
     what: str
     conf: dict = field(default_factory=dict)
+    # The run's logical date (ISO 8601); None runs it "now".
+    logical_date: str | None = None
 
+
+@dataclass(frozen=True)
+class DemoPreparation:
+    what: str
+    run: Callable[[], str]  # does the work, returns one line saying what it did
+
+
+# The hourly ingestion ingests a generated file of a few Avazu hours, with every kind of broken row.
+# It is generated once (deterministic: the same bytes every time), so a second `make demo` finds the
+# hours already ingested and writes nothing again - exactly once across re-runs.
+DEMO_SOURCE = "data/avazu/demo/train_demo.csv.gz"
+DEMO_STAGING = "data/avazu/demo/staging"
+DEMO_ROWS = 120_000
+DEMO_HOURS = (14102100, 14102101, 14102102)
+DEMO_CHUNK_ROWS = 10_000
+
+
+def _generate_demo_source() -> str:
+    from include import storage
+    from include.avazu.generator import FaultKind, GeneratorSpec, generate
+
+    path = storage.resolve_local(DEMO_SOURCE)
+    if Path(path).is_file():
+        return f"{DEMO_SOURCE} is there already"
+    truth = generate(GeneratorSpec(DEMO_ROWS, start_hour=DEMO_HOURS[0], hours=len(DEMO_HOURS), seed=2014,
+                                   fault_rates={kind: 0.0005 for kind in FaultKind}), path)
+    return (f"wrote {truth.rows:,} rows over hours {DEMO_HOURS[0]}..{DEMO_HOURS[-1]} to {DEMO_SOURCE} "
+            f"({len(truth.bad_lines()):,} broken rows, {len(truth.faults.get('duplicate_id', [])):,} duplicate ids)")
+
+
+def _hour_date(hour: int) -> str:
+    from include.avazu.contract import hour_to_datetime
+
+    return hour_to_datetime(hour).isoformat()
+
+
+PREPARATIONS = [
+    DemoPreparation("an Avazu-format file of a few hours with broken rows, for the hourly ingestion",
+                    _generate_demo_source),
+]
 
 STEPS = [
     DemoStep("kafka_provisioning", "topics and schemas as declared in include/config/topics.yaml"),
     DemoStep("kafka_smoke", "Avro records through the broker and the registry and back",
              {"topic": "smoke_avro_roundtrip", "records": 1000}),
+    *[DemoStep("avazu_hourly_ingest", f"Avazu hour {hour}: stage the file, ingest the hour into ad_events_raw / ad_events_error",
+               {"source_uri": DEMO_SOURCE, "staging_uri": DEMO_STAGING, "chunk_rows": DEMO_CHUNK_ROWS},
+               logical_date=_hour_date(hour))
+      for hour in DEMO_HOURS],
 ]
 
 
@@ -69,6 +117,18 @@ def _task_results(dag_id: str, logical_date: dt.datetime) -> tuple[str, dict[str
 
 
 def _describe(value: object) -> str:
+    if isinstance(value, dict) and "rows_produced" in value and "hour_rows_read" in value:
+        # An ingestion result: the counts that matter, not its thirty keys.
+        by_reason = ", ".join(f"{k} {v}" for k, v in sorted(value["dead_lettered_by_reason"].items()))
+        return (f"{value['action']}: hour {value['hour']} generation {value['generation']}, read {value['rows_read']:,} = "
+                f"{value['rows_produced']:,} produced + {value['rows_dead_lettered']:,} dead-lettered"
+                f"{f' ({by_reason})' if by_reason else ''} in {value['chunks']} chunks, {value['rows_per_s']:,.0f} rows/s; "
+                f"hour complete={value['complete']} with {value['hour_rows_read']:,} rows")
+    if isinstance(value, dict) and "rows_per_hour" in value:
+        return (f"{value['action']}: {value['rows']:,} rows ({value['bad_rows']:,} bad) in {value['hours']} hours "
+                f"{value['first_hour']}..{value['last_hour']} under {value['staging_uri']}")
+    if isinstance(value, dict) and "settings" in value and "hour" in value:
+        return f"hour {value['hour']} ({value['mode']}), topics {', '.join(value['topics'].values())}"
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items())
     if isinstance(value, list) and value and all(isinstance(v, dict) and "action" in v for v in value):
@@ -80,9 +140,11 @@ def _describe(value: object) -> str:
     return json.dumps(value, default=str)
 
 
-def run_step(number: int, step: DemoStep, logs: Path) -> None:
-    logical_date = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    log = logs / f"demo-{step.dag_id}.log"
+def run_step(number: int, step: DemoStep, logs: Path) -> dict[str, object]:
+    logical_date = (dt.datetime.fromisoformat(step.logical_date) if step.logical_date
+                    else dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
+    log = logs / (f"demo-{step.dag_id}.log" if step.logical_date is None
+                  else f"demo-{step.dag_id}-{logical_date:%Y%m%dT%H%M}.log")
     print(f"[{number}/{len(STEPS)}] {step.dag_id}: {step.what}", flush=True)
     began = time.monotonic()
     with log.open("w") as out:
@@ -98,6 +160,23 @@ def run_step(number: int, step: DemoStep, logs: Path) -> None:
     if result.returncode != 0 or state != "success":
         _fail(f"{step.dag_id} ended {state} after {seconds:.0f} s; its task log is {log}")
     print(f"      {step.dag_id} succeeded in {seconds:.0f} s (task log: {log})", flush=True)
+    return results
+
+
+def _print_ingested_hours(results: list[dict[str, object]]) -> None:
+    """One line per ingested hour, and the totals: every row read is produced or dead-lettered."""
+    hours = [r["ingest_hour"] for r in results if isinstance(r.get("ingest_hour"), dict)]
+    if not hours:
+        return
+    print("Avazu hours in Kafka (this demo's runs; an hour ingested by an earlier demo adds nothing):")
+    print(f"      {'hour':<10} {'action':<17} {'rows read':>10} {'produced':>10} {'DLQ':>6}  {'hour total':>10}  dead letters by reason")
+    for r in hours:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["hour_dead_lettered_by_reason"].items()))
+        print(f"      {r['hour']:<10} {r['action']:<17} {r['rows_read']:>10,} {r['rows_produced']:>10,} "
+              f"{r['rows_dead_lettered']:>6,}  {r['hour_rows_read']:>10,}  {reasons}")
+    read, produced, dead = (sum(r[k] for r in hours) for k in ("hour_rows_read", "hour_rows_produced", "hour_rows_dead_lettered"))
+    print(f"      {'total':<10} {'':<17} {'':>10} {'':>10} {'':>6}  {read:>10,}  = {produced:,} in {hours[0]['topics']['raw']} "
+          f"+ {dead:,} in {hours[0]['topics']['dlq']}")
 
 
 def main() -> None:
@@ -107,8 +186,10 @@ def main() -> None:
     print(f"Running {len(STEPS)} DAG(s) with `airflow dags test` against Kafka at "
           f"{os.environ['KAFKA_BOOTSTRAP_SERVERS']} and the registry at "
           f"{os.environ['SCHEMA_REGISTRY_URL']}", flush=True)
-    for number, step in enumerate(STEPS, start=1):
-        run_step(number, step, logs)
+    for preparation in PREPARATIONS:
+        print(f"[prepare] {preparation.what}: {preparation.run()}", flush=True)
+    results = [run_step(number, step, logs) for number, step in enumerate(STEPS, start=1)]
+    _print_ingested_hours(results)
     print("Demo finished: every step succeeded.")
 
 

@@ -1,0 +1,236 @@
+"""The ingestion settings (include/config/ingest.yaml): read once, checked, overridable by DAG params.
+
+Every problem is reported as one :class:`IngestConfigError` sentence naming the file and the key,
+before anything touches Kafka or the staging area.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from include.ingest.hours import Mode
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "ingest.yaml"
+
+# Kafka's own rule for topic names.
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+# Settings the exactly-once design depends on; a config that changes them would silently break it.
+RESERVED_PRODUCER_SETTINGS = frozenset({
+    "transactional.id", "enable.idempotence", "acks", "request.required.acks",
+    "transaction.timeout.ms", "bootstrap.servers", "isolation.level",
+    "max.in.flight.requests.per.connection", "max.in.flight",
+})
+# A chunk is held in memory and committed as one transaction; keep both bounded.
+MAX_CHUNK_ROWS = 2_000_000
+
+_TOP_KEYS = {"source_uri", "staging_uri", "stage_before_ingest", "mode", "replay", "chunk_rows", "topics",
+             "partition_wait", "progress_every_s", "transaction", "producer"}
+_REPLAY_KEYS = {"offset_hours", "wrap"}
+_TOPIC_KEYS = {"raw", "dlq", "checkpoints"}
+_WAIT_KEYS = {"timeout_s", "poke_interval_s"}
+_TRANSACTION_KEYS = {"timeout_ms", "max_chunk_attempts"}
+# DAG params that override config values, and the config field each one sets.
+PARAM_OVERRIDES = {
+    "source_uri": "source_uri",
+    "staging_uri": "staging_uri",
+    "mode": "mode",
+    "chunk_rows": "chunk_rows",
+    "raw_topic": "raw_topic",
+    "dlq_topic": "dlq_topic",
+    "checkpoint_topic": "checkpoint_topic",
+    "partition_wait_s": "partition_wait_timeout_s",
+}
+
+
+class IngestConfigError(ValueError):
+    """The ingestion settings are wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """How replay mode maps a wall-clock hour onto an Avazu hour."""
+
+    offset_hours: int = 0
+    wrap: bool = True
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Checked ingestion settings. ``source`` names where they came from, for error messages."""
+
+    source_uri: str
+    staging_uri: str
+    raw_topic: str
+    dlq_topic: str
+    checkpoint_topic: str
+    stage_before_ingest: bool = True
+    mode: Mode = Mode.AUTO
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
+    chunk_rows: int = 100_000
+    partition_wait_timeout_s: float = 900.0
+    partition_poke_interval_s: float = 60.0
+    progress_every_s: float = 10.0
+    transaction_timeout_ms: int = 120_000
+    max_chunk_attempts: int = 3
+    producer: dict[str, Any] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    def with_overrides(self, params: Mapping[str, Any] | None) -> IngestConfig:
+        """A copy with the DAG params that are set (not None, not empty) applied, checked again."""
+        changes: dict[str, Any] = {}
+        given: list[str] = []
+        for param, attribute in PARAM_OVERRIDES.items():
+            value = (params or {}).get(param)
+            if value is None or value == "":
+                continue
+            changes[attribute] = value
+            given.append(param)
+        if not changes:
+            return self
+        where = f"{self.source} with params {', '.join(given)}"
+        return _checked(dataclasses.replace(self, **changes, source=where))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what the DAG hands from task to task)."""
+        data = dataclasses.asdict(self)
+        data["mode"] = self.mode.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IngestConfig:
+        """Rebuild from :meth:`as_dict` output, checked again."""
+        values = dict(data)
+        values["replay"] = ReplaySettings(**values.get("replay", {}))
+        return _checked(cls(**values))
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _mapping(where: str, value: Any, allowed: set[str]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise IngestConfigError(f"{where} must be a mapping, not {type(value).__name__}")
+    for key in value:
+        if key not in allowed:
+            raise IngestConfigError(f"{where}: unknown key {key!r}{_suggest(str(key), allowed)}")
+    return value
+
+
+def _whole(where: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
+        bound = f"{minimum}..{maximum}" if maximum is not None else f"at least {minimum}"
+        raise IngestConfigError(f"{where} must be a whole number {bound}, not {value!r}")
+    return value
+
+
+def _seconds(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise IngestConfigError(f"{where} must be a number of seconds (0 or more), not {value!r}")
+    return float(value)
+
+
+def _text(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise IngestConfigError(f"{where} must be a non-empty string, not {value!r}")
+    return value.strip()
+
+
+def _checked(config: IngestConfig) -> IngestConfig:
+    """Check every field of a config (also after overrides) and normalise types."""
+    where = config.source
+    try:
+        mode = Mode(config.mode)
+    except ValueError:
+        raise IngestConfigError(f"{where}: mode must be one of {', '.join(m.value for m in Mode)}, not {config.mode!r}") from None
+    for name in ("raw_topic", "dlq_topic", "checkpoint_topic"):
+        value = getattr(config, name)
+        if not isinstance(value, str) or not _TOPIC_NAME.fullmatch(value) or value in {".", ".."}:
+            raise IngestConfigError(f"{where}: {name} {value!r} is not a valid Kafka topic name")
+    topics = {config.raw_topic, config.dlq_topic, config.checkpoint_topic}
+    if len(topics) != 3:
+        raise IngestConfigError(f"{where}: the raw, DLQ and checkpoint topics must be three different topics")
+    if not isinstance(config.stage_before_ingest, bool):
+        raise IngestConfigError(f"{where}: stage_before_ingest must be true or false, not {config.stage_before_ingest!r}")
+    if not isinstance(config.replay.wrap, bool):
+        raise IngestConfigError(f"{where}: replay.wrap must be true or false, not {config.replay.wrap!r}")
+    _whole(f"{where}: replay.offset_hours", config.replay.offset_hours, -(10**7), 10**7)
+    reserved = sorted(set(config.producer) & RESERVED_PRODUCER_SETTINGS)
+    if reserved:
+        raise IngestConfigError(
+            f"{where}: producer setting(s) {', '.join(reserved)} are set by the ingestion itself "
+            "(exactly-once needs them) and cannot be configured")
+    for key, value in config.producer.items():
+        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+            raise IngestConfigError(f"{where}: producer.{key} must be a plain value, not {value!r}")
+    return dataclasses.replace(
+        config,
+        source_uri=_text(f"{where}: source_uri", config.source_uri),
+        staging_uri=_text(f"{where}: staging_uri", config.staging_uri),
+        mode=mode,
+        chunk_rows=_whole(f"{where}: chunk_rows", config.chunk_rows, 1, MAX_CHUNK_ROWS),
+        partition_wait_timeout_s=_seconds(f"{where}: partition_wait.timeout_s", config.partition_wait_timeout_s),
+        partition_poke_interval_s=max(1.0, _seconds(f"{where}: partition_wait.poke_interval_s", config.partition_poke_interval_s)),
+        progress_every_s=_seconds(f"{where}: progress_every_s", config.progress_every_s),
+        transaction_timeout_ms=_whole(f"{where}: transaction.timeout_ms", config.transaction_timeout_ms, 1_000, 900_000),
+        max_chunk_attempts=_whole(f"{where}: transaction.max_chunk_attempts", config.max_chunk_attempts, 1, 20),
+        producer=dict(config.producer),
+    )
+
+
+def parse_ingest_config(document: Any, source: str) -> IngestConfig:
+    """Check a parsed YAML document and turn it into an :class:`IngestConfig`."""
+    top = _mapping(source, document, _TOP_KEYS)
+    for key in ("source_uri", "staging_uri", "topics"):
+        if key not in top:
+            raise IngestConfigError(f"{source}: {key} is missing")
+    topics = _mapping(f"{source}: topics", top["topics"], _TOPIC_KEYS)
+    for key in sorted(_TOPIC_KEYS - set(topics)):
+        raise IngestConfigError(f"{source}: topics.{key} is missing")
+    replay = _mapping(f"{source}: replay", top.get("replay"), _REPLAY_KEYS)
+    wait = _mapping(f"{source}: partition_wait", top.get("partition_wait"), _WAIT_KEYS)
+    transaction = _mapping(f"{source}: transaction", top.get("transaction"), _TRANSACTION_KEYS)
+    producer = top.get("producer") or {}
+    if not isinstance(producer, dict):
+        raise IngestConfigError(f"{source}: producer must be a mapping of librdkafka settings")
+    defaults = IngestConfig("", "", "", "", "")
+    return _checked(IngestConfig(
+        source_uri=top["source_uri"],
+        staging_uri=top["staging_uri"],
+        raw_topic=topics["raw"],
+        dlq_topic=topics["dlq"],
+        checkpoint_topic=topics["checkpoints"],
+        stage_before_ingest=top.get("stage_before_ingest", defaults.stage_before_ingest),
+        mode=top.get("mode", defaults.mode.value),
+        replay=ReplaySettings(replay.get("offset_hours", 0), replay.get("wrap", True)),
+        chunk_rows=top.get("chunk_rows", defaults.chunk_rows),
+        partition_wait_timeout_s=wait.get("timeout_s", defaults.partition_wait_timeout_s),
+        partition_poke_interval_s=wait.get("poke_interval_s", defaults.partition_poke_interval_s),
+        progress_every_s=top.get("progress_every_s", defaults.progress_every_s),
+        transaction_timeout_ms=transaction.get("timeout_ms", defaults.transaction_timeout_ms),
+        max_chunk_attempts=transaction.get("max_chunk_attempts", defaults.max_chunk_attempts),
+        producer={str(k): v for k, v in producer.items()},
+        source=source,
+    ))
+
+
+def load_ingest_config(path: str | Path = DEFAULT_CONFIG_PATH) -> IngestConfig:
+    """Read and check the settings file; raise :class:`IngestConfigError` with one sentence if wrong."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise IngestConfigError(f"ingestion settings file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise IngestConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_ingest_config(document, str(path))

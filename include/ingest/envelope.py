@@ -1,0 +1,83 @@
+"""DLQ envelopes for rows that break the contract (schemas/dlq_envelope.avsc).
+
+An envelope carries the raw line exactly as read, why it failed (reason code, column, message),
+where it came from (source URI and line, the hour and chunk being ingested) and which Airflow
+task dead-lettered it. ``envelope_id`` is ``<source id>:<line>``: the same on every retry and
+every re-ingestion of the same source, so DLQ reprocessing can recognise a row it has seen. The
+reason code is also a record header (``dlq.reason``), so a consumer can route or count
+dead letters without decoding them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DLQ_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "dlq_envelope.avsc"
+HEADER_PREFIX = "dlq."
+STAGE = "ingest"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The Airflow task instance doing the work (all None outside Airflow)."""
+
+    dag_id: str | None = None
+    run_id: str | None = None
+    task_id: str | None = None
+    try_number: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def envelope_id(source_id: str, line: int) -> str:
+    """The stable id of a failed source line (see module doc)."""
+    return f"{source_id}:{line}"
+
+
+def build_envelope(
+    *,
+    source_id: str,
+    source_uri: str,
+    line: int,
+    hour: int,
+    chunk: int,
+    reason: str,
+    field: str | None,
+    message: str,
+    raw: bytes,
+    origin: Origin,
+    failed_at: dt.datetime,
+) -> dict[str, Any]:
+    """One DLQ envelope as a record of schemas/dlq_envelope.avsc."""
+    return {
+        "envelope_id": envelope_id(source_id, line),
+        "reason": reason,
+        "message": message,
+        "field": field,
+        "raw": raw,
+        "source": {"uri": source_uri, "line": line, "hour": hour, "chunk": chunk},
+        "origin": origin.as_dict(),
+        "first_failed_at": failed_at,
+        "stage": STAGE,
+        "attempts": 0,
+        "last_error": None,
+    }
+
+
+def envelope_headers(reason: str, hour: int, generation: int) -> list[tuple[str, bytes]]:
+    """Headers of a DLQ record: the reason, the stage, and which hour and generation wrote it."""
+    return [
+        (HEADER_PREFIX + "reason", reason.encode()),
+        (HEADER_PREFIX + "stage", STAGE.encode()),
+        ("ingest.hour", str(hour).encode()),
+        ("ingest.generation", str(generation).encode()),
+    ]
+
+
+def load_dlq_schema(path: str | Path = DLQ_SCHEMA_PATH) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

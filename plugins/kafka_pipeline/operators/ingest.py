@@ -1,0 +1,153 @@
+"""Operators of the hourly Avazu ingestion: stage the source, wait for the hour, ingest it.
+
+Thin shells around include.ingest: the hooks turn the Airflow connections into clients, the
+task instance becomes the ``Origin`` written into DLQ envelopes and checkpoints, and each
+operator returns its counts to XCom. Errors that a retry cannot fix (a reconciliation mismatch,
+an unregistered schema, a source that is not an Avazu file) fail the task without retries; an
+unreachable broker or registry, or a chunk that kept aborting, fails it with retries - and the
+retry resumes after the last committed chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, BaseSensorOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+
+from include.avazu.reader import AvazuInputError
+from include.ingest.envelope import Origin
+from include.ingest.ingestor import HourlyIngestor, IngestSettings, ReconciliationError, TopicsMissing
+from include.ingest.rows import SchemaMismatchError
+from include.ingest.staging import find_partition, partition_manifest_uri, read_manifest, stage_source
+from include.ingest.topics import IngestTopics, SchemaNotRegistered
+from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
+from kafka_pipeline.operators.provisioning import as_bool
+
+
+class StageAvazuSourceOperator(BaseOperator):
+    """Split the source into ``hour=YYMMDDHH/`` partitions; a no-op while the source is unchanged.
+
+    :param source_uri: the Avazu CSV, local or s3:// (templated)
+    :param staging_uri: folder or s3:// prefix of the partitions (templated)
+    :param enabled: when false the task only reports what is staged (partitions come from elsewhere)
+    """
+
+    template_fields: Sequence[str] = ("source_uri", "staging_uri", "enabled")
+    ui_color = "#f3efe0"
+
+    def __init__(self, *, source_uri: str, staging_uri: str, enabled: Any = True,
+                 progress_every_s: float = 10.0, **kwargs):
+        super().__init__(**kwargs)
+        self.source_uri = source_uri
+        self.staging_uri = staging_uri
+        self.enabled = enabled
+        self.progress_every_s = progress_every_s
+
+    def execute(self, context) -> dict:
+        if not as_bool(self.enabled):
+            manifest = read_manifest(self.staging_uri)
+            self.log.info("Staging is switched off; %s holds %s", self.staging_uri,
+                          f"source {manifest['source_id']}" if manifest else "no manifest")
+            return {"action": "disabled", "staging_uri": self.staging_uri,
+                    "source_id": manifest["source_id"] if manifest else None}
+        try:
+            result = stage_source(self.source_uri, self.staging_uri, progress_every_s=self.progress_every_s)
+        except AvazuInputError as error:
+            raise AirflowFailException(str(error)) from None
+        return result.as_dict()
+
+
+class AvazuHourPartitionSensor(BaseSensorOperator):
+    """Wait until the hour's partition is staged; on timeout, say which hour and where it looked.
+
+    ``wait_timeout_s`` and ``poke_interval_s`` are templated (they come from the ingestion config
+    at run time) and replace the sensor's ``timeout`` and ``poke_interval`` when the task runs.
+    """
+
+    template_fields: Sequence[str] = ("staging_uri", "hour", "wait_timeout_s", "poke_interval_s")
+    ui_color = "#f3efe0"
+
+    def __init__(self, *, staging_uri: str, hour: Any, wait_timeout_s: Any = 900, poke_interval_s: Any = 60, **kwargs):
+        kwargs.setdefault("mode", "reschedule")
+        super().__init__(**kwargs)
+        self.staging_uri = staging_uri
+        self.hour = hour
+        self.wait_timeout_s = wait_timeout_s
+        self.poke_interval_s = poke_interval_s
+
+    def poke(self, context) -> bool:
+        found = find_partition(self.staging_uri, int(self.hour)) is not None
+        if not found:
+            self.log.info("hour %s is not staged yet: %s does not exist", self.hour, partition_manifest_uri(self.staging_uri, int(self.hour)))
+        return found
+
+    def execute(self, context) -> Any:
+        self.timeout = float(self.wait_timeout_s)
+        # Never sleep past the deadline: a short wait must not turn into one long poke interval.
+        self.poke_interval = max(1.0, min(float(self.poke_interval_s), self.timeout))
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout:
+            manifest = read_manifest(self.staging_uri)
+            staged = (f"the staged source {manifest['source']['uri']} covers {len(manifest['hours'])} hour(s), "
+                      f"{min(manifest['hours'], default='-')}..{max(manifest['hours'], default='-')}"
+                      if manifest else "nothing is staged there")
+            raise AirflowSensorTimeout(
+                f"no partition for Avazu hour {self.hour} after {self.timeout:.0f} s: looked for "
+                f"{partition_manifest_uri(self.staging_uri, int(self.hour))}; {staged}") from None
+
+
+class IngestAvazuHourOperator(BaseOperator):
+    """Ingest one staged hour into the raw topic and the DLQ, exactly once (see include.ingest.ingestor).
+
+    :param hour: the Avazu hour YYMMDDHH (templated)
+    :param staging_uri: where the partitions are (templated)
+    :param topics: ``{"raw": ..., "dlq": ..., "checkpoints": ...}`` (templated)
+    :param settings: chunk_rows, progress_every_s, transaction_timeout_ms, max_chunk_attempts,
+        producer (templated; from the ingestion config)
+    :param reingest: write a finished hour again as a new generation (templated)
+    """
+
+    template_fields: Sequence[str] = ("hour", "staging_uri", "topics", "settings", "reingest")
+    ui_color = "#e7f0e4"
+
+    def __init__(self, *, hour: Any, staging_uri: str, topics: Any, settings: Any, reingest: Any = False,
+                 kafka_config_id: str = KafkaClusterHook.default_conn_name,
+                 schema_registry_conn_id: str = SchemaRegistryHook.default_conn_name, **kwargs):
+        super().__init__(**kwargs)
+        self.hour = hour
+        self.staging_uri = staging_uri
+        self.topics = topics
+        self.settings = settings
+        self.reingest = reingest
+        self.kafka_config_id = kafka_config_id
+        self.schema_registry_conn_id = schema_registry_conn_id
+
+    def execute(self, context) -> dict:
+        hour = int(self.hour)
+        partition = find_partition(self.staging_uri, hour)
+        if partition is None:
+            raise AirflowFailException(f"hour {hour} is not staged: {partition_manifest_uri(self.staging_uri, hour)} does not exist")
+        kafka = KafkaClusterHook(self.kafka_config_id)
+        kafka.ensure_reachable()
+        registry = SchemaRegistryHook(self.schema_registry_conn_id)
+        registry.ensure_reachable()
+        ti = context["ti"]
+        origin = Origin(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, try_number=ti.try_number)
+        ingestor = HourlyIngestor(
+            partition,
+            kafka_config=kafka.client_config(),
+            registry=registry.get_conn(),
+            topics=IngestTopics(**dict(self.topics)),
+            settings=IngestSettings(**dict(self.settings)),
+            origin=origin,
+            reingest=as_bool(self.reingest),
+            request_id=ti.run_id,
+        )
+        try:
+            result = ingestor.run()
+        except (ReconciliationError, SchemaNotRegistered, SchemaMismatchError, TopicsMissing, AvazuInputError) as error:
+            raise AirflowFailException(str(error)) from None
+        return result.as_dict()
