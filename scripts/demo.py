@@ -77,6 +77,9 @@ STEPS = [
                {"source_uri": DEMO_SOURCE, "staging_uri": DEMO_STAGING, "chunk_rows": DEMO_CHUNK_ROWS},
                logical_date=_hour_date(hour))
       for hour in DEMO_HOURS],
+    DemoStep("stream_pipelines_e2e",
+             "seeds 003/004: simulators -> stream processors (bounded) -> final consumers, on the declared topics",
+             {"web_events": 300, "purchase_events": 300, "bad_ratio": 0.1, "idle_timeout": 5, "max_runtime": 120}),
 ]
 
 
@@ -130,7 +133,9 @@ def _describe(value: object) -> str:
     if isinstance(value, dict) and "settings" in value and "hour" in value:
         return f"hour {value['hour']} ({value['mode']}), topics {', '.join(value['topics'].values())}"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
+        # Long lists (e.g. which simulated events were made bad) are counted, not printed.
+        return ", ".join(f"{k}={f'[{len(v)} items]' if isinstance(v, list) and len(v) > 8 else v}"
+                         for k, v in value.items())
     if isinstance(value, list) and value and all(isinstance(v, dict) and "action" in v for v in value):
         # A result table: how many rows took each action.
         actions: dict[str, int] = {}
