@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from kafka_pipeline.simulator_tasks import publish_words, simulate_purchase_events, simulate_web_events
 from kafka_pipeline.operators.stream import StreamProcessorOperator
 
 from include.streaming import topics
@@ -68,36 +69,6 @@ def stream_pipelines_e2e():
                                            "analytics_events_topic", "analytics_dlq_topic",
                                            "input_topic", "output_topic")]
         return ensure_topics(KafkaClusterHook().admin(), names, partitions=params["partitions"])
-
-    @task
-    def simulate_web_events(params=None) -> dict:
-        from kafka_pipeline.hooks import KafkaClusterHook
-
-        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, web_events
-
-        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
-        events = web_events(params["web_events"], seed=params["seed"], bad_ratio=params["bad_ratio"])
-        return publish(producer, params["web_events_topic"], events, rate=params["rate"]).as_dict()
-
-    @task
-    def simulate_purchase_events(params=None) -> dict:
-        from kafka_pipeline.hooks import KafkaClusterHook
-
-        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, purchase_events
-
-        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
-        events = purchase_events(params["purchase_events"], seed=params["seed"],
-                                 bad_ratio=params["bad_ratio"])
-        return publish(producer, params["purchase_events_topic"], events, rate=params["rate"]).as_dict()
-
-    @task
-    def publish_words(params=None) -> dict:
-        from kafka_pipeline.hooks import KafkaClusterHook
-
-        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, word_events
-
-        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
-        return publish(producer, params["input_topic"], word_events(params["words"])).as_dict()
 
     analytics_processor = StreamProcessorOperator(
         task_id="analytics_processor",

@@ -11,7 +11,8 @@ same seed gives the same events). Each task returns what it sent, naming every b
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
+from kafka_pipeline.simulator_tasks import publish_words, simulate_purchase_events, simulate_web_events
 
 from include.streaming import topics
 from include.streaming.words import SEED_WORDS
@@ -47,36 +48,6 @@ DEFAULT_ARGS = {"owner": "stream-processing", "retries": 1, "retry_delay": pendu
     doc_md=__doc__,
 )
 def stream_simulators():
-    @task
-    def simulate_web_events(params=None) -> dict:
-        from kafka_pipeline.hooks import KafkaClusterHook
-
-        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, web_events
-
-        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
-        events = web_events(params["web_events"], seed=params["seed"], bad_ratio=params["bad_ratio"])
-        return publish(producer, params["web_events_topic"], events, rate=params["rate"]).as_dict()
-
-    @task
-    def simulate_purchase_events(params=None) -> dict:
-        from kafka_pipeline.hooks import KafkaClusterHook
-
-        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, purchase_events
-
-        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
-        events = purchase_events(params["purchase_events"], seed=params["seed"],
-                                 bad_ratio=params["bad_ratio"])
-        return publish(producer, params["purchase_events_topic"], events, rate=params["rate"]).as_dict()
-
-    @task
-    def publish_words(params=None) -> dict:
-        from kafka_pipeline.hooks import KafkaClusterHook
-
-        from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, word_events
-
-        producer = KafkaClusterHook().producer(**SIMULATOR_PRODUCER_SETTINGS)
-        return publish(producer, params["input_topic"], word_events(params["words"])).as_dict()
-
     simulate_web_events()
     simulate_purchase_events()
     publish_words()
