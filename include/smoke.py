@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from include.kafka_admin.topics import ensure_topics
 from include.serde import AvroDecoder, AvroEncoder, load_schema
+from include.topic_scan import scan_topic
 
 log = logging.getLogger(__name__)
 
@@ -94,37 +95,14 @@ def produce(producer: Producer, topic: str, encoder: AvroEncoder,
 
 def consume_all(consumer: Consumer, topic: str, decoder: AvroDecoder,
                 timeout: float = 60.0) -> list[dict[str, Any]]:
-    """Read every record the topic holds now (up to each partition's high watermark) and decode it.
+    """Read every record the topic holds now and decode it (see include.topic_scan.scan_topic).
 
-    The consumer is assigned, not subscribed: no group offsets are read or committed. Create it
-    with ``enable.partition.eof=True``.
+    Create the consumer with ``enable.partition.eof=True``.
     """
-    metadata = consumer.list_topics(topic, timeout=10)
-    ends: dict[int, int] = {}
-    starts = []
-    for partition in sorted(metadata.topics[topic].partitions):
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        if high > low:
-            ends[partition] = high
-            starts.append(TopicPartition(topic, partition, low))
-    consumer.assign(starts)
-    records: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while ends:
-        if time.monotonic() > deadline:
-            raise SmokeFailure(f"reading {topic} back took longer than {timeout:.0f} s")
-        for message in consumer.consume(num_messages=500, timeout=1.0):
-            if message.error():
-                # With enable.partition.eof, the end also shows when the last offsets are
-                # transaction markers that no record is delivered for.
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    ends.pop(message.partition(), None)
-                    continue
-                raise KafkaException(message.error())
-            records.append(decoder.decode(message.value()))
-            if message.offset() + 1 >= ends.get(message.partition(), 0):
-                ends.pop(message.partition(), None)
-    return records
+    try:
+        return [decoder.decode(message.value()) for message in scan_topic(consumer, topic, timeout, batch=500)]
+    except TimeoutError as error:
+        raise SmokeFailure(str(error)) from None
 
 
 def run_roundtrip(admin: AdminClient, producer: Producer, consumer: Consumer,

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer
 
 from include.serde import AvroDecoder, AvroEncoder
+from include.topic_scan import scan_topic
 
 CHECKPOINT_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "ingest_checkpoint.avsc"
 
@@ -143,41 +143,9 @@ def read_latest_checkpoint(consumer: Consumer, topic: str, key: str, codec: Chec
     ``enable.partition.eof=True``; it is assigned (no group offsets are read or committed).
     """
     wanted = key.encode()
-    metadata = consumer.list_topics(topic, timeout=10)
-    described = metadata.topics.get(topic)
-    if described is None or described.error is not None:
-        raise KafkaException(described.error if described is not None else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
-    pending: set[int] = set()
-    assignment = []
-    for partition in sorted(described.partitions):
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        if high > low:
-            pending.add(partition)
-            assignment.append(TopicPartition(topic, partition, low))
-    if not assignment:
-        return None
-    consumer.assign(assignment)
-    latest: tuple[int, int, bytes] | None = None  # (partition, offset, value)
-    deadline = time.monotonic() + timeout
-    try:
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading checkpoints from {topic} took longer than {timeout:.0f} s "
-                                   f"(partitions not read to the end: {sorted(pending)})")
-            # A short timeout: consume() waits that long whenever fewer records than asked are left.
-            for message in consumer.consume(num_messages=1000, timeout=0.1):
-                error = message.error()
-                if error is not None:
-                    # At the end of a read_committed partition; also raised when the last offsets
-                    # are transaction markers, which deliver no record.
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(message.partition())
-                        continue
-                    raise KafkaException(error)
-                if message.key() == wanted:
-                    latest = (message.partition(), message.offset(), message.value())
-    finally:
-        consumer.unassign()
-    if latest is None:
-        return None
-    return codec.decode(latest[2])
+    latest: bytes | None = None
+    for message in scan_topic(consumer, topic, timeout):
+        if message.key() == wanted:
+            latest = message.value()
+    return None if latest is None else codec.decode(latest)
+

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
@@ -24,6 +23,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from include.kafka_admin.catalog import TopicCatalog, load_catalog
 from include.kafka_admin.subjects import SCHEMA_NOT_FOUND, SUBJECT_NOT_FOUND, register_subjects, subject_specs
 from include.kafka_admin.topics import apply_plans, plan_topics
+from include.topic_scan import scan_topic
 
 # The declared topics whose layout a sandbox copies.
 DECLARED = {"raw": "ad_events_raw", "dlq": "ad_events_error", "checkpoints": "ingest_checkpoints"}
@@ -109,30 +109,8 @@ def read_whole_topic(kafka_config: dict[str, Any], topic: str, *, committed_only
         "fetch.wait.max.ms": 10,
     })
     try:
-        described = consumer.list_topics(topic, timeout=10).topics[topic]
-        assignment, pending = [], set()
-        for partition in sorted(described.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            if high > low:
-                assignment.append(TopicPartition(topic, partition, low))
-                pending.add(partition)
-        records: list[StoredRecord] = []
-        if not assignment:
-            return records
-        consumer.assign(assignment)
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} took longer than {timeout:.0f} s")
-            for message in consumer.consume(num_messages=10_000, timeout=0.1):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(message.partition())
-                        continue
-                    raise KafkaException(error)
-                records.append(StoredRecord(message.partition(), message.offset(), message.key(), message.value(),
-                                            tuple(message.headers() or ())))
-        return records
+        return [StoredRecord(message.partition(), message.offset(), message.key(), message.value(),
+                             tuple(message.headers() or ()))
+                for message in scan_topic(consumer, topic, timeout, batch=10_000)]
     finally:
         consumer.close()
