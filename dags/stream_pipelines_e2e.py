@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from kafka_pipeline.stream_params import stream_topic_params
 from kafka_pipeline.simulator_tasks import publish_words, simulate_purchase_events, simulate_web_events
 from kafka_pipeline.operators.stream import StreamProcessorOperator
 
-from include.streaming import topics
 from include.streaming.words import SEED_WORDS
 from include.streaming.analytics import DLQ_NOTICE
 
@@ -34,12 +34,7 @@ DEFAULT_ARGS = {"owner": "stream-processing", "retries": 1, "retry_delay": pendu
     default_args=DEFAULT_ARGS,
     tags=["streaming", "kafka", "e2e", "seed-003", "seed-004"],
     params={
-        "web_events_topic": Param(topics.WEB_EVENTS, type="string"),
-        "purchase_events_topic": Param(topics.PURCHASE_EVENTS, type="string"),
-        "analytics_events_topic": Param(topics.ANALYTICS_EVENTS, type="string"),
-        "analytics_dlq_topic": Param(topics.ANALYTICS_DLQ, type="string"),
-        "input_topic": Param(topics.INPUT_TOPIC, type="string"),
-        "output_topic": Param(topics.OUTPUT_TOPIC, type="string"),
+        **stream_topic_params(),
         "partitions": Param(3, type="integer", minimum=1, maximum=64,
                             description="Partitions of the topics this run has to create."),
         "group_prefix": Param("stream_pipelines_e2e", type="string",

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag
+from kafka_pipeline.stream_params import stream_topic_params
 from kafka_pipeline.operators.stream import StreamProcessorOperator
 
-from include.streaming import topics
 from include.streaming.analytics import DLQ_NOTICE
 
 DEFAULT_ARGS = {
@@ -37,12 +37,7 @@ DEFAULT_ARGS = {
     default_args=DEFAULT_ARGS,
     tags=["streaming", "kafka", "always-on", "seed-003", "seed-004"],
     params={
-        "web_events_topic": Param(topics.WEB_EVENTS, type="string"),
-        "purchase_events_topic": Param(topics.PURCHASE_EVENTS, type="string"),
-        "analytics_events_topic": Param(topics.ANALYTICS_EVENTS, type="string"),
-        "analytics_dlq_topic": Param(topics.ANALYTICS_DLQ, type="string"),
-        "input_topic": Param(topics.INPUT_TOPIC, type="string"),
-        "output_topic": Param(topics.OUTPUT_TOPIC, type="string"),
+        **stream_topic_params(),
         "analytics_group": Param("stream-analytics", type="string",
                                  description="Consumer group of the analytics processor."),
         "uppercase_group": Param("stream-uppercase", type="string",

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag
+from kafka_pipeline.stream_params import stream_topic_params
 from kafka_pipeline.simulator_tasks import publish_words, simulate_purchase_events, simulate_web_events
 
-from include.streaming import topics
 from include.streaming.words import SEED_WORDS
 
 DEFAULT_ARGS = {"owner": "stream-processing", "retries": 1, "retry_delay": pendulum.duration(seconds=10)}
@@ -28,9 +28,7 @@ DEFAULT_ARGS = {"owner": "stream-processing", "retries": 1, "retry_delay": pendu
     default_args=DEFAULT_ARGS,
     tags=["streaming", "kafka", "simulator", "seed-003", "seed-004"],
     params={
-        "web_events_topic": Param(topics.WEB_EVENTS, type="string"),
-        "purchase_events_topic": Param(topics.PURCHASE_EVENTS, type="string"),
-        "input_topic": Param(topics.INPUT_TOPIC, type="string"),
+        **stream_topic_params("web_events_topic", "purchase_events_topic", "input_topic"),
         # Bounded so the list of bad events in the XCom stays small.
         "web_events": Param(1000, type="integer", minimum=0, maximum=100_000,
                             description="How many web events to send."),
