@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
-from kafka_pipeline.stream_params import stream_topic_params
-from kafka_pipeline.simulator_tasks import publish_words, simulate_purchase_events, simulate_web_events
-from kafka_pipeline.operators.stream import StreamProcessorOperator
+from kafka_pipeline.stream_pipelines import (
+    analytics_processor,
+    publish_words,
+    simulate_purchase_events,
+    simulate_web_events,
+    stream_topic_params,
+    uppercase_processor,
+)
 
 from include.streaming.words import SEED_WORDS
-from include.streaming.analytics import DLQ_NOTICE
 
 DEFAULT_ARGS = {"owner": "stream-processing", "retries": 1, "retry_delay": pendulum.duration(seconds=10)}
 
@@ -65,29 +69,10 @@ def stream_pipelines_e2e():
                                            "input_topic", "output_topic")]
         return ensure_topics(KafkaClusterHook().admin(), names, partitions=params["partitions"])
 
-    analytics_processor = StreamProcessorOperator(
-        task_id="analytics_processor",
-        transform_factory="include.streaming.analytics.analytics_transform",
-        transform_kwargs={"web_topic": "{{ params.web_events_topic }}",
-                          "purchase_topic": "{{ params.purchase_events_topic }}"},
-        input_topics=["{{ params.web_events_topic }}", "{{ params.purchase_events_topic }}"],
-        output_topic="{{ params.analytics_events_topic }}",
-        dlq_topic="{{ params.analytics_dlq_topic }}",
-        group_id="{{ params.group_prefix }}-analytics",
-        max_runtime="{{ params.max_runtime }}",
-        idle_timeout="{{ params.idle_timeout }}",
-        dead_letter_notice=DLQ_NOTICE,
-        schema_registry_conn_id="schema_registry_default",
-    )
-    uppercase_processor = StreamProcessorOperator(
-        task_id="uppercase_processor",
-        transform_factory="include.streaming.words.uppercase_transform",
-        input_topics=["{{ params.input_topic }}"],
-        output_topic="{{ params.output_topic }}",
-        group_id="{{ params.group_prefix }}-uppercase",
-        max_runtime="{{ params.max_runtime }}",
-        idle_timeout="{{ params.idle_timeout }}",
-    )
+    analytics = analytics_processor("{{ params.group_prefix }}-analytics",
+                                    idle_timeout="{{ params.idle_timeout }}")
+    uppercase = uppercase_processor("{{ params.group_prefix }}-uppercase",
+                                    idle_timeout="{{ params.idle_timeout }}")
 
     @task
     def report_analytics(web: dict, purchase: dict, processed: dict, params=None) -> dict:
@@ -133,10 +118,10 @@ def stream_pipelines_e2e():
     topics_ready = create_topics()
     web, purchase, words = simulate_web_events(), simulate_purchase_events(), publish_words()
     topics_ready >> [web, purchase, words]
-    [web, purchase] >> analytics_processor
-    words >> uppercase_processor
-    report_analytics(web, purchase, analytics_processor.output)
-    report_words(uppercase_processor.output)
+    [web, purchase] >> analytics
+    words >> uppercase
+    report_analytics(web, purchase, analytics.output)
+    report_words(uppercase.output)
 
 
 stream_pipelines_e2e()

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag
-from kafka_pipeline.stream_params import stream_topic_params
-from kafka_pipeline.operators.stream import StreamProcessorOperator
+from kafka_pipeline.stream_pipelines import analytics_processor, stream_topic_params, uppercase_processor
 
-from include.streaming.analytics import DLQ_NOTICE
 
 DEFAULT_ARGS = {
     "owner": "stream-processing",
@@ -48,27 +46,7 @@ DEFAULT_ARGS = {
     doc_md=__doc__,
 )
 def stream_processors():
-    StreamProcessorOperator(
-        task_id="analytics_processor",
-        transform_factory="include.streaming.analytics.analytics_transform",
-        transform_kwargs={"web_topic": "{{ params.web_events_topic }}",
-                          "purchase_topic": "{{ params.purchase_events_topic }}"},
-        input_topics=["{{ params.web_events_topic }}", "{{ params.purchase_events_topic }}"],
-        output_topic="{{ params.analytics_events_topic }}",
-        dlq_topic="{{ params.analytics_dlq_topic }}",
-        group_id="{{ params.analytics_group }}",
-        max_runtime="{{ params.max_runtime }}",
-        dead_letter_notice=DLQ_NOTICE,
-        schema_registry_conn_id="schema_registry_default",
-    )
-    StreamProcessorOperator(
-        task_id="uppercase_processor",
-        transform_factory="include.streaming.words.uppercase_transform",
-        input_topics=["{{ params.input_topic }}"],
-        output_topic="{{ params.output_topic }}",
-        group_id="{{ params.uppercase_group }}",
-        max_runtime="{{ params.max_runtime }}",
-    )
-
+    analytics_processor("{{ params.analytics_group }}")
+    uppercase_processor("{{ params.uppercase_group }}")
 
 stream_processors()

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag
-from kafka_pipeline.stream_params import stream_topic_params
-from kafka_pipeline.simulator_tasks import publish_words, simulate_purchase_events, simulate_web_events
+from kafka_pipeline.stream_pipelines import (
+    publish_words,
+    simulate_purchase_events,
+    simulate_web_events,
+    stream_topic_params,
+)
 
 from include.streaming.words import SEED_WORDS
 
