@@ -38,8 +38,9 @@ def scan_topic(consumer: Consumer, topic: str, timeout: float = 60.0,
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topic} took longer than {timeout:.0f} s "
                                    f"(partitions not read to the end: {sorted(pending)})")
-            # A short timeout: consume() waits that long whenever fewer records than asked are left.
-            for message in consumer.consume(num_messages=batch, timeout=0.1):
+            # A short timeout: consume() waits that long whenever fewer records than asked are left,
+            # which is every time near the end of a partition.
+            for message in consumer.consume(num_messages=batch, timeout=0.02):
                 error = message.error()
                 if error is None:
                     yield message

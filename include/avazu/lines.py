@@ -231,35 +231,38 @@ class LineSource:
 
 
 def _decode(complete: bytes, first_line: int) -> Iterator[TextLines | UndecodableLine]:
-    try:
-        text = complete.decode("utf-8")
-    except UnicodeDecodeError:
-        yield from _decode_line_by_line(complete, first_line)
+    """Decode a block of whole lines: runs of good lines stay together, each undecodable line alone.
+
+    A decode error points at the first bad byte, so the lines before it are decoded in one go,
+    the line holding it becomes an :class:`UndecodableLine`, and decoding resumes after it. Each
+    byte is decoded at most twice, however many bad lines the block holds.
+    """
+    view, position = memoryview(complete), 0
+    while True:
+        try:
+            text = str(view[position:], "utf-8")
+        except UnicodeDecodeError as err:
+            bad = position + err.start
+            start = complete.rfind(b"\n", position, bad) + 1 or position
+            end = complete.find(b"\n", bad)
+            if start > position:
+                yield _text_lines(str(view[position:start - 1], "utf-8"), first_line)
+                first_line += complete.count(b"\n", position, start)
+            raw = complete[start:] if end < 0 else complete[start:end]
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            yield UndecodableLine(first_line, raw, f"invalid UTF-8 at byte {bad - start} of the line")
+            if end < 0:
+                return
+            position, first_line = end + 1, first_line + 1
+            continue
+        yield _text_lines(text, first_line)
         return
+
+
+def _text_lines(text: str, first_line: int) -> TextLines:
     lines = text.split("\n")
     if "\r" in text:
         lines = [line[:-1] if line.endswith("\r") else line for line in lines]
     # str.isascii() is a flag lookup in CPython, not a scan.
-    yield TextLines(first_line, lines, text.isascii())
-
-
-def _decode_line_by_line(complete: bytes, first_line: int) -> Iterator[TextLines | UndecodableLine]:
-    """Split a block that failed to decode: runs of good lines stay together, bad ones alone."""
-    run: list[str] = []
-    run_start = first_line
-    for offset, raw in enumerate(complete.split(b"\n")):
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            if run:
-                yield TextLines(run_start, run, all(line.isascii() for line in run))
-                run = []
-            message = f"invalid UTF-8 at byte {err.start} of the line"
-            yield UndecodableLine(first_line + offset, raw, message)
-            run_start = first_line + offset + 1
-            continue
-        run.append(text)
-    if run:
-        yield TextLines(run_start, run, all(line.isascii() for line in run))
+    return TextLines(first_line, lines, text.isascii())

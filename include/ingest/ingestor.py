@@ -23,19 +23,24 @@ rows/s, logs progress while it runs, and checks at the end that read = produced 
 for the run and for the hour, and - once the hour is complete - that the hour's totals equal the
 staging manifest's rows and bad lines. Any mismatch raises :class:`ReconciliationError`.
 
-Hot path, chosen by measurement (bench/bench_ingest.py): one ``parse_line`` per row (the
-contract), the generated Avro encoder, ``produce()`` with a plain key and no per-message delivery
-callback - librdkafka reports only failures (``delivery.report.only.error``), and a transaction
-cannot commit unless every one of its records was written, so success needs no Python callback
-per row.
+Hot path, chosen by measurement (bench/bench_ingest.py): the lines of each chunk are validated
+and encoded a batch at a time by :class:`include.ingest.columnar.ColumnarEncoder` on two worker
+threads (Arrow's kernels release the GIL), starting as soon as they are read, while this thread
+produces the encoded rows; the few rows the batch does not take go through ``parse_line`` (the
+contract) and the row encoder one by one, in their place in the file. ``produce()`` gets a plain
+key and no per-message delivery callback - librdkafka reports only failures
+(``delivery.report.only.error``), and a transaction cannot commit unless every one of its
+records was written, so success needs no Python callback per row.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -55,7 +60,8 @@ from include.ingest.checkpoint import (
 )
 from include.ingest.envelope import Origin, build_envelope, envelope_headers, envelope_id, load_dlq_schema
 from include.avazu.lines import LineSource, TextLines, UndecodableLine
-from include.ingest.rows import PLACEHOLDER_DEVICE_ID, AdEventEncoder, NotAsciiText, load_ad_event_schema
+from include.ingest.columnar import ColumnarEncoder, EncodedBatch
+from include.ingest.rows import AdEventEncoder, load_ad_event_schema, partition_key
 from include.ingest.staging import HourPartition
 from include.ingest.topics import IngestTopics, SchemaIds, lookup_schema_id
 from include.serde import AvroEncoder
@@ -69,6 +75,8 @@ PHASE_BEFORE_COMMIT = "before_commit"
 PHASE_AFTER_COMMIT = "after_commit"
 PHASES = (PHASE_AFTER_BEGIN, PHASE_MID_PRODUCE, PHASE_BEFORE_COMMIT, PHASE_AFTER_COMMIT)
 PhaseHook = Callable[[str, int], None]
+# Starts the columnar encoding of a segment's lines (ColumnarEncoder.encode on a worker thread).
+Prepare = Callable[[list[str]], Future]
 # Header on the records of a re-ingested generation (1, 2, ...); see include.ingest.checkpoint.
 GENERATION_HEADER = "ingest.generation"
 
@@ -152,6 +160,12 @@ class Chunk:
     segments: list[tuple[int, list[str], bool] | UndecodableLine] = field(default_factory=list)
     rows: int = 0
     last: bool = False
+    # Per segment, its lines' columnar encoding under way on a worker thread (None: none started).
+    encoded: list[Future | None] = field(default_factory=list)
+
+    def add(self, segment: tuple[int, list[str], bool] | UndecodableLine, prepare: Prepare | None) -> None:
+        self.segments.append(segment)
+        self.encoded.append(prepare(segment[1]) if prepare is not None and type(segment) is tuple else None)
 
 
 @dataclass
@@ -247,9 +261,11 @@ class HourlyIngestor:
             dlq=lookup_schema_id(self.registry, f"{self.topics.dlq}-value", dlq),
             checkpoints=lookup_schema_id(self.registry, f"{self.topics.checkpoints}-value", checkpoint),
         )
+        rows = AdEventEncoder(ids.raw, ad_event)
         return {
             "ids": ids,
-            "rows": AdEventEncoder(ids.raw, ad_event),
+            "rows": rows,
+            "columnar": ColumnarEncoder(rows),
             "dlq": AvroEncoder(dlq, ids.dlq),
             "checkpoints": CheckpointCodec(checkpoint, ids.checkpoints, lambda i: self.registry.get_schema(i).schema_str),
         }
@@ -339,23 +355,19 @@ class HourlyIngestor:
         )
         line_map = self.partition.line_map()
         wrote_any = False
-        for chunk in iter_chunks(self.partition.data_uri, self.settings.chunk_rows, plan.start_row, plan.start_chunk):
-            counts = self._commit_chunk(producer, chunk, totals, schemas, line_map, plan.generation, result)
-            wrote_any = True
-            totals = self._advance(totals, counts, chunk)
-            result.chunks += 1
-            result.rows_read += counts.rows_read
-            result.rows_produced += counts.rows_produced
-            result.rows_dead_lettered += counts.rows_dead_lettered
-            result.bytes_read += counts.bytes_read
-            result.bytes_produced += counts.bytes_produced
-            for reason, n in counts.dead_lettered.items():
-                result.dead_lettered_by_reason[reason] = result.dead_lettered_by_reason.get(reason, 0) + n
-            elapsed = time.monotonic() - started
-            log.info("hour %s: chunk %s committed - %s of %s rows (%.0f%%), this run %s produced + %s dead-lettered, %s rows/s",
-                     self.partition.hour, chunk.index, f"{totals.rows_read:,}", f"{self.partition.rows:,}",
-                     100.0 * totals.rows_read / max(1, self.partition.rows), f"{result.rows_produced:,}",
-                     f"{result.rows_dead_lettered:,}", f"{result.rows_read / elapsed if elapsed else 0:,.0f}")
+        # Two encoding threads: Arrow's kernels release the GIL, so they run beside this thread's
+        # produce() calls and librdkafka's threads (bench/bench_ingest.py measured one, two and three).
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-encode") as worker:
+            prepare = functools.partial(worker.submit, schemas["columnar"].encode)
+            chunks = iter_chunks(self.partition.data_uri, self.settings.chunk_rows, plan.start_row, plan.start_chunk, prepare)
+            try:
+                for chunk in _one_ahead(chunks):
+                    counts = self._commit_chunk(producer, chunk, totals, schemas, line_map, plan.generation, result)
+                    wrote_any = True
+                    totals = self._advance(totals, counts, chunk)
+                    self._count_chunk(result, counts, chunk, totals, started)
+            finally:
+                worker.shutdown(wait=True, cancel_futures=True)
         if not wrote_any:
             # Nothing left to read but the hour is not marked complete (an empty partition, or a
             # run killed after its last rows but before they were marked): commit the marker alone.
@@ -363,6 +375,21 @@ class HourlyIngestor:
             self._commit_chunk(producer, empty, totals, schemas, line_map, plan.generation, result)
             totals = self._advance(totals, _ChunkCounts(), empty)
         self._take_totals(result, totals)
+
+    def _count_chunk(self, result: IngestResult, counts: _ChunkCounts, chunk: Chunk, totals: Checkpoint, started: float) -> None:
+        result.chunks += 1
+        result.rows_read += counts.rows_read
+        result.rows_produced += counts.rows_produced
+        result.rows_dead_lettered += counts.rows_dead_lettered
+        result.bytes_read += counts.bytes_read
+        result.bytes_produced += counts.bytes_produced
+        for reason, n in counts.dead_lettered.items():
+            result.dead_lettered_by_reason[reason] = result.dead_lettered_by_reason.get(reason, 0) + n
+        elapsed = time.monotonic() - started
+        log.info("hour %s: chunk %s committed - %s of %s rows (%.0f%%), this run %s produced + %s dead-lettered, %s rows/s",
+                 self.partition.hour, chunk.index, f"{totals.rows_read:,}", f"{self.partition.rows:,}",
+                 100.0 * totals.rows_read / max(1, self.partition.rows), f"{result.rows_produced:,}",
+                 f"{result.rows_dead_lettered:,}", f"{result.rows_read / elapsed if elapsed else 0:,.0f}")
 
     def _advance(self, totals: Checkpoint, counts: _ChunkCounts, chunk: Chunk) -> Checkpoint:
         by_reason = Counter(totals.dead_lettered_by_reason)
@@ -457,42 +484,43 @@ class HourlyIngestor:
                 _produce(topic, value, key, headers=headers)
         topic = self.topics.raw
         encoder: AdEventEncoder = schemas["rows"]
-        fast_encode, encode = encoder.fast_encode, encoder.encode
-        parse = parse_line
-        placeholder = PLACEHOLDER_DEVICE_ID
+        columnar: ColumnarEncoder = schemas["columnar"]
         bad: list[tuple[int, Any, Any]] = []  # (row index, RowError | UndecodableLine, line)
         half = chunk.rows // 2
         mid_fired = chunk.rows == 0
         began = last_log = time.monotonic()
         produced = value_bytes = 0
-        for segment in chunk.segments:
+        for segment, encoding in zip(chunk.segments, chunk.encoded):
             if type(segment) is UndecodableLine:
                 bad.append((segment.line - 2, segment, None))
                 counts.bytes_read += len(segment.raw) + 1
                 counts.rows_read += 1
                 continue
             first, lines, is_ascii = segment
-            for offset, line in enumerate(lines):
-                record = parse(line)
+            batch: EncodedBatch = encoding.result() if encoding is not None else columnar.encode(lines)
+            keys = batch.keys
+            for offset, value in enumerate(batch.values):
+                if value is not None:  # a clean row, already validated and encoded
+                    try:
+                        produce(topic, value, keys[offset])
+                    except BufferError:
+                        self._produce_when_queue_frees(producer, topic, value, keys[offset], headers)
+                    continue
+                # Anything else is decided by the contract row by row (see include.ingest.columnar).
+                line = lines[offset]
+                record = parse_line(line)
                 if type(record) is not dict:
                     bad.append((first + offset, record, line))
                     continue
-                try:
-                    value = fast_encode(record)
-                except NotAsciiText:
-                    value = encode(record)
-                device = record["device_id"]
-                if device is None or device == placeholder:
-                    ip = record["device_ip"]
-                    key = "ip:" + ip if ip is not None else "id:" + record["id"]
-                else:
-                    key = device
+                value, key = encoder.encode(record), partition_key(record)
                 try:
                     produce(topic, value, key)
                 except BufferError:
                     self._produce_when_queue_frees(producer, topic, value, key, headers)
                 produced += 1
                 value_bytes += len(value)
+            produced += batch.taken
+            value_bytes += batch.payload_bytes
             counts.rows_read += len(lines)
             counts.bytes_read += (sum(map(len, lines)) if is_ascii else sum(len(l.encode()) for l in lines)) + len(lines)
             poll(0)
@@ -549,12 +577,25 @@ class HourlyIngestor:
             counts.dead_lettered[reason] += 1
 
 
-def iter_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_chunk: int = 0) -> Iterator[Chunk]:
+def _one_ahead(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """The chunks, each handed out once the next one has been read (and its encoding started)."""
+    ahead: Chunk | None = None
+    for chunk in chunks:
+        if ahead is not None:
+            yield ahead
+        ahead = chunk
+    if ahead is not None:
+        yield ahead
+
+
+def iter_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_chunk: int = 0,
+                prepare: Prepare | None = None) -> Iterator[Chunk]:
     """A partition's rows from ``start_row`` on, in chunks of ``chunk_rows``; the last one is marked ``last``.
 
     Rows are counted from 0 after the header, so a resumed run skips exactly the rows its
     checkpoint counted. A chunk is handed out only once the next row (or the end) has been seen,
-    so ``last`` is known without holding a second chunk.
+    so ``last`` is known without holding a second chunk. ``prepare`` is called on each run of
+    lines as soon as it is read (see :attr:`Chunk.encoded`).
     """
     chunk = Chunk(index=start_chunk, first_row=start_row)
     ready: Chunk | None = None
@@ -570,7 +611,7 @@ def iter_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_chunk:
                     yield ready
                     ready = None
                 take = min(chunk_rows - chunk.rows, len(lines))
-                chunk.segments.append((row, lines[:take] if take < len(lines) else lines, item.ascii))
+                chunk.add((row, lines[:take] if take < len(lines) else lines, item.ascii), prepare)
                 chunk.rows += take
                 row += take
                 lines = lines[take:]
@@ -582,7 +623,7 @@ def iter_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_chunk:
             if ready is not None:
                 yield ready
                 ready = None
-            chunk.segments.append(item)
+            chunk.add(item, prepare)
             chunk.rows += 1
             if chunk.rows == chunk_rows:
                 ready, chunk = chunk, Chunk(index=chunk.index + 1, first_row=item.line - 1)

@@ -56,15 +56,20 @@ class SchemaMismatchError(ValueError):
     """The schema file the registry holds no longer matches the contract the encoder is built from."""
 
 
-def _zigzag_varint(value: int) -> str:
-    """Avro's zigzag varint of an int or long, as a latin-1 string (one char per byte)."""
+def zigzag_varint(value: int) -> bytes:
+    """Avro's zigzag varint of an int or long."""
     n = (value << 1) ^ (value >> 63)
     out = []
     while n & ~0x7F:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
-    return bytes(out).decode("latin-1")
+    return bytes(out)
+
+
+def _zigzag_varint(value: int) -> str:
+    # As a latin-1 string (one char per byte), the form the generated encoder joins.
+    return zigzag_varint(value).decode("latin-1")
 
 
 class _VarintCache(dict):
@@ -169,6 +174,11 @@ class AdEventEncoder:
         self._parsed = fastavro.parse_schema(schema)
         self._fast = _compile_fast_encoder(self._header.decode("latin-1"))
         self.slow_path_rows = 0
+
+    @property
+    def header(self) -> bytes:
+        """The wire-format header every payload starts with: magic byte and schema id."""
+        return self._header
 
     def encode(self, record: dict[str, Any]) -> bytes:
         """The wire-format payload of one typed record (as :func:`parse_line` returns it)."""

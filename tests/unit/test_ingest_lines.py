@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import random
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,19 @@ def test_header_and_empty_files_are_refused(tmp_path):
     only_header = tmp_path / "header.csv"
     only_header.write_text(HEADER_LINE + "\n")
     assert list(LineSource(str(only_header))) == []
+
+
+@pytest.mark.parametrize("block_bytes", [61, 4096, 1 << 20])
+def test_random_mixes_of_good_and_bad_lines_match_a_line_by_line_decode(tmp_path, block_bytes):
+    # Blocks are decoded whole up to the first bad byte, then resumed after its line; any mix of
+    # runs, lone bad lines, CRLF, empty lines and multi-byte characters must come out as if each
+    # line had been decoded on its own.
+    rng = random.Random(block_bytes)
+    pieces = [b"abc", b",", b"\xff", b"\xe2\x82", b"\xe2\x82\xac", b"\xc3", b"\xa9", b"\r", EXAMPLE_LINE.encode()]
+    lines = [b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(3000)]
+    body = HEADER_LINE.encode() + b"\n" + b"\n".join(lines) + b"\n"
+    path = tmp_path / "mix.csv"
+    path.write_bytes(body)
+    got, source = _read(path, block_bytes)
+    assert got == _expected(lines)
+    assert source.counts.lines == len(lines)
