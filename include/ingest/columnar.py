@@ -45,12 +45,36 @@ _UNION_VALUE = b"\x02"  # union branch 1 (the value, not null), zigzag-encoded
 _HEX8_PREFIX = _UNION_VALUE + zigzag_varint(8)
 
 
+_FIRST_HEX = next(i for i, c in enumerate(COLUMNS) if c.kind is Kind.HEX8)
+_HEX_COLUMNS = 8
+
+
+def _hex_block(columns: list[pa.Array]) -> pa.Array:
+    """The eight hex columns' encoded fields as one binary column: per column ``\x02 \x10`` and 8 digits.
+
+    Every row has exactly 8 ASCII characters in each of them (the clean-row pattern), so the
+    80 bytes of a row are assembled as a fixed-width block from the columns' data buffers.
+    """
+    rows = len(columns[0])
+    block = np.empty((rows, _HEX_COLUMNS, 10), np.uint8)
+    block[:, :, :2] = np.frombuffer(_HEX8_PREFIX, np.uint8)
+    for k, column in enumerate(columns):
+        offsets = np.frombuffer(column.buffers()[1], np.int32, count=rows + 1, offset=4 * column.offset)
+        if offsets[-1] - offsets[0] != 8 * rows:
+            raise AssertionError("a hex column of clean rows does not hold exactly 8 characters per row")
+        block[:, k, 2:] = np.frombuffer(column.buffers()[2], np.uint8, count=8 * rows, offset=int(offsets[0])).reshape(rows, 8)
+    ends = np.arange(0, 10 * _HEX_COLUMNS * (rows + 1), 10 * _HEX_COLUMNS, dtype=np.int32)
+    return pa.Array.from_buffers(pa.binary(), rows, [None, pa.py_buffer(ends), pa.py_buffer(block)])
+
+
 def _check_layout() -> None:
     # encode() relies on these; fail at import if the contract changes under it.
     shape = [(c.kind, c.nullable) for c in COLUMNS if c.kind in (Kind.UINT64, Kind.TEXT, Kind.HEX8)]
     expected = [(Kind.UINT64, False), *[(Kind.HEX8, True)] * 8, (Kind.TEXT, True)]
     names = [c.name for c in COLUMNS]
-    if shape != expected or names[2] != "hour" or names[11:13] != ["device_id", "device_ip"]:
+    hex_columns = [i for i, c in enumerate(COLUMNS) if c.kind is Kind.HEX8]
+    if (shape != expected or names[2] != "hour" or names[11:13] != ["device_id", "device_ip"]
+            or hex_columns != list(range(_FIRST_HEX, _FIRST_HEX + _HEX_COLUMNS))):
         raise RuntimeError("the Avazu contract no longer matches what include.ingest.columnar relies on")
 
 
@@ -65,6 +89,8 @@ class EncodedBatch:
     keys: list[str | None]
     taken: int  # lines with a payload
     payload_bytes: int  # their payloads' total size
+    text_bytes: int  # the lines' total size in UTF-8, line breaks not counted
+    declined: list[int]  # positions of the lines without a payload, in order
 
 
 class ColumnarEncoder:
@@ -90,9 +116,10 @@ class ColumnarEncoder:
         except (pa.ArrowException, UnicodeError):
             # Not representable as UTF-8 (e.g. a lone surrogate): leave the whole batch to parse_line.
             self.rows_declined += len(lines)
-            return EncodedBatch([None] * len(lines), [None] * len(lines), 0, 0)
+            return EncodedBatch([None] * len(lines), [None] * len(lines), 0, 0,
+                                sum(len(line.encode("utf-8", "surrogatepass")) for line in lines), list(range(len(lines))))
         if not lines:
-            return EncodedBatch([], [], 0, 0)
+            return EncodedBatch([], [], 0, 0, 0, [])
         clean = pc.match_substring_regex(text, _PATTERN)
         # Lines that are not clean are swapped for a clean one so that every row splits into 24
         # fields; their results are dropped at the end.
@@ -102,12 +129,12 @@ class ColumnarEncoder:
         columns = [fields.take(starts + i) for i in range(FIELD_COUNT)]
         clean = pc.and_(clean, pc.is_in(columns[2], value_set=_HOUR_TEXTS))
         parts: list = [self.header]
-        for column, values, varints in zip(COLUMNS, columns, self._varints):
+        for index, (column, values, varints) in enumerate(zip(COLUMNS, columns, self._varints)):
             if varints is not None:
                 parts.append(self._varint_column(values, *varints))
             elif column.kind is Kind.HEX8:
-                # The pattern guarantees exactly 8 ASCII hex digits.
-                parts += [_HEX8_PREFIX, values.cast(pa.binary())]
+                if index == _FIRST_HEX:
+                    parts.append(_hex_block(columns[_FIRST_HEX:_FIRST_HEX + _HEX_COLUMNS]))
             elif column.kind is Kind.UINT64:
                 # The id: at most 20 decimal digits, so its length is always in the table.
                 raw = values.cast(pa.binary())
@@ -123,10 +150,12 @@ class ColumnarEncoder:
         keys = pc.if_else(pc.equal(device, PLACEHOLDER_DEVICE_ID), pc.binary_join_element_wise("ip:", ip, ""), device)
         taken = pc.sum(clean).as_py() or 0
         payload_bytes = pc.sum(pc.binary_length(payloads)).as_py() or 0
+        text_bytes = pc.sum(pc.binary_length(text)).as_py() or 0
+        declined = np.flatnonzero(~clean.to_numpy(zero_copy_only=False)).tolist()
         self.batches += 1
         self.rows_taken += taken
         self.rows_declined += len(lines) - taken
-        return EncodedBatch(payloads.to_pylist(), keys.to_pylist(), taken, payload_bytes)
+        return EncodedBatch(payloads.to_pylist(), keys.to_pylist(), taken, payload_bytes, text_bytes, declined)
 
     @staticmethod
     def _varint_column(values: pa.Array, encoded: dict[str, bytes], nullable: bool) -> pa.Array:

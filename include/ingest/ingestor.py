@@ -496,21 +496,24 @@ class HourlyIngestor:
                 counts.bytes_read += len(segment.raw) + 1
                 counts.rows_read += 1
                 continue
-            first, lines, is_ascii = segment
+            first, lines, _ = segment
             batch: EncodedBatch = encoding.result() if encoding is not None else columnar.encode(lines)
-            keys = batch.keys
-            for offset, value in enumerate(batch.values):
-                if value is not None:  # a clean row, already validated and encoded
+            values, keys, start = batch.values, batch.keys, 0
+            for declined in [*batch.declined, len(lines)]:
+                # The clean rows before the next declined one, already validated and encoded.
+                for value, key in zip(values[start:declined], keys[start:declined]):
                     try:
-                        produce(topic, value, keys[offset])
+                        produce(topic, value, key)
                     except BufferError:
-                        self._produce_when_queue_frees(producer, topic, value, keys[offset], headers)
-                    continue
-                # Anything else is decided by the contract row by row (see include.ingest.columnar).
-                line = lines[offset]
+                        self._produce_when_queue_frees(producer, topic, value, key, headers)
+                if declined == len(lines):
+                    break
+                start = declined + 1
+                # The contract decides the declined row, in its place (see include.ingest.columnar).
+                line = lines[declined]
                 record = parse_line(line)
                 if type(record) is not dict:
-                    bad.append((first + offset, record, line))
+                    bad.append((first + declined, record, line))
                     continue
                 value, key = encoder.encode(record), partition_key(record)
                 try:
@@ -522,7 +525,7 @@ class HourlyIngestor:
             produced += batch.taken
             value_bytes += batch.payload_bytes
             counts.rows_read += len(lines)
-            counts.bytes_read += (sum(map(len, lines)) if is_ascii else sum(len(l.encode()) for l in lines)) + len(lines)
+            counts.bytes_read += batch.text_bytes + len(lines)
             poll(0)
             if not mid_fired and counts.rows_read >= half:
                 mid_fired = True
