@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import queue
+import threading
 import logging
 import time
 from collections import Counter
@@ -361,7 +363,7 @@ class HourlyIngestor:
             prepare = functools.partial(worker.submit, schemas["columnar"].encode)
             chunks = iter_chunks(self.partition.data_uri, self.settings.chunk_rows, plan.start_row, plan.start_chunk, prepare)
             try:
-                for chunk in _one_ahead(chunks):
+                for chunk in _read_ahead(chunks):
                     counts = self._commit_chunk(producer, chunk, totals, schemas, line_map, plan.generation, result)
                     wrote_any = True
                     totals = self._advance(totals, counts, chunk)
@@ -580,15 +582,50 @@ class HourlyIngestor:
             counts.dead_lettered[reason] += 1
 
 
-def _one_ahead(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-    """The chunks, each handed out once the next one has been read (and its encoding started)."""
-    ahead: Chunk | None = None
-    for chunk in chunks:
-        if ahead is not None:
-            yield ahead
-        ahead = chunk
-    if ahead is not None:
-        yield ahead
+def _read_ahead(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
+    """``chunks``, read on a thread of their own up to ``depth`` chunks ahead of the consumer.
+
+    Reading (inflating, decoding, splitting lines, starting each run's encoding) then overlaps
+    producing instead of waiting for it. An error while reading is raised here, in the
+    consumer's thread, when it reaches that point; when the consumer stops early the reader
+    stops at its next chunk.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+        except BaseException as error:  # handed to the consumer, which raises it
+            put(error)
+        else:
+            put(done)
+
+    reader = threading.Thread(target=read, name="ingest-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 def iter_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_chunk: int = 0,
