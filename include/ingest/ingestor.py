@@ -35,6 +35,7 @@ records was written, so success needs no Python callback per row.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import queue
@@ -44,7 +45,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -154,7 +155,9 @@ class IngestResult:
 class Chunk:
     """Consecutive rows of a partition: text segments ``(first_row_index, lines, ascii)`` and undecodable lines.
 
-    Row indexes count the partition's data lines from 0 (line number minus 2).
+    Row indexes count the partition's data lines from 0 (line number minus 2). A chunk may be
+    handed out while a reader thread is still filling it (:func:`_filling_chunks`); :meth:`items`
+    waits for the segments still to come, and ``last`` and ``rows`` are final once it has ended.
     """
 
     index: int
@@ -164,10 +167,37 @@ class Chunk:
     last: bool = False
     # Per segment, its lines' columnar encoding under way on a worker thread (None: none started).
     encoded: list[Future | None] = field(default_factory=list)
+    complete: bool = True
+    error: BaseException | None = None
+    _changed: threading.Condition = field(default_factory=threading.Condition, repr=False, compare=False)
 
     def add(self, segment: tuple[int, list[str], bool] | UndecodableLine, prepare: Prepare | None) -> None:
-        self.segments.append(segment)
-        self.encoded.append(prepare(segment[1]) if prepare is not None and type(segment) is tuple else None)
+        encoding = prepare(segment[1]) if prepare is not None and type(segment) is tuple else None
+        with self._changed:
+            self.segments.append(segment)
+            self.encoded.append(encoding)
+            self.rows += len(segment[1]) if type(segment) is tuple else 1
+            self._changed.notify_all()
+
+    def finish(self, last: bool = False, error: BaseException | None = None) -> None:
+        with self._changed:
+            self.last, self.error, self.complete = last, error, True
+            self._changed.notify_all()
+
+    def items(self) -> Iterator[tuple[tuple[int, list[str], bool] | UndecodableLine, Future | None]]:
+        """Each segment with its encoding, in order, waiting for those still being read; re-iterable."""
+        position = 0
+        while True:
+            with self._changed:
+                while position == len(self.segments) and not self.complete:
+                    self._changed.wait()
+                if position == len(self.segments):
+                    if self.error is not None:
+                        raise self.error
+                    return
+                item = self.segments[position], self.encoded[position]
+            yield item
+            position += 1
 
 
 @dataclass
@@ -361,13 +391,14 @@ class HourlyIngestor:
         # produce() calls and librdkafka's threads (bench/bench_ingest.py measured one, two and three).
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-encode") as worker:
             prepare = functools.partial(worker.submit, schemas["columnar"].encode)
-            chunks = iter_chunks(self.partition.data_uri, self.settings.chunk_rows, plan.start_row, plan.start_chunk, prepare)
+            chunks = _filling_chunks(self.partition.data_uri, self.settings.chunk_rows, plan.start_row, plan.start_chunk, prepare)
             try:
-                for chunk in _read_ahead(chunks):
-                    counts = self._commit_chunk(producer, chunk, totals, schemas, line_map, plan.generation, result)
-                    wrote_any = True
-                    totals = self._advance(totals, counts, chunk)
-                    self._count_chunk(result, counts, chunk, totals, started)
+                with contextlib.closing(_read_ahead(chunks)) as ahead:
+                    for chunk in ahead:
+                        counts = self._commit_chunk(producer, chunk, totals, schemas, line_map, plan.generation, result)
+                        wrote_any = True
+                        totals = self._advance(totals, counts, chunk)
+                        self._count_chunk(result, counts, chunk, totals, started)
             finally:
                 worker.shutdown(wait=True, cancel_futures=True)
         if not wrote_any:
@@ -488,11 +519,13 @@ class HourlyIngestor:
         encoder: AdEventEncoder = schemas["rows"]
         columnar: ColumnarEncoder = schemas["columnar"]
         bad: list[tuple[int, Any, Any]] = []  # (row index, RowError | UndecodableLine, line)
-        half = chunk.rows // 2
-        mid_fired = chunk.rows == 0
+        # The chunk may still be being read: its size is the setting's, or what is left of the hour.
+        expected = max(0, min(self.settings.chunk_rows, self.partition.rows - chunk.first_row))
+        half = expected // 2
+        mid_fired = expected == 0
         began = last_log = time.monotonic()
         produced = value_bytes = 0
-        for segment, encoding in zip(chunk.segments, chunk.encoded):
+        for segment, encoding in chunk.items():
             if type(segment) is UndecodableLine:
                 bad.append((segment.line - 2, segment, None))
                 counts.bytes_read += len(segment.raw) + 1
@@ -536,7 +569,7 @@ class HourlyIngestor:
             if now - last_log >= self.settings.progress_every_s:
                 last_log = now
                 log.info("hour %s: chunk %s in progress, %s of its %s rows read, %s produced, %s rows/s",
-                         self.partition.hour, chunk.index, f"{counts.rows_read:,}", f"{chunk.rows:,}", f"{produced:,}",
+                         self.partition.hour, chunk.index, f"{counts.rows_read:,}", f"{expected:,}", f"{produced:,}",
                          f"{counts.rows_read / (now - began):,.0f}")
         counts.rows_produced = produced
         counts.bytes_produced = value_bytes
@@ -582,13 +615,14 @@ class HourlyIngestor:
             counts.dead_lettered[reason] += 1
 
 
-def _read_ahead(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
+def _read_ahead(chunks: Generator[Chunk, None, None], depth: int = 1) -> Iterator[Chunk]:
     """``chunks``, read on a thread of their own up to ``depth`` chunks ahead of the consumer.
 
     Reading (inflating, decoding, splitting lines, starting each run's encoding) then overlaps
-    producing instead of waiting for it. An error while reading is raised here, in the
-    consumer's thread, when it reaches that point; when the consumer stops early the reader
-    stops at its next chunk.
+    producing instead of waiting for it; with :func:`_filling_chunks` producing starts on the
+    first lines of a chunk rather than after its last. An error while reading is raised in the
+    consumer's thread when it reaches that point; when the consumer stops early (close this
+    generator), the reader stops at its next chunk.
     """
     handoff: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -612,6 +646,8 @@ def _read_ahead(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
             put(error)
         else:
             put(done)
+        finally:
+            chunks.close()
 
     reader = threading.Thread(target=read, name="ingest-read", daemon=True)
     reader.start()
@@ -628,51 +664,69 @@ def _read_ahead(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
         reader.join()
 
 
+def _filling_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_chunk: int = 0,
+                    prepare: Prepare | None = None) -> Iterator[Chunk]:
+    """Yield each chunk as soon as it has its first row, then go on filling it (see :func:`iter_chunks`).
+
+    A chunk is finished - ``last`` known - when the next row or the end of the partition is seen,
+    so the previous chunk is always finished before the next one is yielded. An error while
+    reading finishes the chunk being filled with that error and is raised.
+    """
+    chunk: Chunk | None = None
+
+    def start(first_row: int) -> Chunk:
+        index = start_chunk if chunk is None else chunk.index + 1
+        if chunk is not None:
+            chunk.finish(last=False)
+        return Chunk(index=index, first_row=first_row, complete=False)
+
+    try:
+        for item in LineSource(data_uri):
+            if type(item) is TextLines:
+                lines, row = item.lines, item.first_line - 2
+                if row + len(lines) <= start_row:
+                    continue
+                if row < start_row:
+                    lines, row = lines[start_row - row:], start_row
+                while lines:
+                    if chunk is None or chunk.rows == chunk_rows:
+                        chunk = start(row)
+                        yield chunk
+                    take = min(chunk_rows - chunk.rows, len(lines))
+                    chunk.add((row, lines[:take] if take < len(lines) else lines, item.ascii), prepare)
+                    row += take
+                    lines = lines[take:]
+            else:
+                if item.line - 2 < start_row:
+                    continue
+                if chunk is None or chunk.rows == chunk_rows:
+                    chunk = start(item.line - 2)
+                    yield chunk
+                chunk.add(item, prepare)
+    except BaseException as error:
+        if chunk is not None and not chunk.complete:
+            chunk.finish(error=error)
+        raise
+    if chunk is not None:
+        chunk.finish(last=True)
+
+
 def iter_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_chunk: int = 0,
                 prepare: Prepare | None = None) -> Iterator[Chunk]:
-    """A partition's rows from ``start_row`` on, in chunks of ``chunk_rows``; the last one is marked ``last``.
+    """A partition's rows from ``start_row`` on, in whole chunks of ``chunk_rows``; the last one is marked ``last``.
 
     Rows are counted from 0 after the header, so a resumed run skips exactly the rows its
-    checkpoint counted. A chunk is handed out only once the next row (or the end) has been seen,
-    so ``last`` is known without holding a second chunk. ``prepare`` is called on each run of
-    lines as soon as it is read (see :attr:`Chunk.encoded`).
+    checkpoint counted. A chunk is handed out once the next row (or the end) has been seen, so
+    ``last`` is known. ``prepare`` is called on each run of lines as soon as it is read (see
+    :attr:`Chunk.encoded`).
     """
-    chunk = Chunk(index=start_chunk, first_row=start_row)
-    ready: Chunk | None = None
-    for item in LineSource(data_uri):
-        if type(item) is TextLines:
-            lines, row = item.lines, item.first_line - 2
-            if row + len(lines) <= start_row:
-                continue
-            if row < start_row:
-                lines, row = lines[start_row - row:], start_row
-            while lines:
-                if ready is not None:
-                    yield ready
-                    ready = None
-                take = min(chunk_rows - chunk.rows, len(lines))
-                chunk.add((row, lines[:take] if take < len(lines) else lines, item.ascii), prepare)
-                chunk.rows += take
-                row += take
-                lines = lines[take:]
-                if chunk.rows == chunk_rows:
-                    ready, chunk = chunk, Chunk(index=chunk.index + 1, first_row=row)
-        else:
-            if item.line - 2 < start_row:
-                continue
-            if ready is not None:
-                yield ready
-                ready = None
-            chunk.add(item, prepare)
-            chunk.rows += 1
-            if chunk.rows == chunk_rows:
-                ready, chunk = chunk, Chunk(index=chunk.index + 1, first_row=item.line - 1)
-    if ready is not None:
-        ready.last = True
-        yield ready
-    elif chunk.rows:
-        chunk.last = True
-        yield chunk
+    pending: Chunk | None = None
+    for chunk in _filling_chunks(data_uri, chunk_rows, start_row, start_chunk, prepare):
+        if pending is not None:
+            yield pending
+        pending = chunk
+    if pending is not None:
+        yield pending
 
 
 def reconcile(result: IngestResult) -> None:
