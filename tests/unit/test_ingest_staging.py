@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import time
@@ -13,7 +14,7 @@ import pytest
 from include.avazu.contract import HEADER_LINE, parse_line
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import HeaderMismatchError, TruncatedInputError
-from include.ingest.ingestor import IngestResult, ReconciliationError, iter_chunks, reconcile
+from include.ingest.ingestor import IngestResult, ReconciliationError, _filling_chunks, _read_ahead, iter_chunks, reconcile
 from include.avazu.lines import UndecodableLine
 from include.ingest.staging import (
     MANIFEST_NAME,
@@ -201,15 +202,36 @@ def test_chunks_resume_after_the_committed_rows(source, tmp_path):
     assert list(iter_chunks(partition.data_uri, 400, start_row=partition.rows)) == []
 
 
+def test_chunks_read_on_a_thread_are_the_same_and_a_read_error_reaches_the_chunk(source, tmp_path):
+    path, _ = source
+    stage_source(str(path), str(tmp_path / "staging"))
+    partition = find_partition(str(tmp_path / "staging"), 14102101)
+    with contextlib.closing(_read_ahead(_filling_chunks(partition.data_uri, 300))) as ahead:
+        streamed = [(c.index, c.first_row, [i for s, _ in c.items() for i in _segment_rows(s)], c.last) for c in ahead]
+    whole = [(c.index, c.first_row, _row_indexes(c), c.last) for c in iter_chunks(partition.data_uri, 300)]
+    assert streamed == whole and len(whole) > 2
+
+    # A partition cut short: the chunks before the cut are whole, the one being read raises.
+    data = Path(partition.data_uri).read_bytes()
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    seen = []
+    with pytest.raises(TruncatedInputError):
+        with contextlib.closing(_read_ahead(_filling_chunks(str(cut), 300))) as ahead:
+            for chunk in ahead:
+                seen.append([i for s, _ in chunk.items() for i in _segment_rows(s)])
+    assert seen and [i for rows in seen for i in rows] == list(range(len(seen) * 300))
+
+
+def _segment_rows(segment) -> list[int]:
+    if isinstance(segment, UndecodableLine):
+        return [segment.line - 2]
+    first, lines, _ = segment
+    return list(range(first, first + len(lines)))
+
+
 def _row_indexes(chunk) -> list[int]:
-    indexes = []
-    for segment in chunk.segments:
-        if isinstance(segment, UndecodableLine):
-            indexes.append(segment.line - 2)
-        else:
-            first, lines, _ = segment
-            indexes.extend(range(first, first + len(lines)))
-    return indexes
+    return [i for segment in chunk.segments for i in _segment_rows(segment)]
 
 
 def _result(**counts) -> IngestResult:
