@@ -18,7 +18,9 @@ is that run's alone (``os.wait4`` rusage), against the local broker and registry
   same Avro payloads and keys (encoded before the clock starts) in a tight loop: what librdkafka
   and the broker on this machine allow a Python producer, with no reading, validation or encoding.
   ``--java`` adds Kafka's own ProducerPerformance with the same record size and settings;
-* ``profile`` - cProfile of ``ingest`` on one hour: where the time goes.
+* ``profile`` - cProfile of ``ingest`` on one hour: where the time goes in the producing thread
+  (its ``acquire`` is the wait for the reader and encoding threads, which cProfile does not see;
+  ``py-spy record --threads`` shows those).
 
 ``ingest`` runs once one hour after the other (one task) and once ``--parallel`` hours at a time
 in as many processes (a backfill with ``max_active_runs``), into topics of its own each time.
@@ -426,10 +428,12 @@ def _report(results: dict[str, dict], args) -> None:
         if "ceiling" in results:
             print(f"(a)/(c) = {ingest['rows_per_s'] / results['ceiling']['rows_per_s']:.2f} of the ceiling "
                   f"(payload {results['ceiling']['payload_bytes_avg']:.0f} bytes on average)")
-        best = max(ingest["rows_per_s"], results.get("parallel", {}).get("rows_per_s", 0))
-        verdict = "met" if best >= TARGET_ROWS_PER_S else "missed"
-        print(f"target {TARGET_ROWS_PER_S:,} rows/s end to end: {verdict} ({ingest['rows_per_s']:,.0f} rows/s one hour at a time"
-              + (f", {results['parallel']['rows_per_s']:,.0f} rows/s {args.parallel} at a time)" if "parallel" in results else ")"))
+        def verdict(rate: float) -> str:
+            return f"{rate:,.0f} rows/s {'met' if rate >= TARGET_ROWS_PER_S else 'MISSED'}"
+
+        print(f"target {TARGET_ROWS_PER_S:,} rows/s end to end (process start included): one hour at a time "
+              f"{verdict(ingest['rows_per_s'])}"
+              + (f"; {args.parallel} at a time {verdict(results['parallel']['rows_per_s'])}" if "parallel" in results else ""))
     if "profile" in results:
         print(f"\nwhere the time goes: cProfile of one hour ({results['profile']['rows']:,} rows; profiling slows "
               f"Python calls, so read the ratios):\n{results['profile']['profile']}")
