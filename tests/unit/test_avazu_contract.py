@@ -25,6 +25,7 @@ from include.avazu.contract import (
     parse_fields,
     parse_line,
 )
+from tests.mutations import mutated_lines
 
 EXPECTED_COLUMNS = (
     "id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,"
@@ -158,17 +159,7 @@ def test_fast_path_and_column_by_column_path_always_agree():
         "18446744073709551616",
     ]
     base_lines = [EXAMPLE_LINE, _with("C20", "100084"), _with("id", "1"), _with("hour", "14103023")]
-    for _ in range(20_000):
-        fields = rng.choice(base_lines).split(",")
-        for _ in range(rng.randint(1, 3)):
-            i = rng.randrange(len(fields))
-            if rng.random() < 0.5:
-                fields[i] = rng.choice(pool)
-            else:
-                text = fields[i]
-                j = rng.randrange(len(text) + 1)
-                fields[i] = text[:j] + rng.choice(pool) + text[j + 1 :]
-        line = ",".join(fields)
+    for line in mutated_lines(rng, base_lines, pool, 20_000):
         assert parse_line(line) == _parse_fields_slow(line.split(",")), line
 
 

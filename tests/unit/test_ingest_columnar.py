@@ -11,6 +11,7 @@ from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.lines import LineSource, TextLines
 from include.ingest.columnar import ColumnarEncoder
 from include.ingest.rows import AdEventEncoder, partition_key
+from tests.mutations import mutated_lines
 
 ROWS = AdEventEncoder(schema_id=4242)
 
@@ -82,18 +83,7 @@ def test_mutated_rows_never_get_a_different_verdict_or_payload():
                                                                "18399999999999999999", "14102100", "14103023"]
     base = [EXAMPLE_LINE, _with("C20", "100084"), _with("id", "1"), _with("hour", "14103023"),
             _with("device_id", "0f7c61dc"), _with("device_model", "caf\u00e9")]
-    lines = []
-    for _ in range(20_000):
-        fields = rng.choice(base).split(",")
-        for _ in range(rng.randint(0, 3)):
-            i = rng.randrange(len(fields))
-            if rng.random() < 0.5:
-                fields[i] = rng.choice(pool)
-            else:
-                text = fields[i]
-                j = rng.randrange(len(text) + 1)
-                fields[i] = text[:j] + rng.choice(pool) + text[j + 1:]
-        lines.append(",".join(fields))
+    lines = list(mutated_lines(rng, base, pool, 20_000, min_changes=0))
     taken, declined = _check_batch(lines)
     assert taken > 1000 and declined > 1000  # both paths were exercised
 
