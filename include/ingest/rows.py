@@ -187,11 +187,6 @@ class AdEventEncoder:
         except NotAsciiText:
             return self._encode_with_fastavro(record)
 
-    @property
-    def fast_encode(self) -> Callable[[dict[str, Any]], bytes]:
-        """The generated function itself, for hot loops; it raises on rows that need :meth:`encode`."""
-        return self._fast
-
     def _encode_with_fastavro(self, record: dict[str, Any]) -> bytes:
         self.slow_path_rows += 1
         buffer = io.BytesIO()
