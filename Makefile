@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 # Every target that runs Airflow or a client first points it at the local stack.
 LOCAL_ENV := . scripts/local-env.sh &&
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-16)
+# The ingestion's C codec (native/): rebuilt when its sources change.
+NATIVE_SOURCES := native/avazu_rowcodec.c native/setup.py native/pyproject.toml
+NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) | sha256sum | cut -c1-16)
 
 .PHONY: help install lock stack-start stack-stop stack-status airflow-db demo test test-unit clean
 
@@ -16,7 +19,7 @@ help:
 	@echo "make stack-start   start Kafka, the Schema Registry and the S3 endpoint (idempotent)"
 	@echo "make stack-status  show what runs where, and where its log is"
 	@echo "make stack-stop    stop the local stack"
-	@echo "make install       create .venv and install the pinned requirements"
+	@echo "make install       create .venv, install the pinned requirements and build the C codec"
 	@echo "make lock          re-resolve requirements.in into requirements.txt"
 
 $(STAMP): requirements.txt
@@ -24,7 +27,12 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP)
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
+	$(PY) -m pip install --quiet --force-reinstall --no-deps ./native \
+	  || { echo "building the C codec failed: it needs gcc and Python's headers (Debian: gcc python3-dev)"; exit 1; }
+	@rm -f $(VENV)/.native-* && touch $@
+
+install: $(STAMP) $(NATIVE_STAMP)
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
@@ -57,4 +65,4 @@ test-unit: install
 	@$(LOCAL_ENV) $(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 clean: stack-stop
-	rm -rf .devstack .airflow
+	rm -rf .devstack .airflow native/build native/*.egg-info

@@ -103,6 +103,7 @@ def avazu_hourly_ingest():
                 "transaction_timeout_ms": config.transaction_timeout_ms,
                 "max_chunk_attempts": config.max_chunk_attempts,
                 "producer": config.producer,
+                "row_codec": config.row_codec.value,
             },
             "partition_wait_timeout_s": config.partition_wait_timeout_s,
             "partition_poke_interval_s": config.partition_poke_interval_s,

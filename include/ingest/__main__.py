@@ -110,7 +110,8 @@ def _run(args, config, parser) -> dict:
         provision_ingest_topics(AdminClient(kafka_config), registry, topics)
     settings = IngestSettings(chunk_rows=config.chunk_rows, progress_every_s=config.progress_every_s,
                               transaction_timeout_ms=config.transaction_timeout_ms,
-                              max_chunk_attempts=config.max_chunk_attempts, producer=config.producer)
+                              max_chunk_attempts=config.max_chunk_attempts, producer=config.producer,
+                              row_codec=config.row_codec)
     ingestor = HourlyIngestor(partition, kafka_config=kafka_config, registry=registry, topics=topics,
                               settings=settings, origin=Origin(run_id=args.request_id), reingest=args.reingest,
                               request_id=args.request_id, phase_hook=kill_hook_from_env(os.environ.get(KILL_AT_ENV)))

@@ -1,14 +1,9 @@
 """The clean rows of a batch of lines, validated and Avro-encoded a column at a time with Arrow.
 
-Row by row, Python spends about 19 microseconds on each Avazu line here (match the clean-row
-pattern, split, build the typed record, encode it); at 40 million rows that alone caps the
-ingestion near 50,000 rows/s on two cores. Nearly every line of the data set is a *clean* row -
-the shape :data:`include.avazu.contract.CLEAN_ROW_PATTERN` describes - and for those the contract
-and the encoding are fixed, so they can be done for a whole batch by Arrow's C++ kernels, which
-also release the GIL (the ingestor runs the next batch on a worker thread while it produces the
-current one):
+The fallback of :mod:`include.ingest.batches` where the C codec is not installed. Arrow's C++
+kernels release the GIL, so the ingestor's worker threads encode while it produces:
 
-* the same pattern, anchored, decides which lines are clean (RE2: the pattern keeps to the
+* the clean-row pattern, anchored, decides which lines are clean (RE2: the pattern keeps to the
   syntax both engines share) and the hour must be one of the data set's 240 hours;
 * clean lines are split on commas into 24 columns;
 * each integer column is dictionary-encoded (Avazu's integer columns hold at most a few thousand
@@ -19,14 +14,11 @@ current one):
 
 A line the batch does not take - anything the clean-row pattern rejects, an hour outside the data
 set, a device model of 1,024 bytes or more - comes back as ``None`` and is decided row by row by
-:func:`include.avazu.contract.parse_line`, exactly as before. So the batch path never changes a
-verdict; it only skips Python work for rows whose verdict is already certain. The unit tests hold
-it to that: on mutated rows every payload and key must equal what the row-by-row path gives.
+:func:`include.avazu.contract.parse_line`, exactly as before.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -34,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from include.avazu.contract import AVAZU_HOURS, CLEAN_ROW_PATTERN, COLUMNS, EXAMPLE_LINE, FIELD_COUNT, Kind
+from include.ingest.batches import EncodedBatch
 from include.ingest.rows import PLACEHOLDER_DEVICE_ID, AdEventEncoder, zigzag_varint
 
 _PATTERN = f"^{CLEAN_ROW_PATTERN}$"
@@ -81,18 +74,6 @@ def _check_layout() -> None:
 _check_layout()
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedBatch:
-    """Per line of a batch the payload and key of a clean row, or ``None`` for :func:`parse_line` to decide."""
-
-    values: list[bytes | None]
-    keys: list[str | None]
-    taken: int  # lines with a payload
-    payload_bytes: int  # their payloads' total size
-    text_bytes: int  # the lines' total size in UTF-8, line breaks not counted
-    declined: list[int]  # positions of the lines without a payload, in order
-
-
 class ColumnarEncoder:
     """``encode(lines)``: per line, the wire-format payload and key, or ``None`` (an :class:`EncodedBatch`).
 
@@ -100,6 +81,8 @@ class ColumnarEncoder:
     byte for byte what :class:`AdEventEncoder` and :func:`include.ingest.rows.partition_key`
     give for ``parse_line(line)``.
     """
+
+    name = "arrow"
 
     def __init__(self, encoder: AdEventEncoder):
         self.header = encoder.header

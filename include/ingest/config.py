@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ RESERVED_PRODUCER_SETTINGS = frozenset({
 MAX_CHUNK_ROWS = 2_000_000
 
 _TOP_KEYS = {"source_uri", "staging_uri", "stage_before_ingest", "mode", "replay", "chunk_rows", "topics",
-             "partition_wait", "progress_every_s", "transaction", "producer"}
+             "partition_wait", "progress_every_s", "transaction", "producer", "row_codec"}
 _REPLAY_KEYS = {"offset_hours", "wrap"}
 _TOPIC_KEYS = {"raw", "dlq", "checkpoints"}
 _WAIT_KEYS = {"timeout_s", "poke_interval_s"}
@@ -47,6 +48,14 @@ PARAM_OVERRIDES = {
     "checkpoint_topic": "checkpoint_topic",
     "partition_wait_s": "partition_wait_timeout_s",
 }
+
+
+class RowCodec(str, enum.Enum):
+    """Which batch encoder validates and encodes the clean rows (see include.ingest.batches)."""
+
+    AUTO = "auto"  # the C codec when it is installed, else Arrow (with a warning)
+    NATIVE = "native"  # the C codec, or fail
+    ARROW = "arrow"  # Arrow's kernels
 
 
 class IngestConfigError(ValueError):
@@ -80,6 +89,7 @@ class IngestConfig:
     transaction_timeout_ms: int = 120_000
     max_chunk_attempts: int = 3
     producer: dict[str, Any] = field(default_factory=dict)
+    row_codec: RowCodec = RowCodec.AUTO
     source: str = "<defaults>"
 
     def with_overrides(self, params: Mapping[str, Any] | None) -> IngestConfig:
@@ -101,6 +111,7 @@ class IngestConfig:
         """JSON-ready form (what the DAG hands from task to task)."""
         data = dataclasses.asdict(self)
         data["mode"] = self.mode.value
+        data["row_codec"] = self.row_codec.value
         return data
 
     @classmethod
@@ -153,6 +164,11 @@ def _checked(config: IngestConfig) -> IngestConfig:
         mode = Mode(config.mode)
     except ValueError:
         raise IngestConfigError(f"{where}: mode must be one of {', '.join(m.value for m in Mode)}, not {config.mode!r}") from None
+    try:
+        row_codec = RowCodec(config.row_codec)
+    except ValueError:
+        raise IngestConfigError(
+            f"{where}: row_codec must be one of {', '.join(c.value for c in RowCodec)}, not {config.row_codec!r}") from None
     for name in ("raw_topic", "dlq_topic", "checkpoint_topic"):
         value = getattr(config, name)
         if not isinstance(value, str) or not _TOPIC_NAME.fullmatch(value) or value in {".", ".."}:
@@ -178,6 +194,7 @@ def _checked(config: IngestConfig) -> IngestConfig:
         source_uri=_text(f"{where}: source_uri", config.source_uri),
         staging_uri=_text(f"{where}: staging_uri", config.staging_uri),
         mode=mode,
+        row_codec=row_codec,
         chunk_rows=_whole(f"{where}: chunk_rows", config.chunk_rows, 1, MAX_CHUNK_ROWS),
         partition_wait_timeout_s=_seconds(f"{where}: partition_wait.timeout_s", config.partition_wait_timeout_s),
         partition_poke_interval_s=max(1.0, _seconds(f"{where}: partition_wait.poke_interval_s", config.partition_poke_interval_s)),
@@ -220,6 +237,7 @@ def parse_ingest_config(document: Any, source: str) -> IngestConfig:
         transaction_timeout_ms=transaction.get("timeout_ms", defaults.transaction_timeout_ms),
         max_chunk_attempts=transaction.get("max_chunk_attempts", defaults.max_chunk_attempts),
         producer={str(k): v for k, v in producer.items()},
+        row_codec=top.get("row_codec", defaults.row_codec.value),
         source=source,
     ))
 

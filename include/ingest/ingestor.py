@@ -24,9 +24,9 @@ for the run and for the hour, and - once the hour is complete - that the hour's 
 staging manifest's rows and bad lines. Any mismatch raises :class:`ReconciliationError`.
 
 Hot path, chosen by measurement (bench/bench_ingest.py): the lines of each chunk are validated
-and encoded a batch at a time by :class:`include.ingest.columnar.ColumnarEncoder` on two worker
-threads (Arrow's kernels release the GIL), starting as soon as they are read, while this thread
-produces the encoded rows; the few rows the batch does not take go through ``parse_line`` (the
+and encoded a batch at a time by :mod:`include.ingest.batches` (the C codec, or Arrow where it is
+not installed) on two worker threads (both release the GIL), starting as soon as they are read,
+while this thread produces the encoded rows; the few rows the batch does not take go through ``parse_line`` (the
 contract) and the row encoder one by one, in their place in the file. ``produce()`` gets a plain
 key and no per-message delivery callback - librdkafka reports only failures
 (``delivery.report.only.error``), and a transaction cannot commit unless every one of its
@@ -63,7 +63,7 @@ from include.ingest.checkpoint import (
 )
 from include.ingest.envelope import Origin, build_envelope, envelope_headers, envelope_id, load_dlq_schema
 from include.avazu.lines import LineSource, TextLines, UndecodableLine
-from include.ingest.columnar import ColumnarEncoder, EncodedBatch
+from include.ingest.batches import BatchEncoder, EncodedBatch, RowCodec, batch_encoder
 from include.ingest.rows import AdEventEncoder, load_ad_event_schema, partition_key
 from include.ingest.staging import HourPartition
 from include.ingest.topics import IngestTopics, SchemaIds, lookup_schema_id
@@ -78,7 +78,7 @@ PHASE_BEFORE_COMMIT = "before_commit"
 PHASE_AFTER_COMMIT = "after_commit"
 PHASES = (PHASE_AFTER_BEGIN, PHASE_MID_PRODUCE, PHASE_BEFORE_COMMIT, PHASE_AFTER_COMMIT)
 PhaseHook = Callable[[str, int], None]
-# Starts the columnar encoding of a segment's lines (ColumnarEncoder.encode on a worker thread).
+# Starts the batch encoding of a segment's lines (BatchEncoder.encode on a worker thread).
 Prepare = Callable[[list[str]], Future]
 # Header on the records of a re-ingested generation (1, 2, ...); see include.ingest.checkpoint.
 GENERATION_HEADER = "ingest.generation"
@@ -108,6 +108,7 @@ class IngestSettings:
     flush_timeout_s: float = 120.0
     init_timeout_s: float = 60.0
     transactional_id_prefix: str = "avazu-ingest"
+    row_codec: RowCodec | str = RowCodec.AUTO
 
 
 @dataclass
@@ -165,7 +166,7 @@ class Chunk:
     segments: list[tuple[int, list[str], bool] | UndecodableLine] = field(default_factory=list)
     rows: int = 0
     last: bool = False
-    # Per segment, its lines' columnar encoding under way on a worker thread (None: none started).
+    # Per segment, its lines' batch encoding under way on a worker thread (None: none started).
     encoded: list[Future | None] = field(default_factory=list)
     complete: bool = True
     error: BaseException | None = None
@@ -260,9 +261,10 @@ class HourlyIngestor:
             latest = self._read_checkpoint(schemas)
             plan = plan_run(latest, reingest=self.reingest, request_id=self.request_id)
             result = self._new_result(plan)
-            log.info("hour %s of %s: %s (generation %s, from chunk %s, row %s of %s; transactional id %s)",
+            log.info("hour %s of %s: %s (generation %s, from chunk %s, row %s of %s; transactional id %s; "
+                     "clean rows encoded by the %s codec)",
                      self.partition.hour, self.partition.source_id, plan.action, plan.generation, plan.start_chunk,
-                     f"{plan.start_row:,}", f"{self.partition.rows:,}", self.transactional_id)
+                     f"{plan.start_row:,}", f"{self.partition.rows:,}", self.transactional_id, schemas["batches"].name)
             if plan.writes:
                 self._ingest(producer, plan, schemas, result, started)
             else:
@@ -297,7 +299,7 @@ class HourlyIngestor:
         return {
             "ids": ids,
             "rows": rows,
-            "columnar": ColumnarEncoder(rows),
+            "batches": batch_encoder(rows, self.settings.row_codec),
             "dlq": AvroEncoder(dlq, ids.dlq),
             "checkpoints": CheckpointCodec(checkpoint, ids.checkpoints, lambda i: self.registry.get_schema(i).schema_str),
         }
@@ -390,7 +392,7 @@ class HourlyIngestor:
         # Two encoding threads: Arrow's kernels release the GIL, so they run beside this thread's
         # produce() calls and librdkafka's threads (bench/bench_ingest.py measured one, two and three).
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-encode") as worker:
-            prepare = functools.partial(worker.submit, schemas["columnar"].encode)
+            prepare = functools.partial(worker.submit, schemas["batches"].encode)
             chunks = _filling_chunks(self.partition.data_uri, self.settings.chunk_rows, plan.start_row, plan.start_chunk, prepare)
             try:
                 with contextlib.closing(_read_ahead(chunks)) as ahead:
@@ -517,7 +519,7 @@ class HourlyIngestor:
                 _produce(topic, value, key, headers=headers)
         topic = self.topics.raw
         encoder: AdEventEncoder = schemas["rows"]
-        columnar: ColumnarEncoder = schemas["columnar"]
+        batches: BatchEncoder = schemas["batches"]
         bad: list[tuple[int, Any, Any]] = []  # (row index, RowError | UndecodableLine, line)
         # The chunk may still be being read: its size is the setting's, or what is left of the hour.
         expected = max(0, min(self.settings.chunk_rows, self.partition.rows - chunk.first_row))
@@ -532,7 +534,7 @@ class HourlyIngestor:
                 counts.rows_read += 1
                 continue
             first, lines, _ = segment
-            batch: EncodedBatch = encoding.result() if encoding is not None else columnar.encode(lines)
+            batch: EncodedBatch = encoding.result() if encoding is not None else batches.encode(lines)
             values, keys, start = batch.values, batch.keys, 0
             for declined in [*batch.declined, len(lines)]:
                 # The clean rows before the next declined one, already validated and encoded.
@@ -544,7 +546,7 @@ class HourlyIngestor:
                 if declined == len(lines):
                     break
                 start = declined + 1
-                # The contract decides the declined row, in its place (see include.ingest.columnar).
+                # The contract decides the declined row, in its place (see include.ingest.batches).
                 line = lines[declined]
                 record = parse_line(line)
                 if type(record) is not dict:

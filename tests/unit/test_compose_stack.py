@@ -139,7 +139,9 @@ def init_connections(init_script, airflow_cli) -> dict:
 
 
 def test_dockerfile_builds_on_the_locked_airflow_and_python():
-    (image,) = [arguments for keyword, arguments in _dockerfile_instructions() if keyword == "FROM"]
+    # Every stage (the C codec's build and the image itself) is the same official image.
+    images = {arguments.split()[0] for keyword, arguments in _dockerfile_instructions() if keyword == "FROM"}
+    (image,) = images
     match = re.fullmatch(r"apache/airflow:(?P<airflow>[\d.]+)-python(?P<python>\d+\.\d+)", image)
     assert match, f"FROM {image} is not an official apache/airflow:<version>-python<x.y> image"
     lock = REQUIREMENTS.read_text()
@@ -167,6 +169,19 @@ def test_dockerfile_installs_the_lock_without_changing_airflow():
     # The official image installs packages as the airflow user (into its ~/.local), never as root.
     users = [arguments for keyword, arguments in instructions[:installed_at] if keyword == "USER"]
     assert users[-1:] in ([], ["airflow"])
+
+
+def test_dockerfile_builds_the_c_codec_and_installs_its_wheel_with_the_lock():
+    instructions = _dockerfile_instructions()
+    stages = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
+    assert len(stages) == 2 and instructions[stages[0]][1].split()[1:] == ["AS", "rowcodec"]
+    build = instructions[stages[0]:stages[1]]
+    assert ("COPY", "--chown=airflow:0 native/ /tmp/native/") in build
+    assert any(keyword == "RUN" and "pip wheel" in arguments and "/tmp/native" in arguments for keyword, arguments in build)
+    final = instructions[stages[1]:]
+    assert ("COPY", "--from=rowcodec /tmp/wheels/ /tmp/wheels/") in final
+    (install,) = [arguments for keyword, arguments in final if keyword == "RUN" and "pip install" in arguments]
+    assert "/tmp/wheels/avazu_rowcodec-*.whl" in shlex.split(install)
 
 
 def test_dockerfile_ships_the_project_and_makes_include_importable():

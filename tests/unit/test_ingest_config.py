@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from include.ingest.config import DEFAULT_CONFIG_PATH, IngestConfig, IngestConfigError, load_ingest_config, parse_ingest_config
+from include.ingest.config import (
+    DEFAULT_CONFIG_PATH,
+    IngestConfig,
+    IngestConfigError,
+    RowCodec,
+    load_ingest_config,
+    parse_ingest_config,
+)
 from include.ingest.hours import Mode
 
 
@@ -27,6 +34,8 @@ def test_the_shipped_config_is_valid():
     assert (config.raw_topic, config.dlq_topic, config.checkpoint_topic) == ("ad_events_raw", "ad_events_error", "ingest_checkpoints")
     assert config.mode is Mode.AUTO and config.chunk_rows >= 1
     assert config.producer["compression.type"] in {"lz4", "zstd"}
+    assert config.row_codec is RowCodec.AUTO
+    assert parse_ingest_config(_document(row_codec="arrow"), "ingest.yaml").row_codec is RowCodec.ARROW
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -40,6 +49,7 @@ def test_the_shipped_config_is_valid():
     ({"replay__wrap": "yes"}, "replay.wrap must be true or false"),
     ({"partition_wait__timeout_s": -1}, "partition_wait.timeout_s must be a number of seconds"),
     ({"transaction__timeout_ms": 5}, "transaction.timeout_ms must be a whole number 1000..900000"),
+    ({"row_codec": "fortran"}, "row_codec must be one of auto, native, arrow, not 'fortran'"),
 ])
 def test_bad_values_are_named(changes, message):
     with pytest.raises(IngestConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):

@@ -106,7 +106,7 @@ class IngestAvazuHourOperator(BaseOperator):
     :param staging_uri: where the partitions are (templated)
     :param topics: ``{"raw": ..., "dlq": ..., "checkpoints": ...}`` (templated)
     :param settings: chunk_rows, progress_every_s, transaction_timeout_ms, max_chunk_attempts,
-        producer (templated; from the ingestion config)
+        producer, row_codec (templated; from the ingestion config)
     :param reingest: write a finished hour again as a new generation (templated)
     """
 

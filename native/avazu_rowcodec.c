@@ -1,0 +1,362 @@
+/*
+ * avazu_rowcodec: validate and Avro-encode the clean rows of a batch of Avazu CSV lines in C.
+ *
+ * The ingestion's Python row path (include.avazu.contract.parse_line, then
+ * include.ingest.rows.AdEventEncoder and partition_key) is the authority on every line. Almost
+ * every line of the data set is a *clean* row - the exact shape of
+ * include.avazu.contract.CLEAN_ROW_PATTERN - and for those the verdict and the encoding are fixed,
+ * so this module does them in one pass over the line's bytes:
+ *
+ *   encode(lines, header, hours) -> (values, keys, taken, payload_bytes, text_bytes, declined)
+ *
+ *   lines    a list of str, one CSV line each, without its line break
+ *   header   the Confluent wire-format header (magic byte and schema id), prepended to each value
+ *   hours    bytes: the valid hours (YYMMDDHH) as sorted native-endian uint32
+ *
+ * Per line, values[i] is the wire-format payload (bytes) and keys[i] the partition key (str) of a
+ * clean row; for any other line both are None and i is in `declined`, for the row path to decide.
+ * A line is declined when it is not pure ASCII or when any field is not what the clean-row pattern
+ * allows, so this module only ever skips Python work for rows whose verdict is already certain;
+ * the project's unit tests hold it to byte-for-byte agreement with the row path.
+ *
+ * The field rules below are CLEAN_ROW_PATTERN written out; the module exports the pattern it
+ * implements as CLEAN_ROW_PATTERN and the Python side refuses the module if the two differ.
+ *
+ * The lines are validated and encoded without the GIL (the str objects are held by a tuple for
+ * the duration), so worker threads encode while the producing thread runs.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FIELDS 24
+#define HEADER_MAX 16
+/* Per line, the payload can exceed the line's length by at most the header, the union markers,
+ * the varint prefixes and the varints' growth over their digits: well under this. */
+#define PAYLOAD_SLACK (HEADER_MAX + FIELDS * 6)
+
+static const char CLEAN_ROW_PATTERN[] =
+    "(?:[1-9][0-9]{0,18}|1[0-7][0-9]{18}|18[0-3][0-9]{17}),"  /* id */
+    "[01],"                                                    /* click */
+    "1[0-9]{7},"                                               /* hour */
+    "(?:-1|[0-9]{1,9}),"                                       /* C1 */
+    "[0-9]{1,2},"                                              /* banner_pos */
+    "[0-9a-f]{8},[0-9a-f]{8},[0-9a-f]{8},[0-9a-f]{8},"         /* site_id .. app_id */
+    "[0-9a-f]{8},[0-9a-f]{8},[0-9a-f]{8},[0-9a-f]{8},"         /* app_domain .. device_ip */
+    "[^,]+,"                                                   /* device_model */
+    "[0-9]{1,2},[0-9]{1,2},"                                   /* device_type, device_conn_type */
+    "(?:-1|[0-9]{1,9}),(?:-1|[0-9]{1,9}),(?:-1|[0-9]{1,9}),(?:-1|[0-9]{1,9}),"  /* C14 .. C17 */
+    "(?:-1|[0-9]{1,9}),(?:-1|[0-9]{1,9}),(?:-1|[0-9]{1,9}),(?:-1|[0-9]{1,9})";  /* C18 .. C21 */
+
+/* The field kinds, in column order. */
+enum kind { ID, CLICK, HOUR, SMALL, TINY, HEX8, TEXT };
+static const enum kind LAYOUT[FIELDS] = {
+    ID, CLICK, HOUR, SMALL, TINY,
+    HEX8, HEX8, HEX8, HEX8, HEX8, HEX8, HEX8, HEX8,
+    TEXT, TINY, TINY,
+    SMALL, SMALL, SMALL, SMALL, SMALL, SMALL, SMALL, SMALL,
+};
+#define DEVICE_ID_FIELD 11
+#define DEVICE_IP_FIELD 12
+static const char PLACEHOLDER_DEVICE_ID[8] = {'a', '9', '9', 'f', '2', '1', '4', 'a'};
+
+/* The column names this layout is for; the Python side compares them with the contract's. */
+static const char COLUMN_NAMES[] =
+    "id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,"
+    "device_id,device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21";
+
+#define UNION_VALUE 0x02 /* union branch 1 (the value, not null), zigzag-encoded */
+
+static inline unsigned char *put_varint(unsigned char *out, int64_t value) {
+    uint64_t n = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    while (n & ~(uint64_t)0x7F) {
+        *out++ = (unsigned char)((n & 0x7F) | 0x80);
+        n >>= 7;
+    }
+    *out++ = (unsigned char)n;
+    return out;
+}
+
+static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+static inline int is_hex(unsigned char c) { return is_digit(c) || (c >= 'a' && c <= 'f'); }
+
+static int all_digits(const unsigned char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!is_digit(s[i])) return 0;
+    return 1;
+}
+
+static int64_t decimal(const unsigned char *s, Py_ssize_t n) {
+    int64_t v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) v = v * 10 + (s[i] - '0');
+    return v;
+}
+
+static int hour_valid(uint32_t hour, const uint32_t *hours, Py_ssize_t count) {
+    Py_ssize_t lo = 0, hi = count;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (hours[mid] < hour) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < count && hours[lo] == hour;
+}
+
+/* The key of an encoded line: the device id, or "ip:" and the device ip (see rows.partition_key). */
+typedef struct {
+    Py_ssize_t start;   /* payload offset in the output buffer, or -1: declined */
+    Py_ssize_t length;  /* payload length */
+    const unsigned char *key;  /* 8 hex digits in the line */
+    int key_is_ip;
+} line_result;
+
+/* Validate one ASCII line and write its payload at `out`; returns the end, or NULL: not clean. */
+static unsigned char *encode_line(const unsigned char *s, Py_ssize_t n, unsigned char *out,
+                                  const unsigned char *header, Py_ssize_t header_len,
+                                  const uint32_t *hours, Py_ssize_t hour_count, line_result *result) {
+    const unsigned char *end = s + n, *p = s;
+    const unsigned char *device_id = NULL, *device_ip = NULL;
+    memcpy(out, header, (size_t)header_len);
+    out += header_len;
+    for (int f = 0; f < FIELDS; f++) {
+        const unsigned char *field = p;
+        while (p < end && *p != ',') p++;
+        Py_ssize_t len = p - field;
+        if (f < FIELDS - 1) {
+            if (p == end) return NULL; /* too few fields */
+            p++;                       /* past the comma */
+        } else if (p != end) {
+            return NULL; /* unreachable: the last field runs to the end */
+        }
+        switch (LAYOUT[f]) {
+        case ID:
+            /* [1-9][0-9]{0,18} | 1[0-7][0-9]{18} | 18[0-3][0-9]{17}: below 1.84e19 < 2^64 */
+            if (len < 1 || len > 20 || field[0] == '0' || !all_digits(field, len)) return NULL;
+            if (len == 20 && !(field[0] == '1' && (field[1] <= '7' || (field[1] == '8' && field[2] <= '3'))))
+                return NULL;
+            out = put_varint(out, len);
+            memcpy(out, field, (size_t)len);
+            out += len;
+            break;
+        case CLICK:
+            if (len != 1 || (field[0] != '0' && field[0] != '1')) return NULL;
+            *out++ = field[0] == '1' ? 0x02 : 0x00;
+            break;
+        case HOUR: {
+            if (len != 8 || field[0] != '1' || !all_digits(field, 8)) return NULL;
+            int64_t hour = decimal(field, 8);
+            if (!hour_valid((uint32_t)hour, hours, hour_count)) return NULL;
+            out = put_varint(out, hour);
+            break;
+        }
+        case SMALL: {
+            int64_t value;
+            if (len == 2 && field[0] == '-' && field[1] == '1') value = -1;
+            else if (len >= 1 && len <= 9 && all_digits(field, len)) value = decimal(field, len);
+            else return NULL;
+            *out++ = UNION_VALUE;
+            out = put_varint(out, value);
+            break;
+        }
+        case TINY:
+            if (len < 1 || len > 2 || !all_digits(field, len)) return NULL;
+            *out++ = UNION_VALUE;
+            out = put_varint(out, decimal(field, len));
+            break;
+        case HEX8:
+            if (len != 8) return NULL;
+            for (int i = 0; i < 8; i++)
+                if (!is_hex(field[i])) return NULL;
+            if (f == DEVICE_ID_FIELD) device_id = field;
+            else if (f == DEVICE_IP_FIELD) device_ip = field;
+            *out++ = UNION_VALUE;
+            *out++ = 0x10; /* the length 8 */
+            memcpy(out, field, 8);
+            out += 8;
+            break;
+        case TEXT:
+            /* [^,]+ : any ASCII byte but the comma, which ended the field */
+            if (len < 1) return NULL;
+            *out++ = UNION_VALUE;
+            out = put_varint(out, len);
+            memcpy(out, field, (size_t)len);
+            out += len;
+            break;
+        }
+    }
+    if (memcmp(device_id, PLACEHOLDER_DEVICE_ID, 8) == 0) {
+        result->key = device_ip;
+        result->key_is_ip = 1;
+    } else {
+        result->key = device_id;
+        result->key_is_ip = 0;
+    }
+    return out;
+}
+
+/* The UTF-8 length of a str that is not ASCII; lone surrogates count 3 bytes (as "surrogatepass"). */
+static Py_ssize_t utf8_length(PyObject *text) {
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), bytes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        bytes += c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+    }
+    return bytes;
+}
+
+static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *lines_arg;
+    Py_buffer header, hours;
+    if (!PyArg_ParseTuple(args, "Oy*y*:encode", &lines_arg, &header, &hours)) return NULL;
+
+    PyObject *result = NULL, *lines = NULL, *values = NULL, *keys = NULL, *declined = NULL;
+    const unsigned char **data = NULL;
+    Py_ssize_t *lengths = NULL;
+    line_result *results = NULL;
+    unsigned char *buffer = NULL;
+
+    if (header.len > HEADER_MAX) {
+        PyErr_SetString(PyExc_ValueError, "the wire-format header is longer than 16 bytes");
+        goto done;
+    }
+    if (hours.len % sizeof(uint32_t) != 0) {
+        PyErr_SetString(PyExc_ValueError, "hours must be packed uint32 values");
+        goto done;
+    }
+    /* A tuple of the lines holds them for the GIL-free pass, whatever happens to the caller's list. */
+    lines = PySequence_Tuple(lines_arg);
+    if (lines == NULL) goto done;
+    Py_ssize_t n = PyTuple_GET_SIZE(lines);
+    data = PyMem_Calloc((size_t)(n ? n : 1), sizeof *data);
+    lengths = PyMem_Calloc((size_t)(n ? n : 1), sizeof *lengths);
+    results = PyMem_Calloc((size_t)(n ? n : 1), sizeof *results);
+    if (data == NULL || lengths == NULL || results == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+
+    long long text_bytes = 0;
+    size_t capacity = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *line = PyTuple_GET_ITEM(lines, i);
+        if (!PyUnicode_Check(line)) {
+            PyErr_Format(PyExc_TypeError, "line %zd is %.100s, not str", i, Py_TYPE(line)->tp_name);
+            goto done;
+        }
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(line) < 0) goto done;
+#endif
+        if (PyUnicode_IS_ASCII(line)) {
+            data[i] = PyUnicode_1BYTE_DATA(line);
+            lengths[i] = PyUnicode_GET_LENGTH(line);
+            text_bytes += lengths[i];
+            capacity += (size_t)lengths[i] + PAYLOAD_SLACK;
+        } else {
+            data[i] = NULL; /* declined: only ASCII lines are clean */
+            text_bytes += utf8_length(line);
+        }
+    }
+    buffer = PyMem_RawMalloc(capacity);
+    if (buffer == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+
+    Py_ssize_t taken = 0;
+    long long payload_bytes = 0;
+    const uint32_t *hour_table = hours.buf;
+    Py_ssize_t hour_count = hours.len / (Py_ssize_t)sizeof(uint32_t);
+    Py_BEGIN_ALLOW_THREADS
+    unsigned char *out = buffer;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        results[i].start = -1;
+        if (data[i] == NULL) continue;
+        unsigned char *next = encode_line(data[i], lengths[i], out, header.buf, header.len,
+                                          hour_table, hour_count, &results[i]);
+        if (next == NULL) continue;
+        results[i].start = out - buffer;
+        results[i].length = next - out;
+        payload_bytes += next - out;
+        taken++;
+        out = next;
+    }
+    Py_END_ALLOW_THREADS
+
+    values = PyList_New(n);
+    keys = PyList_New(n);
+    declined = PyList_New(n - taken);
+    if (values == NULL || keys == NULL || declined == NULL) goto done;
+    Py_ssize_t d = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        line_result *r = &results[i];
+        if (r->start < 0) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index == NULL) goto done;
+            PyList_SET_ITEM(declined, d++, index);
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(values, i, Py_None);
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(keys, i, Py_None);
+            continue;
+        }
+        PyObject *value = PyBytes_FromStringAndSize((const char *)buffer + r->start, r->length);
+        if (value == NULL) goto done;
+        PyList_SET_ITEM(values, i, value);
+        PyObject *key = PyUnicode_New(r->key_is_ip ? 11 : 8, 127);
+        if (key == NULL) goto done;
+        Py_UCS1 *k = PyUnicode_1BYTE_DATA(key);
+        if (r->key_is_ip) {
+            memcpy(k, "ip:", 3);
+            k += 3;
+        }
+        memcpy(k, r->key, 8);
+        PyList_SET_ITEM(keys, i, key);
+    }
+    result = Py_BuildValue("(OOnLLO)", values, keys, taken, payload_bytes, text_bytes, declined);
+
+done:
+    /* A list not yet filled holds NULLs, which list deallocation skips. */
+    Py_XDECREF(values);
+    Py_XDECREF(keys);
+    Py_XDECREF(declined);
+    Py_XDECREF(lines);
+    PyMem_Free(data);
+    PyMem_Free(lengths);
+    PyMem_Free(results);
+    PyMem_RawFree(buffer);
+    PyBuffer_Release(&header);
+    PyBuffer_Release(&hours);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"encode", encode, METH_VARARGS,
+     "encode(lines, header, hours) -> (values, keys, taken, payload_bytes, text_bytes, declined)\n\n"
+     "Per line, the Confluent wire-format Avro payload and the partition key of a clean Avazu row,\n"
+     "or None for both (the line's index is then in `declined`)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "avazu_rowcodec",
+    .m_doc = "Validate and Avro-encode the clean rows of a batch of Avazu CSV lines (see encode).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit_avazu_rowcodec(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddStringConstant(m, "CLEAN_ROW_PATTERN", CLEAN_ROW_PATTERN) < 0 ||
+        PyModule_AddStringConstant(m, "COLUMNS", COLUMN_NAMES) < 0 ||
+        PyModule_AddStringConstant(m, "PLACEHOLDER_DEVICE_ID", "a99f214a") < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
