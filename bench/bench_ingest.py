@@ -6,7 +6,9 @@ is that run's alone (``os.wait4`` rusage), against the local broker and registry
 
 * ``ingest``  - include.ingest: every staged hour through ``HourlyIngestor`` - read, validate with
   the contract, Avro wire format, keyed produce, DLQ envelopes, one transaction per chunk with its
-  checkpoint (exactly once), counts reconciled;
+  checkpoint (exactly once), counts reconciled - with ``--row-codec`` (ingest.yaml's by default);
+* ``arrow``   - the same with ``row_codec: arrow``, the fallback where the C codec is not built:
+  the C codec's gain, measured in the same run;
 * ``seed``    - seed 002 day 4's ``AvazuKafkaProducer`` as written: kafka-python, a JSON dict per
   row with type conversion and metadata, ``send()`` one record at a time with callbacks, the DLQ
   sent synchronously, ``batch_size=100``, ``linger_ms=10``, ``acks='all'``. Run on the first
@@ -66,7 +68,8 @@ def _settings(options: dict):
     config = load_ingest_config()
     producer = {**config.producer, **({"compression.type": options["compression"]} if options.get("compression") else {})}
     return IngestSettings(chunk_rows=options["chunk_rows"], progress_every_s=3600, producer=producer,
-                          transaction_timeout_ms=config.transaction_timeout_ms)
+                          transaction_timeout_ms=config.transaction_timeout_ms,
+                          row_codec=options.get("row_codec") or config.row_codec)
 
 
 def _peak_rss_mb() -> float:
@@ -88,9 +91,14 @@ def _child_ingest(options: dict) -> dict:
     hours = hours[options.get("slot", 0)::options.get("slots", 1)]
     totals = {"rows": 0, "produced": 0, "dead_lettered": 0, "chunks": 0, "seconds": 0.0,
               "producing_s": 0.0, "committing_s": 0.0, "hours": len(hours)}
+    settings = _settings(options)
+    from include.ingest.batches import batch_encoder
+    from include.ingest.rows import AdEventEncoder
+
+    totals["codec"] = batch_encoder(AdEventEncoder(1), settings.row_codec).name
     for index, hour in enumerate(hours):
         result = HourlyIngestor(find_partition(options["staging"], hour), kafka_config=_kafka_config(), registry=registry,
-                                topics=topics, settings=_settings(options)).run()
+                                topics=topics, settings=settings).run()
         assert result.complete and result.rows_read == result.partition_rows
         totals["rows"] += result.rows_read
         totals["produced"] += result.rows_produced
@@ -267,7 +275,8 @@ def _run_children(mode: str, options: list[dict]) -> dict:
     wall = time.monotonic() - started
     result = results[0]
     if len(results) > 1:
-        result = {key: sum(r[key] for r in results) for key in results[0] if isinstance(results[0][key], (int, float))}
+        result = {key: sum(r[key] for r in results) if isinstance(value, (int, float)) else value
+                  for key, value in results[0].items()}
         # Side by side, the clock that counts is the slowest child's.
         result["seconds"] = max(r["seconds"] for r in results)
     result["wall_s"] = wall
@@ -321,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-rows", type=int, default=100_000)
     parser.add_argument("--compression", choices=["lz4", "zstd", "snappy", "none"], default=None,
                         help="override the config's compression.type")
-    parser.add_argument("--modes", nargs="+", choices=list(CHILDREN), default=["ingest", "seed", "ceiling", "profile"])
+    parser.add_argument("--modes", nargs="+", choices=[*CHILDREN, "arrow"], default=["ingest", "arrow", "seed", "ceiling", "profile"])
+    parser.add_argument("--row-codec", choices=["auto", "native", "arrow"], default=None,
+                        help="row_codec of (a), (a2) and the profile (default: include/config/ingest.yaml's)")
     parser.add_argument("--java", action="store_true", help="also run Kafka's ProducerPerformance as a second ceiling")
     parser.add_argument("--parallel", type=int, default=2,
                         help="also ingest this many hours at a time, one process each (the DAG's max_active_runs); 1: skip")
@@ -362,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         return topics
 
     compression = {"none": "none"}.get(args.compression, args.compression)
-    common = {"staging": str(staging), "chunk_rows": args.chunk_rows, "compression": compression}
+    common = {"staging": str(staging), "chunk_rows": args.chunk_rows, "compression": compression, "row_codec": args.row_codec}
     producer = {**load_ingest_config().producer, **({"compression.type": compression} if compression else {})}
     print(f"producer: {producer}, chunk_rows {args.chunk_rows:,}")
     results: dict[str, dict] = {}
@@ -373,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                 topics = sandbox("parallel").as_dict()
                 results["parallel"] = _run_children("ingest", [{**common, "topics": topics, "slot": i, "slots": args.parallel}
                                                                for i in range(args.parallel)])
+        if "arrow" in args.modes:
+            results["arrow"] = _run_child("ingest", {**common, "row_codec": "arrow", "topics": sandbox("arrow").as_dict()})
         if "seed" in args.modes:
             topics = [f"bench_seed_raw_{run}", f"bench_seed_dlq_{run}"]
             for future in admin.create_topics([NewTopic(topics[0], 3, 1), NewTopic(topics[1], 1, 1)]).values():
@@ -405,8 +418,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(results: dict[str, dict], args) -> None:
     print("\napproach                                             rows   seconds      rows/s  peak RSS MB")
-    names = {"ingest": "(a) HourlyIngestor: Avro, keyed, DLQ, EOS txn",
+    codec = results.get("ingest", results.get("parallel", {})).get("codec", "?")
+    names = {"ingest": f"(a) HourlyIngestor ({codec} codec): EOS, DLQ",
              "parallel": f"(a2) the same, {args.parallel} hours at a time",
+             "arrow": "(a3) (a) with the arrow codec (fallback)",
              "seed": "(b) seed day 4: kafka-python, JSON, one by one",
              "ceiling": "(c) ceiling: librdkafka, pre-encoded payloads"}
     for mode, name in names.items():
@@ -425,6 +440,8 @@ def _report(results: dict[str, dict], args) -> None:
         if "seed" in results:
             print(f"(a)/(b) = {ingest['rows_per_s'] / results['seed']['rows_per_s']:.1f}x the seed's rate "
                   f"(seed: {results['seed']['sent']:,} sent, {results['seed']['dlq']:,} to its DLQ, {results['seed']['errors']} errors)")
+        if "arrow" in results:
+            print(f"(a)/(a3) = {ingest['rows_per_s'] / results['arrow']['rows_per_s']:.2f}x the rate with the arrow codec")
         if "ceiling" in results:
             print(f"(a)/(c) = {ingest['rows_per_s'] / results['ceiling']['rows_per_s']:.2f} of the ceiling "
                   f"(payload {results['ceiling']['payload_bytes_avg']:.0f} bytes on average)")
