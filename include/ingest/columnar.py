@@ -27,13 +27,13 @@ import pyarrow.compute as pc
 
 from include.avazu.contract import AVAZU_HOURS, CLEAN_ROW_PATTERN, COLUMNS, EXAMPLE_LINE, FIELD_COUNT, Kind
 from include.ingest.batches import EncodedBatch
-from include.ingest.rows import PLACEHOLDER_DEVICE_ID, AdEventEncoder, zigzag_varint
+from include.ingest.rows import LENGTH_PREFIXES, PLACEHOLDER_DEVICE_ID, TABLED_LENGTHS, AdEventEncoder, zigzag_varint
 
 _PATTERN = f"^{CLEAN_ROW_PATTERN}$"
 _HOUR_TEXTS = pa.array([str(hour) for hour in AVAZU_HOURS], pa.string())
-# Length prefixes up to this many bytes come from a table; longer device models go row by row.
-_MAX_TABLE_LENGTH = 1024
-_LENGTH_PREFIXES = pa.array([zigzag_varint(n) for n in range(_MAX_TABLE_LENGTH)], pa.binary())
+# Length prefixes below TABLED_LENGTHS bytes come from the row encoder's table; longer device
+# models go row by row.
+_LENGTH_PREFIXES = pa.array(LENGTH_PREFIXES, pa.binary())
 _UNION_VALUE = b"\x02"  # union branch 1 (the value, not null), zigzag-encoded
 _HEX8_PREFIX = _UNION_VALUE + zigzag_varint(8)
 
@@ -125,7 +125,7 @@ class ColumnarEncoder:
             else:  # TEXT, the device model: any length, in bytes; long ones go row by row
                 raw = values.cast(pa.binary())
                 length = pc.binary_length(raw)
-                fits = pc.less(length, _MAX_TABLE_LENGTH)
+                fits = pc.less(length, TABLED_LENGTHS)
                 clean = pc.and_(clean, fits)
                 parts += [_UNION_VALUE, _LENGTH_PREFIXES.take(pc.if_else(fits, length, 0)), raw]
         payloads = pc.if_else(clean, pc.binary_join_element_wise(*parts, b""), None)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from include.ingest.hours import Mode
+from include.yaml_files import read_yaml_file
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "ingest.yaml"
 
@@ -245,10 +245,5 @@ def parse_ingest_config(document: Any, source: str) -> IngestConfig:
 def load_ingest_config(path: str | Path = DEFAULT_CONFIG_PATH) -> IngestConfig:
     """Read and check the settings file; raise :class:`IngestConfigError` with one sentence if wrong."""
     path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise IngestConfigError(f"ingestion settings file {path} does not exist") from None
-    except yaml.YAMLError as error:
-        raise IngestConfigError(f"{path} is not valid YAML: {error}") from None
+    document = read_yaml_file(path, IngestConfigError, "ingestion settings file")
     return parse_ingest_config(document, str(path))

@@ -94,7 +94,11 @@ class NotAsciiText(Exception):
     """A text field the generated encoder cannot length-prefix by character count (use ``encode``)."""
 
 
-_LENGTH_PREFIX = [_zigzag_varint(n) for n in range(1024)]
+# Avro length prefixes of texts shorter than this many bytes come from a table (the batch
+# encoders use the same one); longer texts are rare and computed.
+TABLED_LENGTHS = 1024
+LENGTH_PREFIXES = [zigzag_varint(n) for n in range(TABLED_LENGTHS)]
+_LENGTH_PREFIX = [prefix.decode("latin-1") for prefix in LENGTH_PREFIXES]
 
 
 def _text_prefix(value: str) -> str:
@@ -102,7 +106,7 @@ def _text_prefix(value: str) -> str:
     if not value.isascii():
         raise NotAsciiText
     n = len(value)
-    return _LENGTH_PREFIX[n] if n < 1024 else _zigzag_varint(n)
+    return _LENGTH_PREFIX[n] if n < TABLED_LENGTHS else _zigzag_varint(n)
 
 
 def _field_expression(column: Column, value: str) -> str:
@@ -119,7 +123,7 @@ def _field_expression(column: Column, value: str) -> str:
     else:
         # Inline for the usual short ASCII text; anything else goes through TEXT_PREFIX, which
         # raises NotAsciiText for non-ASCII (a length prefix counts bytes, not characters).
-        encoded = f"(PREFIX[len({value})] if {value}.isascii() and len({value}) < 1024 else TEXT_PREFIX({value})) + {value}"
+        encoded = f"(PREFIX[len({value})] if {value}.isascii() and len({value}) < {TABLED_LENGTHS} else TEXT_PREFIX({value})) + {value}"
     return f"({branch} + {encoded} if {value} is not None else {null})" if column.nullable else f"({encoded})"
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-import yaml
+
+from include.yaml_files import read_yaml_file
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DECLARATIONS = ROOT / "include" / "config" / "topics.yaml"
@@ -191,10 +192,5 @@ def parse_catalog(document: Any, source: Path, schemas_dir: Path = SCHEMAS_DIR) 
 def load_catalog(path: str | Path = DEFAULT_DECLARATIONS, schemas_dir: Path = SCHEMAS_DIR) -> TopicCatalog:
     """Read and check the declarations file; raise DeclarationError with one sentence if wrong."""
     path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise DeclarationError(f"declarations file {path} does not exist") from None
-    except yaml.YAMLError as error:
-        raise DeclarationError(f"{path} is not valid YAML: {error}") from None
+    document = read_yaml_file(path, DeclarationError, "declarations file")
     return parse_catalog(document, path, schemas_dir)
