@@ -218,6 +218,7 @@ static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_ssize_t *lengths = NULL;
     line_result *results = NULL;
     unsigned char *buffer = NULL;
+    uint32_t *hour_table = NULL;
 
     if (header.len > HEADER_MAX) {
         PyErr_SetString(PyExc_ValueError, "the wire-format header is longer than 16 bytes");
@@ -268,8 +269,14 @@ static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *args) {
 
     Py_ssize_t taken = 0;
     long long payload_bytes = 0;
-    const uint32_t *hour_table = hours.buf;
+    /* A copy, so the table is aligned whatever buffer the caller passed. */
     Py_ssize_t hour_count = hours.len / (Py_ssize_t)sizeof(uint32_t);
+    hour_table = PyMem_Malloc((size_t)(hour_count ? hour_count : 1) * sizeof(uint32_t));
+    if (hour_table == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(hour_table, hours.buf, (size_t)hours.len);
     Py_BEGIN_ALLOW_THREADS
     unsigned char *out = buffer;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -328,6 +335,7 @@ done:
     PyMem_Free(lengths);
     PyMem_Free(results);
     PyMem_RawFree(buffer);
+    PyMem_Free(hour_table);
     PyBuffer_Release(&header);
     PyBuffer_Release(&hours);
     return result;

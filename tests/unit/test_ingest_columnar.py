@@ -7,6 +7,7 @@ fails here rather than being skipped) and the Arrow fallback.
 from __future__ import annotations
 
 import random
+import sys
 import types
 
 import pytest
@@ -173,3 +174,28 @@ def test_a_c_codec_built_for_another_contract_is_refused(monkeypatch):
     assert batch_encoder(ROWS).name == "arrow"
     with pytest.raises(RowCodecUnavailable):
         batch_encoder(ROWS, RowCodec.NATIVE)
+
+
+def test_the_c_codec_rejects_wrong_arguments_with_a_clear_error():
+    native = batches._native
+    hours = batches.NativeEncoder(ROWS)._hours
+    with pytest.raises(TypeError, match="line 1 is bytes, not str"):
+        native.encode([EXAMPLE_LINE, EXAMPLE_LINE.encode()], ROWS.header, hours)
+    with pytest.raises(ValueError, match="header is longer than 16 bytes"):
+        native.encode([EXAMPLE_LINE], b"\0" * 17, hours)
+    with pytest.raises(ValueError, match="packed uint32"):
+        native.encode([EXAMPLE_LINE], ROWS.header, hours[:-1])
+    # Any sequence of lines will do; the result is the same as for a list.
+    assert native.encode((EXAMPLE_LINE,), ROWS.header, hours) == native.encode([EXAMPLE_LINE], ROWS.header, hours)
+
+
+def test_the_c_codec_holds_no_reference_to_what_it_was_given_or_returned():
+    native, encoder = batches._native, batches.NativeEncoder(ROWS)
+    lines = [_with("device_id", "a99f214a"), "not a row", "caf\u00e9"] * 1000
+    encoder.encode(lines)  # warm up caches (small ints, interned strings)
+    before = [sys.getrefcount(line) for line in lines[:3]], sys.getrefcount(None)
+    for _ in range(20):
+        batch = encoder.encode(lines)
+    del batch
+    assert ([sys.getrefcount(line) for line in lines[:3]], sys.getrefcount(None)) == before
+    assert native is batches._native
