@@ -147,6 +147,8 @@ class IngestResult:
     partition_bad_rows: int = 0
     # Errors librdkafka reported and retried by itself (e.g. a broker restart), by name.
     client_errors: dict[str, int] = field(default_factory=dict)
+    # What encoded the clean rows: native (the C codec) or arrow (see include.ingest.batches).
+    row_codec: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -261,6 +263,7 @@ class HourlyIngestor:
             latest = self._read_checkpoint(schemas)
             plan = plan_run(latest, reingest=self.reingest, request_id=self.request_id)
             result = self._new_result(plan)
+            result.row_codec = schemas["batches"].name
             log.info("hour %s of %s: %s (generation %s, from chunk %s, row %s of %s; transactional id %s; "
                      "clean rows encoded by the %s codec)",
                      self.partition.hour, self.partition.source_id, plan.action, plan.generation, plan.start_chunk,

@@ -63,10 +63,11 @@ def _topics(kafka_config, registry) -> IngestTopics:
     return topics
 
 
-def _ingest(staged, hour, kafka_config, registry, topics, **options):
+def _ingest(staged, hour, kafka_config, registry, topics, row_codec="native", **options):
     partition = find_partition(staged["staging"], hour)
     return HourlyIngestor(partition, kafka_config=kafka_config, registry=registry, topics=topics,
-                          settings=IngestSettings(chunk_rows=CHUNK_ROWS), origin=ORIGIN, **options).run()
+                          settings=IngestSettings(chunk_rows=CHUNK_ROWS, row_codec=row_codec), origin=ORIGIN,
+                          **options).run()
 
 
 def _bad_lines_of(staged, hour) -> dict[int, str]:
@@ -76,11 +77,12 @@ def _bad_lines_of(staged, hour) -> dict[int, str]:
     return {line: reason.value for line, reason in staged["truth"].bad_lines().items() if line in in_partition}
 
 
-@pytest.fixture(scope="module")
-def ingested(staged, kafka_config, registry):
-    """Both hours ingested once into topics of this module."""
+@pytest.fixture(scope="module", params=["native", "arrow"])
+def ingested(request, staged, kafka_config, registry):
+    """Both hours ingested once into topics of their own, by each batch encoder (the C codec and its fallback)."""
     topics = _topics(kafka_config, registry)
-    results = {hour: _ingest(staged, hour, kafka_config, registry, topics) for hour in HOURS}
+    results = {hour: _ingest(staged, hour, kafka_config, registry, topics, row_codec=request.param) for hour in HOURS}
+    assert {result.row_codec for result in results.values()} == {request.param}
     return topics, results
 
 
