@@ -236,8 +236,9 @@ _TINY = r"[0-9]{1,2}"  # banner_pos, device_type, device_conn_type: 0..99 fits 0
 _HEX = r"[0-9a-f]{8}"
 # Unsigned decimal without leading zeros, at most 19 digits, or 20 digits below 1.84e19 < 2^64.
 _UINT64 = r"(?:[1-9][0-9]{0,18}|1[0-7][0-9]{18}|18[0-3][0-9]{17})"
-# Public so that a vectorised validator (include.ingest.columnar, RE2) can use the very same
-# pattern; it is written in the syntax both engines share.
+# Public so that the batch encoders use the very same pattern: Arrow's (include.ingest.columnar,
+# RE2; it is written in the syntax both engines share) and the C codec's (native/, which states
+# the pattern it implements; include.ingest.batches refuses it if the two differ).
 CLEAN_ROW_PATTERN = ",".join(
     [
         _UINT64,

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-
 from include.ingest.hours import Mode
 from include.yaml_files import read_yaml_file
 

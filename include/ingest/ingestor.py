@@ -26,8 +26,8 @@ staging manifest's rows and bad lines. Any mismatch raises :class:`Reconciliatio
 Hot path, chosen by measurement (bench/bench_ingest.py): the lines of each chunk are validated
 and encoded a batch at a time by :mod:`include.ingest.batches` (the C codec, or Arrow where it is
 not installed) on two worker threads (both release the GIL), starting as soon as they are read,
-while this thread produces the encoded rows; the few rows the batch does not take go through ``parse_line`` (the
-contract) and the row encoder one by one, in their place in the file. ``produce()`` gets a plain
+while this thread produces the encoded rows; the few rows the batch does not take go through
+``parse_line`` (the contract) and the row encoder one by one, in their place in the file. ``produce()`` gets a plain
 key and no per-message delivery callback - librdkafka reports only failures
 (``delivery.report.only.error``), and a transaction cannot commit unless every one of its
 records was written, so success needs no Python callback per row.
@@ -392,7 +392,7 @@ class HourlyIngestor:
         )
         line_map = self.partition.line_map()
         wrote_any = False
-        # Two encoding threads: Arrow's kernels release the GIL, so they run beside this thread's
+        # Two encoding threads: both batch encoders release the GIL, so they run beside this thread's
         # produce() calls and librdkafka's threads (bench/bench_ingest.py measured one, two and three).
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-encode") as worker:
             prepare = functools.partial(worker.submit, schemas["batches"].encode)
