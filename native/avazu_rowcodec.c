@@ -128,7 +128,7 @@ static unsigned char *encode_line(const unsigned char *s, Py_ssize_t n, unsigned
             if (p == end) return NULL; /* too few fields */
             p++;                       /* past the comma */
         } else if (p != end) {
-            return NULL; /* unreachable: the last field runs to the end */
+            return NULL; /* a comma after the last field: too many fields */
         }
         switch (LAYOUT[f]) {
         case ID:
