@@ -159,7 +159,7 @@ class Chunk:
     """Consecutive rows of a partition: text segments ``(first_row_index, lines, ascii)`` and undecodable lines.
 
     Row indexes count the partition's data lines from 0 (line number minus 2). A chunk may be
-    handed out while a reader thread is still filling it (:func:`_filling_chunks`); :meth:`items`
+    handed out while a reader thread is still filling it (:func:`iter_chunks`); :meth:`items`
     waits for the segments still to come, and ``last`` and ``rows`` are final once it has ended.
     """
 
@@ -267,7 +267,7 @@ class HourlyIngestor:
             log.info("hour %s of %s: %s (generation %s, from chunk %s, row %s of %s; transactional id %s; "
                      "clean rows encoded by the %s codec)",
                      self.partition.hour, self.partition.source_id, plan.action, plan.generation, plan.start_chunk,
-                     f"{plan.start_row:,}", f"{self.partition.rows:,}", self.transactional_id, schemas["batches"].name)
+                     f"{plan.start_row:,}", f"{self.partition.rows:,}", self.transactional_id, result.row_codec)
             if plan.writes:
                 self._ingest(producer, plan, schemas, result, started)
             else:
@@ -396,7 +396,7 @@ class HourlyIngestor:
         # produce() calls and librdkafka's threads (bench/bench_ingest.py measured one, two and three).
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest-encode") as worker:
             prepare = functools.partial(worker.submit, schemas["batches"].encode)
-            chunks = _filling_chunks(self.partition.data_uri, self.settings.chunk_rows, plan.start_row, plan.start_chunk, prepare)
+            chunks = iter_chunks(self.partition.data_uri, self.settings.chunk_rows, plan.start_row, plan.start_chunk, prepare)
             try:
                 with contextlib.closing(_read_ahead(chunks)) as ahead:
                     for chunk in ahead:
@@ -542,10 +542,10 @@ class HourlyIngestor:
             for declined in [*batch.declined, len(lines)]:
                 # The clean rows before the next declined one, already validated and encoded.
                 for value, key in zip(values[start:declined], keys[start:declined]):
-                    try:
+                    try:  # inline: this loop runs once per row
                         produce(topic, value, key)
                     except BufferError:
-                        self._produce_when_queue_frees(producer, topic, value, key, headers)
+                        self._produce(producer, topic, value, key, headers)
                 if declined == len(lines):
                     break
                 start = declined + 1
@@ -556,10 +556,7 @@ class HourlyIngestor:
                     bad.append((first + declined, record, line))
                     continue
                 value, key = encoder.encode(record), partition_key(record)
-                try:
-                    produce(topic, value, key)
-                except BufferError:
-                    self._produce_when_queue_frees(producer, topic, value, key, headers)
+                self._produce(producer, topic, value, key, headers)
                 produced += 1
                 value_bytes += len(value)
             produced += batch.taken
@@ -585,15 +582,14 @@ class HourlyIngestor:
         return counts
 
     @staticmethod
-    def _produce_when_queue_frees(producer: Producer, topic: str, value: bytes, key: str, headers=None) -> None:
-        # librdkafka's queue is full: serve it until there is room (it drains as batches are acked).
+    def _produce(producer: Producer, topic: str, value: bytes, key: str, headers=None) -> None:
+        """``produce()``; while librdkafka's queue is full, serve it until there is room (it drains as batches are acked)."""
         while True:
-            producer.poll(0.05)
             try:
                 producer.produce(topic, value, key, headers=headers)
                 return
             except BufferError:
-                continue
+                producer.poll(0.05)
 
     def _dead_letter(self, producer: Producer, bad: list, chunk: Chunk, schemas: dict[str, Any], line_map,
                      counts: _ChunkCounts, generation: int) -> None:
@@ -612,11 +608,7 @@ class HourlyIngestor:
             )
             value = encoder.encode(envelope)
             key = envelope_id(self.partition.source_id, source_line)
-            headers = envelope_headers(reason, self.partition.hour, generation)
-            try:
-                producer.produce(self.topics.dlq, value, key, headers=headers)
-            except BufferError:
-                self._produce_when_queue_frees(producer, self.topics.dlq, value, key, headers)
+            self._produce(producer, self.topics.dlq, value, key, envelope_headers(reason, self.partition.hour, generation))
             counts.dead_lettered[reason] += 1
 
 
@@ -624,7 +616,7 @@ def _read_ahead(chunks: Generator[Chunk, None, None], depth: int = 1) -> Iterato
     """``chunks``, read on a thread of their own up to ``depth`` chunks ahead of the consumer.
 
     Reading (inflating, decoding, splitting lines, starting each run's encoding) then overlaps
-    producing instead of waiting for it; with :func:`_filling_chunks` producing starts on the
+    producing instead of waiting for it; with :func:`iter_chunks` producing starts on the
     first lines of a chunk rather than after its last. An error while reading is raised in the
     consumer's thread when it reaches that point; when the consumer stops early (close this
     generator), the reader stops at its next chunk.
@@ -669,13 +661,17 @@ def _read_ahead(chunks: Generator[Chunk, None, None], depth: int = 1) -> Iterato
         reader.join()
 
 
-def _filling_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_chunk: int = 0,
-                    prepare: Prepare | None = None) -> Iterator[Chunk]:
-    """Yield each chunk as soon as it has its first row, then go on filling it (see :func:`iter_chunks`).
+def iter_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_chunk: int = 0,
+                prepare: Prepare | None = None) -> Iterator[Chunk]:
+    """A partition's rows from ``start_row`` on, in chunks of ``chunk_rows``; the last one is marked ``last``.
 
-    A chunk is finished - ``last`` known - when the next row or the end of the partition is seen,
-    so the previous chunk is always finished before the next one is yielded. An error while
-    reading finishes the chunk being filled with that error and is raised.
+    Rows are counted from 0 after the header, so a resumed run skips exactly the rows its
+    checkpoint counted. Each chunk is yielded as soon as it has its first row and then goes on
+    being filled (:meth:`Chunk.items` waits for the rest); it is finished - ``last`` known - when
+    the next row or the end of the partition is seen, so the previous chunk is always finished
+    before the next one is yielded. An error while reading finishes the chunk being filled with
+    that error and is raised. ``prepare`` is called on each run of lines as soon as it is read
+    (see :attr:`Chunk.encoded`).
     """
     chunk: Chunk | None = None
 
@@ -714,24 +710,6 @@ def _filling_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_ch
         raise
     if chunk is not None:
         chunk.finish(last=True)
-
-
-def iter_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_chunk: int = 0,
-                prepare: Prepare | None = None) -> Iterator[Chunk]:
-    """A partition's rows from ``start_row`` on, in whole chunks of ``chunk_rows``; the last one is marked ``last``.
-
-    Rows are counted from 0 after the header, so a resumed run skips exactly the rows its
-    checkpoint counted. A chunk is handed out once the next row (or the end) has been seen, so
-    ``last`` is known. ``prepare`` is called on each run of lines as soon as it is read (see
-    :attr:`Chunk.encoded`).
-    """
-    pending: Chunk | None = None
-    for chunk in _filling_chunks(data_uri, chunk_rows, start_row, start_chunk, prepare):
-        if pending is not None:
-            yield pending
-        pending = chunk
-    if pending is not None:
-        yield pending
 
 
 def reconcile(result: IngestResult) -> None:

@@ -14,7 +14,7 @@ import pytest
 from include.avazu.contract import HEADER_LINE, parse_line
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import HeaderMismatchError, TruncatedInputError
-from include.ingest.ingestor import IngestResult, ReconciliationError, _filling_chunks, _read_ahead, iter_chunks, reconcile
+from include.ingest.ingestor import IngestResult, ReconciliationError, _read_ahead, iter_chunks, reconcile
 from include.avazu.lines import UndecodableLine
 from include.ingest.staging import (
     MANIFEST_NAME,
@@ -206,9 +206,10 @@ def test_chunks_read_on_a_thread_are_the_same_and_a_read_error_reaches_the_chunk
     path, _ = source
     stage_source(str(path), str(tmp_path / "staging"))
     partition = find_partition(str(tmp_path / "staging"), 14102101)
-    with contextlib.closing(_read_ahead(_filling_chunks(partition.data_uri, 300))) as ahead:
+    with contextlib.closing(_read_ahead(iter_chunks(partition.data_uri, 300))) as ahead:
         streamed = [(c.index, c.first_row, [i for s, _ in c.items() for i in _segment_rows(s)], c.last) for c in ahead]
-    whole = [(c.index, c.first_row, _row_indexes(c), c.last) for c in iter_chunks(partition.data_uri, 300)]
+    # Listed first: each chunk is whole once the generator has moved past it.
+    whole = [(c.index, c.first_row, _row_indexes(c), c.last) for c in list(iter_chunks(partition.data_uri, 300))]
     assert streamed == whole and len(whole) > 2
 
     # A partition cut short: the chunks before the cut are whole, the one being read raises.
@@ -217,7 +218,7 @@ def test_chunks_read_on_a_thread_are_the_same_and_a_read_error_reaches_the_chunk
     cut.write_bytes(data[: len(data) * 2 // 3])
     seen = []
     with pytest.raises(TruncatedInputError):
-        with contextlib.closing(_read_ahead(_filling_chunks(str(cut), 300))) as ahead:
+        with contextlib.closing(_read_ahead(iter_chunks(str(cut), 300))) as ahead:
             for chunk in ahead:
                 seen.append([i for s, _ in chunk.items() for i in _segment_rows(s)])
     assert seen and [i for rows in seen for i in rows] == list(range(len(seen) * 300))
