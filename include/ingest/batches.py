@@ -86,28 +86,21 @@ class NativeEncoder:
             raise RowCodecUnavailable(problem)
         self._header = encoder.header
         self._hours = array("I", sorted(AVAZU_HOURS)).tobytes()
-        self.batches = 0
-        self.rows_taken = 0
-        self.rows_declined = 0
 
     def encode(self, lines: Sequence[str]) -> EncodedBatch:
-        batch = EncodedBatch(*_native.encode(lines, self._header, self._hours))
-        self.batches += 1
-        self.rows_taken += batch.taken
-        self.rows_declined += len(batch.declined)
-        return batch
+        return EncodedBatch(*_native.encode(lines, self._header, self._hours))
 
 
 def batch_encoder(encoder: AdEventEncoder, codec: RowCodec | str = RowCodec.AUTO) -> BatchEncoder:
     """The batch encoder ``codec`` names, for rows encoded like ``encoder``'s (see the module doc)."""
     codec = RowCodec(codec)
     if codec is not RowCodec.ARROW:
-        problem = native_codec_problem()
-        if problem is None:
+        try:
             return NativeEncoder(encoder)
-        if codec is RowCodec.NATIVE:
-            raise RowCodecUnavailable(f"row_codec is native, but {problem}")
-        log.warning("encoding clean rows with Arrow, several times slower: %s", problem)
+        except RowCodecUnavailable as problem:
+            if codec is RowCodec.NATIVE:
+                raise RowCodecUnavailable(f"row_codec is native, but {problem}") from None
+            log.warning("encoding clean rows with Arrow, several times slower: %s", problem)
     from include.ingest.columnar import ColumnarEncoder  # imports pyarrow, only when it is used
 
     return ColumnarEncoder(encoder)

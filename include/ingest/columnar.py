@@ -89,16 +89,12 @@ class ColumnarEncoder:
         # Per integer column: decimal text -> encoded field (varint, after the union branch when
         # nullable). Bounded like the row encoder's caches: the texts come from clean rows only.
         self._varints = [({}, c.nullable) if c.kind in (Kind.INT, Kind.HOUR) else None for c in COLUMNS]
-        self.batches = 0
-        self.rows_taken = 0
-        self.rows_declined = 0
 
     def encode(self, lines: Sequence[str]) -> EncodedBatch:
         try:
             text = pa.array(lines, pa.string())
         except (pa.ArrowException, UnicodeError):
             # Not representable as UTF-8 (e.g. a lone surrogate): leave the whole batch to parse_line.
-            self.rows_declined += len(lines)
             return EncodedBatch([None] * len(lines), [None] * len(lines), 0, 0,
                                 sum(len(line.encode("utf-8", "surrogatepass")) for line in lines), list(range(len(lines))))
         if not lines:
@@ -135,9 +131,6 @@ class ColumnarEncoder:
         payload_bytes = pc.sum(pc.binary_length(payloads)).as_py() or 0
         text_bytes = pc.sum(pc.binary_length(text)).as_py() or 0
         declined = np.flatnonzero(~clean.to_numpy(zero_copy_only=False)).tolist()
-        self.batches += 1
-        self.rows_taken += taken
-        self.rows_declined += len(lines) - taken
         return EncodedBatch(payloads.to_pylist(), keys.to_pylist(), taken, payload_bytes, text_bytes, declined)
 
     @staticmethod
