@@ -92,10 +92,6 @@ def _child_ingest(options: dict) -> dict:
     totals = {"rows": 0, "produced": 0, "dead_lettered": 0, "chunks": 0, "seconds": 0.0,
               "producing_s": 0.0, "committing_s": 0.0, "hours": len(hours)}
     settings = _settings(options)
-    from include.ingest.batches import batch_encoder
-    from include.ingest.rows import AdEventEncoder
-
-    totals["codec"] = batch_encoder(AdEventEncoder(1), settings.row_codec).name
     for index, hour in enumerate(hours):
         result = HourlyIngestor(find_partition(options["staging"], hour), kafka_config=_kafka_config(), registry=registry,
                                 topics=topics, settings=settings).run()
@@ -109,6 +105,7 @@ def _child_ingest(options: dict) -> dict:
         totals["committing_s"] += result.seconds_committing
         if index == 0:
             totals["peak_rss_after_first_hour_mb"] = _peak_rss_mb()
+            totals["codec"] = result.row_codec
     return totals
 
 
