@@ -60,7 +60,8 @@ static const enum kind LAYOUT[FIELDS] = {
 };
 #define DEVICE_ID_FIELD 11
 #define DEVICE_IP_FIELD 12
-static const char PLACEHOLDER_DEVICE_ID[8] = {'a', '9', '9', 'f', '2', '1', '4', 'a'};
+/* The key's placeholder device (see rows.PLACEHOLDER_DEVICE_ID); compared as its 8 bytes. */
+static const char PLACEHOLDER_DEVICE_ID[] = "a99f214a";
 
 /* The column names this layout is for; the Python side compares them with the contract's. */
 static const char COLUMN_NAMES[] =
@@ -362,7 +363,7 @@ PyMODINIT_FUNC PyInit_avazu_rowcodec(void) {
     if (m == NULL) return NULL;
     if (PyModule_AddStringConstant(m, "CLEAN_ROW_PATTERN", CLEAN_ROW_PATTERN) < 0 ||
         PyModule_AddStringConstant(m, "COLUMNS", COLUMN_NAMES) < 0 ||
-        PyModule_AddStringConstant(m, "PLACEHOLDER_DEVICE_ID", "a99f214a") < 0) {
+        PyModule_AddStringConstant(m, "PLACEHOLDER_DEVICE_ID", PLACEHOLDER_DEVICE_ID) < 0) {
         Py_DECREF(m);
         return NULL;
     }
