@@ -18,10 +18,9 @@ file size.
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from include import storage
@@ -101,7 +100,6 @@ class LineCounts:
     lines: int = 0  # data lines, header excluded
     bytes_compressed: int = 0
     bytes_decompressed: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 class LineSource:
@@ -112,9 +110,8 @@ class LineSource:
     :class:`TruncatedInputError`; damaged gzip raises :class:`CorruptInputError`.
     """
 
-    def __init__(self, uri: str, check_header: bool = True, block_bytes: int = BLOCK_BYTES):
+    def __init__(self, uri: str, block_bytes: int = BLOCK_BYTES):
         self.uri = storage.resolve_local(uri)
-        self.check_header = check_header
         self.block_bytes = block_bytes
         self.counts = LineCounts()
         self.is_gzip: bool | None = None
@@ -175,8 +172,6 @@ class LineSource:
             raise AvazuInputError(f"{self.uri} is empty: there is no header line")
 
     def _check_header(self, header: bytes) -> None:
-        if not self.check_header:
-            return
         text = header.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r")
         if text != HEADER_LINE:
             found = text if len(text) <= 300 else text[:300] + "..."

@@ -87,7 +87,6 @@ class RowChunk:
 class ReadProgress:
     """Running counts of one read; final once iteration ends."""
 
-    rows_read: int = 0
     good_rows: int = 0
     bad_rows: int = 0
     bytes_decompressed: int = 0
@@ -96,23 +95,16 @@ class ReadProgress:
     finished: float | None = None
 
     @property
+    def rows_read(self) -> int:
+        return self.good_rows + self.bad_rows
+
+    @property
     def elapsed_s(self) -> float:
         return (self.finished or time.monotonic()) - self.started
 
     @property
     def rows_per_s(self) -> float:
         return self.rows_read / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rows_read": self.rows_read,
-            "good_rows": self.good_rows,
-            "bad_rows": self.bad_rows,
-            "bytes_decompressed": self.bytes_decompressed,
-            "bytes_compressed": self.bytes_compressed,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "rows_per_s": round(self.rows_per_s, 1),
-        }
 
 
 class AvazuReader:
@@ -151,7 +143,7 @@ class AvazuReader:
                     )
                     self.progress.bad_rows += 1
                     if chunk.rows_read == self.chunk_rows:
-                        yield self._finish_chunk(chunk)
+                        yield chunk
                         chunk = RowChunk(first_line=item.line + 1)
                     continue
                 first_line, lines = item.first_line, item.lines
@@ -161,7 +153,7 @@ class AvazuReader:
                     self._parse_into(chunk, lines, start, start + take, first_line)
                     start += take
                     if chunk.rows_read == self.chunk_rows:
-                        yield self._finish_chunk(chunk)
+                        yield chunk
                         chunk = RowChunk(first_line=first_line + start)
                 if time.monotonic() - last_log >= self.progress_every_s:
                     last_log = time.monotonic()
@@ -169,16 +161,12 @@ class AvazuReader:
         except AvazuInputError:
             # Hand over everything that was readable before the input broke, then report it.
             if chunk.rows_read:
-                yield self._finish_chunk(chunk)
+                yield chunk
             self._log_progress(final=True)
             raise
         if chunk.rows_read:
-            yield self._finish_chunk(chunk)
+            yield chunk
         self._log_progress(final=True)
-
-    def _finish_chunk(self, chunk: RowChunk) -> RowChunk:
-        self.progress.rows_read += chunk.rows_read
-        return chunk
 
     def _parse_into(
         self, chunk: RowChunk, lines: list[str], start: int, stop: int, first_line: int
@@ -212,17 +200,16 @@ class AvazuReader:
         p.bytes_decompressed = self._source.counts.bytes_decompressed
         if final:
             p.finished = time.monotonic()
-        rows = p.good_rows + p.bad_rows
         log.info(
             "%s %s: %s rows (%s good, %s bad), %.1f MB decompressed, %.1f MB read, %s rows/s",
             "read" if final else "reading",
             self.uri,
-            f"{rows:,}",
+            f"{p.rows_read:,}",
             f"{p.good_rows:,}",
             f"{p.bad_rows:,}",
             p.bytes_decompressed / 1e6,
             p.bytes_compressed / 1e6,
-            f"{rows / p.elapsed_s if p.elapsed_s > 0 else 0:,.0f}",
+            f"{p.rows_per_s:,.0f}",
         )
 
 

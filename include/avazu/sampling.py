@@ -208,9 +208,6 @@ class WrittenSample:
     uri: str
     rows: int
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "uri": self.uri, "rows": self.rows}
-
 
 @dataclass
 class SampleSet:

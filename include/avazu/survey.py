@@ -45,9 +45,7 @@ class SurveyResult:
     elapsed_s: float
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["samples"] = [sample.as_dict() for sample in self.samples]
-        return data
+        return asdict(self)
 
 
 def survey(
@@ -80,7 +78,7 @@ def survey(
         )
     written = samples.write(storage.join_uri(output, SAMPLES_FOLDER))
     data = stats.result(progress, source)
-    data["samples"] = [sample.as_dict() for sample in written]
+    data["samples"] = [asdict(sample) for sample in written]
     data["sampling_plan"] = asdict(plan)
     data["survey_seconds"] = round(time.monotonic() - started, 3)
     stats_uri = storage.join_uri(output, STATS_FILE)
