@@ -40,7 +40,7 @@ from confluent_kafka import Consumer, KafkaError, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from confluent_kafka.schema_registry import SchemaRegistryClient  # noqa: E402
 
-from include.serde import AvroDecoder  # noqa: E402
+from include.kafka.wire import AvroDecoder  # noqa: E402
 from include.streaming import StreamProcessor, TransformContext  # noqa: E402
 from include.streaming.analytics import analytics_transform  # noqa: E402
 from include.streaming.records import InputRecord  # noqa: E402

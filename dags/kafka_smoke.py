@@ -40,7 +40,7 @@ def kafka_smoke():
     def avro_roundtrip(params=None, run_id=None) -> dict:
         from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
 
-        from include.smoke import run_roundtrip
+        from include.kafka.smoke import run_roundtrip
 
         kafka = KafkaClusterHook()
         registry = SchemaRegistryHook().get_conn()

@@ -78,7 +78,7 @@ def stream_pipelines_e2e():
     def report_analytics(web: dict, purchase: dict, processed: dict, params=None) -> dict:
         from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
 
-        from include.serde import AvroDecoder
+        from include.kafka.wire import AvroDecoder
         from include.streaming.readers import (
             REPORT_CONSUMER_SETTINGS,
             check_analytics_run,

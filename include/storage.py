@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from include.paths import PROJECT_ROOT
+
 
 # Above this size an S3 upload spills from memory to a temporary file, so writing a large
 # object never holds it all in memory.

@@ -91,7 +91,7 @@ def _fail(message: str) -> None:
 def _preflight() -> None:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    from include.reachability import ServiceUnreachable, check_broker, check_registry
+    from include.kafka.reachability import ServiceUnreachable, check_broker, check_registry
 
     try:
         check_broker({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]}, timeout=10)

@@ -20,11 +20,12 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from include.paths import CONFIG_DIR
 from include import storage
 from include.avazu.contract import HEADER_LINE
 from include.avazu.reader import BadRow, RowChunk
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "avazu_sampling.json"
+DEFAULT_CONFIG = CONFIG_DIR / "avazu_sampling.json"
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,11 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from include.serde import AvroDecoder, AvroEncoder
+from include.paths import SCHEMAS_DIR
+from include.kafka.wire import AvroDecoder, AvroEncoder, load_schema
 from include.topic_scan import scan_topic
 
-CHECKPOINT_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "ingest_checkpoint.avsc"
+CHECKPOINT_SCHEMA_PATH = SCHEMAS_DIR / "ingest_checkpoint.avsc"
 
 
 def checkpoint_key(raw_topic: str, source_id: str, hour: int) -> str:
@@ -114,7 +115,7 @@ def plan_run(latest: Checkpoint | None, *, reingest: bool = False, request_id: s
 
 
 def load_checkpoint_schema(path: str | Path = CHECKPOINT_SCHEMA_PATH) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    return load_schema(path)
 
 
 class CheckpointCodec:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from include.paths import CONFIG_DIR
 from include.ingest.hours import Mode
 from include.yaml_files import read_yaml_file
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "ingest.yaml"
+DEFAULT_CONFIG_PATH = CONFIG_DIR / "ingest.yaml"
 
 # Kafka's own rule for topic names.
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")

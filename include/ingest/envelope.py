@@ -11,12 +11,14 @@ dead letters without decoding them.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-DLQ_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "dlq_envelope.avsc"
+from include.kafka.wire import load_schema
+from include.paths import SCHEMAS_DIR
+
+DLQ_SCHEMA_PATH = SCHEMAS_DIR / "dlq_envelope.avsc"
 HEADER_PREFIX = "dlq."
 STAGE = "ingest"
 
@@ -80,4 +82,4 @@ def envelope_headers(reason: str, hour: int, generation: int) -> list[tuple[str,
 
 
 def load_dlq_schema(path: str | Path = DLQ_SCHEMA_PATH) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    return load_schema(path)

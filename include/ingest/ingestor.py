@@ -67,7 +67,7 @@ from include.ingest.batches import BatchEncoder, EncodedBatch, RowCodec, batch_e
 from include.ingest.rows import AdEventEncoder, load_ad_event_schema, partition_key
 from include.ingest.staging import HourPartition
 from include.ingest.topics import IngestTopics, SchemaIds, lookup_schema_id
-from include.serde import AvroEncoder
+from include.kafka.wire import AvroEncoder
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,11 @@ from typing import Any, Callable
 
 import fastavro
 
+from include.paths import SCHEMAS_DIR
 from include.avazu.contract import COLUMNS, Column, Kind, avro_schema
-from include.serde import MAGIC_BYTE
+from include.kafka.wire import MAGIC_BYTE, load_schema
 
-AD_EVENT_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "ad_event.avsc"
+AD_EVENT_SCHEMA_PATH = SCHEMAS_DIR / "ad_event.avsc"
 # Avazu's "device id unknown" value; it is on most rows, so it makes a useless partition key.
 PLACEHOLDER_DEVICE_ID = "a99f214a"
 _WIRE_HEADER = struct.Struct(">bI")
@@ -201,6 +202,6 @@ class AdEventEncoder:
 
 def load_ad_event_schema(path: str | Path = AD_EVENT_SCHEMA_PATH) -> dict[str, Any]:
     """The AdEvent schema file, checked against the contract."""
-    schema = json.loads(Path(path).read_text())
+    schema = load_schema(path)
     check_schema_matches_contract(schema, where=str(path))
     return schema

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fastavro
-
+from include.kafka.wire import WireFormatError, load_schema
+from include.paths import CONFIG_DIR, SCHEMAS_DIR
 from include.yaml_files import read_yaml_file
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DECLARATIONS = ROOT / "include" / "config" / "topics.yaml"
-SCHEMAS_DIR = ROOT / "schemas"
+DEFAULT_DECLARATIONS = CONFIG_DIR / "topics.yaml"
 
 # Topic-level configs of Apache Kafka 4.x (kafka-configs --describe --all lists the same names).
 # Checked here so a typo fails validation instead of reaching the broker.
@@ -120,12 +117,10 @@ def _schema_path(where: str, key: str, value: Any, schemas_dir: Path) -> Path | 
     if value is None:
         return None
     path = schemas_dir / str(value)
-    if not path.is_file():
-        raise DeclarationError(f"{where}: {key} file {path} does not exist")
     try:
-        fastavro.parse_schema(json.loads(path.read_text()))
-    except (ValueError, fastavro.schema.SchemaParseException) as error:
-        raise DeclarationError(f"{where}: {key} file {path} is not valid Avro: {error}") from None
+        load_schema(path)
+    except WireFormatError as error:
+        raise DeclarationError(f"{where}: {key}: {error}") from None
     return path
 
 

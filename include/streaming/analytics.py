@@ -29,10 +29,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Callable
 
-from include.serde import AvroEncoder, load_schema
+from include.paths import SCHEMAS_DIR
+from include.kafka.wire import AvroEncoder, load_schema
 from include.streaming.records import InputRecord, OutputRecord, TransformContext
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "analytics_event.avsc"
+SCHEMA_PATH = SCHEMAS_DIR / "analytics_event.avsc"
 # The seed's assignment (004, step 4): this exact line, once per event sent to the DLQ.
 DLQ_NOTICE = "[DLQ] 처리 실패 이벤트를 analytics-dlq 토픽으로 전송합니다."
 

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from include.reachability import ClusterInfo, ServiceUnreachable, check_broker, check_registry
+from include.kafka.reachability import ClusterInfo, ServiceUnreachable, check_broker, check_registry
 
 
 class KafkaClusterHook(KafkaBaseHook):

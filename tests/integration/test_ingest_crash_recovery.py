@@ -29,7 +29,7 @@ from include.ingest.checkpoint import transactional_id
 from include.ingest.ingestor import HourlyIngestor, IngestSettings
 from include.ingest.staging import find_partition, stage_source
 from include.ingest.topics import IngestTopics, provision_ingest_topics, read_whole_topic
-from include.serde import AvroDecoder
+from include.kafka.wire import AvroDecoder
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from include.ingest.ingestor import GENERATION_HEADER, HourlyIngestor, IngestSet
 from include.ingest.rows import partition_key
 from include.ingest.staging import find_partition, stage_source
 from include.ingest.topics import IngestTopics, provision_ingest_topics, read_whole_topic
-from include.serde import AvroDecoder, split_header
+from include.kafka.wire import AvroDecoder, split_header
 
 pytestmark = pytest.mark.integration
 

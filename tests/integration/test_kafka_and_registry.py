@@ -11,9 +11,9 @@ from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from include.serde import AvroDecoder, AvroEncoder
+from include.kafka.wire import AvroDecoder, AvroEncoder
 from include.kafka_admin.topics import ensure_topics
-from include.smoke import SCHEMA_PATH, consume_all, run_roundtrip
+from include.kafka.smoke import SCHEMA_PATH, consume_all, run_roundtrip
 
 pytestmark = pytest.mark.integration
 

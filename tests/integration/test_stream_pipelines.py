@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from include.serde import AvroDecoder
+from include.kafka.wire import AvroDecoder
 from include.streaming import StreamProcessor, TransformContext
 from include.streaming.analytics import DLQ_NOTICE, InvalidEvent, analytics_transform
 from include.streaming.dead_letter import read_dead_letter_headers

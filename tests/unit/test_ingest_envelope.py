@@ -18,7 +18,7 @@ from include.ingest.checkpoint import (
     transactional_id,
 )
 from include.ingest.envelope import Origin, build_envelope, envelope_headers, envelope_id, load_dlq_schema
-from include.serde import AvroDecoder, AvroEncoder
+from include.kafka.wire import AvroDecoder, AvroEncoder
 
 FAILED_AT = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc)
 

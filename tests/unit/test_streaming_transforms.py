@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from include.serde import AvroDecoder, AvroEncoder, load_schema
+from include.kafka.wire import AvroDecoder, AvroEncoder, load_schema
 from include.streaming.analytics import (
     SCHEMA_PATH,
     AnalyticsTransform,

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from include.serde import AvroDecoder, AvroEncoder, WireFormatError, load_schema, split_header
+from include.kafka.wire import AvroDecoder, AvroEncoder, WireFormatError, load_schema, split_header
 
 SCHEMA = {
     "type": "record", "name": "R", "namespace": "t",

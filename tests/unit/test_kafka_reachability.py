@@ -9,7 +9,7 @@ import time
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from include.reachability import ServiceUnreachable, check_broker, check_registry
+from include.kafka.reachability import ServiceUnreachable, check_broker, check_registry
 
 
 @pytest.fixture

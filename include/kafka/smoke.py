@@ -19,13 +19,14 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from include.paths import SCHEMAS_DIR
 from include.kafka_admin.topics import ensure_topics
-from include.serde import AvroDecoder, AvroEncoder, load_schema
+from include.kafka.wire import AvroDecoder, AvroEncoder, load_schema
 from include.topic_scan import scan_topic
 
 log = logging.getLogger(__name__)
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "smoke_event.avsc"
+SCHEMA_PATH = SCHEMAS_DIR / "smoke_event.avsc"
 
 
 class SmokeFailure(RuntimeError):
