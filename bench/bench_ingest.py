@@ -62,14 +62,14 @@ def _registry():
 
 
 def _settings(options: dict):
-    from include.ingest.config import load_ingest_config
-    from include.ingest.ingestor import IngestSettings
+    """include/config/ingest.yaml with the bench's chunk size, codec, compression and topics, as the DAG builds it."""
+    from include.ingest.config import IngestTopics, load_ingest_config
 
-    config = load_ingest_config()
+    config = load_ingest_config().with_overrides({"chunk_rows": options["chunk_rows"]})
     producer = {**config.producer, **({"compression.type": options["compression"]} if options.get("compression") else {})}
-    return IngestSettings(chunk_rows=options["chunk_rows"], progress_every_s=3600, producer=producer,
-                          transaction_timeout_ms=config.transaction_timeout_ms,
-                          row_codec=options.get("row_codec") or config.row_codec)
+    config = config.replace("bench options", progress_every_s=3600, producer=producer,
+                            row_codec=options.get("row_codec") or config.row_codec)
+    return config.with_topics(IngestTopics(**options["topics"])) if options.get("topics") else config
 
 
 def _peak_rss_mb() -> float:
@@ -81,9 +81,7 @@ def _peak_rss_mb() -> float:
 def _child_ingest(options: dict) -> dict:
     from include.ingest.ingestor import HourlyIngestor
     from include.ingest.staging import find_partition, read_manifest
-    from include.ingest.topics import IngestTopics
 
-    topics = IngestTopics(**options["topics"])
     registry = _registry()
     manifest = read_manifest(options["staging"])
     hours = sorted(int(h) for h in manifest["hours"])[: options.get("max_hours") or None]
@@ -93,8 +91,8 @@ def _child_ingest(options: dict) -> dict:
               "producing_s": 0.0, "committing_s": 0.0, "hours": len(hours)}
     settings = _settings(options)
     for index, hour in enumerate(hours):
-        result = HourlyIngestor(find_partition(options["staging"], hour), kafka_config=_kafka_config(), registry=registry,
-                                topics=topics, settings=settings).run()
+        result = HourlyIngestor(find_partition(options["staging"], hour), config=settings, kafka_config=_kafka_config(),
+                                registry=registry).run()
         assert result.complete and result.rows_read == result.partition_rows
         totals["rows"] += result.rows_read
         totals["produced"] += result.rows_produced
@@ -128,7 +126,7 @@ def _child_ceiling(options: dict) -> dict:
 
     from include.avazu.contract import parse_line
     from include.avazu.lines import LineSource, TextLines
-    from include.ingest.rows import AdEventEncoder, partition_key
+    from include.encoding.rows import AdEventEncoder, partition_key
     from include.ingest.staging import find_partition, read_manifest
 
     manifest = read_manifest(options["staging"])
@@ -345,9 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from include.ingest.config import load_ingest_config
-    from include.ingest.rows import load_ad_event_schema
+    from include.encoding.rows import load_ad_event_schema
     from include.ingest.staging import stage_source
-    from include.ingest.topics import IngestTopics, lookup_schema_id, provision_ingest_topics
+    from include.ingest.config import IngestTopics
+    from include.ingest.topics import lookup_schema_id, provision_ingest_topics
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"machine speed: sum(range(10**7)) takes {_calibration_s():.2f} s here (a current laptop core: ~0.15-0.2 s); "

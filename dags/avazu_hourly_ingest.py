@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from kafka_pipeline.failures import fails_cleanly
 from kafka_pipeline.operators.ingest import (
     AvazuHourPartitionSensor,
     IngestAvazuHourOperator,
@@ -39,13 +40,6 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": pendulum.duration(minutes=10),
 }
-PLAN = "ti.xcom_pull(task_ids='resolve_hour')"
-
-
-def _planned(key: str) -> str:
-    return "{{ " + PLAN + "['" + key + "'] }}"
-
-
 @dag(
     dag_id="avazu_hourly_ingest",
     description="Ingest one Avazu hour per run into ad_events_raw / ad_events_error, exactly once",
@@ -75,52 +69,40 @@ def _planned(key: str) -> str:
     doc_md=__doc__,
 )
 def avazu_hourly_ingest():
-    @task
+    @task(multiple_outputs=True)
+    @fails_cleanly
     def resolve_hour(params=None, dag_run=None) -> dict:
-        """The run's Avazu hour and every setting the next tasks need, checked once."""
-        from airflow.sdk.exceptions import AirflowFailException
+        """The run's Avazu hour and the run's ingestion settings, checked once, for the next tasks."""
+        from include.ingest.config import load_ingest_config
+        from include.ingest.hours import assign_hour
 
-        from include.ingest.config import IngestConfigError, load_ingest_config
-        from include.ingest.hours import HourMappingError, assign_hour
-
-        try:
-            config = load_ingest_config().with_overrides(params)
-            # Manual runs may have no logical date in Airflow 3; they stand for the hour they run in.
-            moment = dag_run.logical_date or dag_run.run_after
-            assignment = assign_hour(moment, config.mode, config.replay.offset_hours, config.replay.wrap,
-                                     backfill_run=getattr(dag_run.run_type, "value", dag_run.run_type) == "backfill")
-        except (IngestConfigError, HourMappingError) as error:
-            raise AirflowFailException(str(error)) from None
+        config = load_ingest_config().with_overrides(params)
+        # Manual runs may have no logical date in Airflow 3; they stand for the hour they run in.
+        moment = dag_run.logical_date or dag_run.run_after
+        assignment = assign_hour(moment, config.mode, config.replay.offset_hours, config.replay.wrap,
+                                 backfill_run=getattr(dag_run.run_type, "value", dag_run.run_type) == "backfill")
         return {
             **assignment.as_dict(),
+            "config": config.as_dict(),
             "source_uri": config.source_uri,
             "staging_uri": config.staging_uri,
             "stage_before_ingest": config.stage_before_ingest,
-            "topics": {"raw": config.raw_topic, "dlq": config.dlq_topic, "checkpoints": config.checkpoint_topic},
-            "settings": {
-                "chunk_rows": config.chunk_rows,
-                "progress_every_s": config.progress_every_s,
-                "transaction_timeout_ms": config.transaction_timeout_ms,
-                "max_chunk_attempts": config.max_chunk_attempts,
-                "producer": config.producer,
-                "row_codec": config.row_codec.value,
-            },
             "partition_wait_timeout_s": config.partition_wait_timeout_s,
             "partition_poke_interval_s": config.partition_poke_interval_s,
             "reingest": bool(params.get("reingest")),
         }
 
+    plan = resolve_hour()
     stage = StageAvazuSourceOperator(
-        task_id="stage_source", source_uri=_planned("source_uri"), staging_uri=_planned("staging_uri"),
-        enabled=_planned("stage_before_ingest"))
+        task_id="stage_source", source_uri=plan["source_uri"], staging_uri=plan["staging_uri"],
+        enabled=plan["stage_before_ingest"])
     wait = AvazuHourPartitionSensor(
-        task_id="wait_for_partition", staging_uri=_planned("staging_uri"), hour=_planned("hour"),
-        wait_timeout_s=_planned("partition_wait_timeout_s"), poke_interval_s=_planned("partition_poke_interval_s"))
+        task_id="wait_for_partition", staging_uri=plan["staging_uri"], hour=plan["hour"],
+        wait_timeout_s=plan["partition_wait_timeout_s"], poke_interval_s=plan["partition_poke_interval_s"])
     ingest = IngestAvazuHourOperator(
-        task_id="ingest_hour", hour=_planned("hour"), staging_uri=_planned("staging_uri"),
-        topics=_planned("topics"), settings=_planned("settings"), reingest=_planned("reingest"))
+        task_id="ingest_hour", hour=plan["hour"], config=plan["config"], reingest=plan["reingest"])
 
-    resolve_hour() >> stage >> wait >> ingest
+    stage >> wait >> ingest
 
 
 avazu_hourly_ingest()

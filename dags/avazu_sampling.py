@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
+from kafka_pipeline.failures import fails_cleanly
 
 
 @dag(
@@ -59,6 +60,7 @@ from airflow.sdk import Param, dag, task
 def avazu_sampling():
     # include/ is imported inside the tasks: parsing this file loads neither numpy nor matplotlib.
     @task
+    @fails_cleanly
     def sample_and_profile(**context) -> dict:
         """One pass: samples and statistics; returns the counts and where everything went."""
         from include.avazu.survey import run_sampling
@@ -66,6 +68,7 @@ def avazu_sampling():
         return run_sampling(dict(context["params"]))
 
     @task
+    @fails_cleanly
     def write_eda_report(survey: dict) -> dict:
         """Render data_stats.json into eda_report.md and plots."""
         from include.avazu.report import write_report

@@ -79,16 +79,13 @@ def stream_pipelines_e2e():
         from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
 
         from include.kafka.wire import AvroDecoder
-        from include.streaming.readers import (
-            REPORT_CONSUMER_SETTINGS,
-            check_analytics_run,
-            read_analytics_report,
-        )
+        from include.kafka.reader import READER_SETTINGS
+        from include.streaming.readers import check_analytics_run, read_analytics_report
 
         kafka = KafkaClusterHook()
         registry = SchemaRegistryHook().get_conn()
         consumer = kafka.consumer(f"{params['group_prefix']}-analytics-report",
-                                  **REPORT_CONSUMER_SETTINGS)
+                                  **READER_SETTINGS)
         try:
             decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
             report = read_analytics_report(consumer, params["analytics_events_topic"],
@@ -101,14 +98,11 @@ def stream_pipelines_e2e():
     def report_words(processed: dict, params=None) -> dict:
         from kafka_pipeline.hooks import KafkaClusterHook
 
-        from include.streaming.readers import (
-            REPORT_CONSUMER_SETTINGS,
-            check_words_run,
-            read_words_report,
-        )
+        from include.kafka.reader import READER_SETTINGS
+        from include.streaming.readers import check_words_run, read_words_report
 
         consumer = KafkaClusterHook().consumer(f"{params['group_prefix']}-words-report",
-                                               **REPORT_CONSUMER_SETTINGS)
+                                               **READER_SETTINGS)
         try:
             report = read_words_report(consumer, params["output_topic"]).as_dict()
         finally:

@@ -16,7 +16,63 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from include.errors import PermanentError, RetriableError
 from include.paths import PROJECT_ROOT
+
+
+_NOT_FOUND_CODES = ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+_DENIED_CODES = ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")
+
+
+class SourceMissing(PermanentError):
+    """A file or S3 object that should be there is not."""
+
+
+class StorageAccessDenied(PermanentError):
+    """S3 refused the request: no credentials, wrong credentials or no permission."""
+
+
+class StorageUnavailable(RetriableError):
+    """The S3 endpoint did not answer, or answered with a server error."""
+
+
+@contextmanager
+def storage_errors(uri: str) -> Iterator[None]:
+    """Turn the I/O errors of reading or writing ``uri`` into the project's, with one sentence each."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise SourceMissing(f"{uri} does not exist") from None
+    except Exception as error:
+        translated = _s3_error(uri, error)
+        if translated is None:
+            raise
+        raise translated from None
+
+
+def _s3_error(uri: str, error: Exception) -> Exception | None:
+    try:
+        from botocore import exceptions
+    except ImportError:
+        return None
+    endpoint = os.environ.get("S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+    if isinstance(error, (exceptions.NoCredentialsError, exceptions.PartialCredentialsError)):
+        return StorageAccessDenied(f"no AWS credentials were found for {uri}: set AWS_ACCESS_KEY_ID and "
+                                   "AWS_SECRET_ACCESS_KEY (or a profile or role) for the task")
+    if isinstance(error, (exceptions.EndpointConnectionError, exceptions.ConnectTimeoutError,
+                          exceptions.ReadTimeoutError)):
+        return StorageUnavailable(f"the S3 endpoint {endpoint} did not answer for {uri}: {error}")
+    if isinstance(error, exceptions.ClientError):
+        code = str(error.response.get("Error", {}).get("Code"))
+        if code in _NOT_FOUND_CODES:
+            return SourceMissing(f"{uri} does not exist ({code})")
+        if code in _DENIED_CODES:
+            return StorageAccessDenied(f"S3 refused access to {uri} ({code}): check the task's AWS credentials")
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if status >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError"):
+            return StorageUnavailable(f"S3 failed for {uri} ({code}); another try may pass")
+        return StorageAccessDenied(f"S3 refused the request for {uri} ({code}: {error})")
+    return None
 
 
 # Above this size an S3 upload spills from memory to a temporary file, so writing a large
@@ -68,32 +124,31 @@ def exists(uri: str) -> bool:
     """True when the local file or S3 object exists."""
     if not is_s3_uri(uri):
         return Path(resolve_local(uri)).is_file()
-    from botocore.exceptions import ClientError
-
     bucket, key = split_s3_uri(uri)
     try:
-        s3_client().head_object(Bucket=bucket, Key=key)
-    except ClientError as err:
-        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
+        with storage_errors(uri):
+            s3_client().head_object(Bucket=bucket, Key=key)
+    except SourceMissing:
+        return False
     return True
 
 
 def size_of(uri: str) -> int:
     """Size in bytes of a local file or S3 object."""
-    if not is_s3_uri(uri):
-        return Path(resolve_local(uri)).stat().st_size
-    bucket, key = split_s3_uri(uri)
-    return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+    with storage_errors(uri):
+        if not is_s3_uri(uri):
+            return Path(resolve_local(uri)).stat().st_size
+        bucket, key = split_s3_uri(uri)
+        return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
 
 
 def open_read(uri: str) -> BinaryIO:
     """Open a local file or S3 object for streaming binary reads (the caller closes it)."""
-    if not is_s3_uri(uri):
-        return open(resolve_local(uri), "rb")
-    bucket, key = split_s3_uri(uri)
-    body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+    with storage_errors(uri):
+        if not is_s3_uri(uri):
+            return open(resolve_local(uri), "rb")
+        bucket, key = split_s3_uri(uri)
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
     return io.BufferedReader(_S3Body(body), buffer_size=_READ_BUFFER_BYTES)
 
 
@@ -134,7 +189,8 @@ def open_write(uri: str) -> Iterator[BinaryIO]:
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_LIMIT_BYTES) as spool:
         yield spool
         spool.seek(0)
-        s3_client().upload_fileobj(spool, bucket, key)
+        with storage_errors(uri):
+            s3_client().upload_fileobj(spool, bucket, key)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -163,6 +219,7 @@ def list_uris(prefix: str) -> list[str]:
     key = key.rstrip("/") + "/" if key else ""
     paginator = s3_client().get_paginator("list_objects_v2")
     uris = []
-    for page in paginator.paginate(Bucket=bucket, Prefix=key):
-        uris.extend(f"s3://{bucket}/{item['Key']}" for item in page.get("Contents", []))
+    with storage_errors(prefix):
+        for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            uris.extend(f"s3://{bucket}/{item['Key']}" for item in page.get("Contents", []))
     return sorted(uris)

@@ -2,7 +2,7 @@
  * avazu_rowcodec: validate and Avro-encode the clean rows of a batch of Avazu CSV lines in C.
  *
  * The ingestion's Python row path (include.avazu.contract.parse_line, then
- * include.ingest.rows.AdEventEncoder and partition_key) is the authority on every line. Almost
+ * include.encoding.rows.AdEventEncoder and partition_key) is the authority on every line. Almost
  * every line of the data set is a *clean* row - the exact shape of
  * include.avazu.contract.CLEAN_ROW_PATTERN - and for those the verdict and the encoding are fixed,
  * so this module does them in one pass over the line's bytes:
@@ -60,7 +60,7 @@ static const enum kind LAYOUT[FIELDS] = {
 };
 #define DEVICE_ID_FIELD 11
 #define DEVICE_IP_FIELD 12
-/* The key's placeholder device (see rows.PLACEHOLDER_DEVICE_ID); compared as its 8 bytes. */
+/* The key's placeholder device (see include.avazu.contract.PLACEHOLDER_DEVICE_ID); compared as its 8 bytes. */
 static const char PLACEHOLDER_DEVICE_ID[] = "a99f214a";
 
 /* The column names this layout is for; the Python side compares them with the contract's. */

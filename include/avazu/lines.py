@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from include.errors import PermanentError
 from include import storage
 from include.avazu.contract import HEADER_LINE
 
@@ -35,7 +36,7 @@ _MAX_INFLATED_BYTES = 16 * 1024 * 1024
 MAX_LINE_BYTES = 1024 * 1024
 
 
-class AvazuInputError(Exception):
+class AvazuInputError(PermanentError):
     """The input as a whole cannot be read as an Avazu file (as opposed to one bad row)."""
 
 

@@ -21,13 +21,12 @@ import os
 import signal
 import sys
 
-from include.avazu.reader import AvazuInputError
+from include.errors import PipelineError
 from include.ingest.config import DEFAULT_CONFIG_PATH, IngestConfigError, load_ingest_config
 from include.ingest.envelope import Origin
-from include.ingest.ingestor import PHASES, HourlyIngestor, IngestError, IngestSettings, ReconciliationError
-from include.ingest.rows import SchemaMismatchError
+from include.ingest.ingestor import PHASES, HourlyIngestor
 from include.ingest.staging import find_partition, partition_manifest_uri, stage_source
-from include.ingest.topics import IngestTopics, SchemaNotRegistered, provision_ingest_topics
+from include.ingest.topics import provision_ingest_topics
 
 KILL_AT_ENV = "AVAZU_INGEST_KILL_AT"
 
@@ -88,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = _run(args, config, parser)
-    except (AvazuInputError, IngestError, ReconciliationError, SchemaNotRegistered, SchemaMismatchError) as error:
-        parser.exit(1, f"error: {error}\n")
+    except PipelineError as error:
+        # Exit 1 for what a retry cannot fix, 75 (EX_TEMPFAIL) for what it may.
+        parser.exit(75 if error.retriable else 1, f"error: {error}\n")
     print(json.dumps(result, default=str))
     return 0
 
@@ -102,18 +102,13 @@ def _run(args, config, parser) -> dict:
     if partition is None:
         parser.exit(3, f"error: hour {args.hour} is not staged: {partition_manifest_uri(config.staging_uri, args.hour)} does not exist\n")
     kafka_config = {"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]}
-    topics = IngestTopics(config.raw_topic, config.dlq_topic, config.checkpoint_topic)
     registry = _registry()
     if args.provision:
         from confluent_kafka.admin import AdminClient
 
-        provision_ingest_topics(AdminClient(kafka_config), registry, topics)
-    settings = IngestSettings(chunk_rows=config.chunk_rows, progress_every_s=config.progress_every_s,
-                              transaction_timeout_ms=config.transaction_timeout_ms,
-                              max_chunk_attempts=config.max_chunk_attempts, producer=config.producer,
-                              row_codec=config.row_codec)
-    ingestor = HourlyIngestor(partition, kafka_config=kafka_config, registry=registry, topics=topics,
-                              settings=settings, origin=Origin(run_id=args.request_id), reingest=args.reingest,
+        provision_ingest_topics(AdminClient(kafka_config), registry, config.topics)
+    ingestor = HourlyIngestor(partition, config=config, kafka_config=kafka_config, registry=registry,
+                              origin=Origin(run_id=args.request_id), reingest=args.reingest,
                               request_id=args.request_id, phase_hook=kill_hook_from_env(os.environ.get(KILL_AT_ENV)))
     return ingestor.run().as_dict()
 

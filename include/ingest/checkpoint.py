@@ -23,7 +23,6 @@ same transactional id and aborted its open transaction, so what it reads is fina
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from confluent_kafka import Consumer
 
 from include.paths import SCHEMAS_DIR
 from include.kafka.wire import AvroDecoder, AvroEncoder, load_schema
-from include.topic_scan import scan_topic
+from include.kafka.reader import read_to_end
 
 CHECKPOINT_SCHEMA_PATH = SCHEMAS_DIR / "ingest_checkpoint.avsc"
 
@@ -140,12 +139,12 @@ def read_latest_checkpoint(consumer: Consumer, topic: str, key: str, codec: Chec
                            timeout: float = 60.0) -> Checkpoint | None:
     """The last committed checkpoint of ``key`` on ``topic``, reading every partition to its end.
 
-    ``consumer`` must be created with ``isolation.level=read_committed`` and
-    ``enable.partition.eof=True``; it is assigned (no group offsets are read or committed).
+    Create ``consumer`` with :func:`include.kafka.reader.reader_config`; it is assigned (no group
+    offsets are read or committed).
     """
     wanted = key.encode()
     latest: bytes | None = None
-    for message in scan_topic(consumer, topic, timeout):
+    for message in read_to_end(consumer, [topic], timeout=timeout):
         if message.key() == wanted:
             latest = message.value()
     return None if latest is None else codec.decode(latest)

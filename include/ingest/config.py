@@ -7,16 +7,16 @@ before anything touches Kafka or the staging area.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import enum
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from include.errors import PermanentError
 from include.paths import CONFIG_DIR
+from include.encoding.batch import RowCodec
 from include.ingest.hours import Mode
-from include.yaml_files import read_yaml_file
+from include.yaml_files import did_you_mean, read_yaml_file
 
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "ingest.yaml"
 
@@ -50,16 +50,20 @@ PARAM_OVERRIDES = {
 }
 
 
-class RowCodec(str, enum.Enum):
-    """Which batch encoder validates and encodes the clean rows (see include.ingest.batches)."""
-
-    AUTO = "auto"  # the C codec when it is installed, else Arrow (with a warning)
-    NATIVE = "native"  # the C codec, or fail
-    ARROW = "arrow"  # Arrow's kernels
-
-
-class IngestConfigError(ValueError):
+class IngestConfigError(PermanentError, ValueError):
     """The ingestion settings are wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class IngestTopics:
+    """Where the rows, the dead letters and the checkpoints go (the declared topics by default)."""
+
+    raw: str = "ad_events_raw"
+    dlq: str = "ad_events_error"
+    checkpoints: str = "ingest_checkpoints"
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -92,20 +96,26 @@ class IngestConfig:
     row_codec: RowCodec = RowCodec.AUTO
     source: str = "<defaults>"
 
+    @property
+    def topics(self) -> IngestTopics:
+        return IngestTopics(self.raw_topic, self.dlq_topic, self.checkpoint_topic)
+
     def with_overrides(self, params: Mapping[str, Any] | None) -> IngestConfig:
         """A copy with the DAG params that are set (not None, not empty) applied, checked again."""
-        changes: dict[str, Any] = {}
-        given: list[str] = []
-        for param, attribute in PARAM_OVERRIDES.items():
-            value = (params or {}).get(param)
-            if value is None or value == "":
-                continue
-            changes[attribute] = value
-            given.append(param)
+        changes = {PARAM_OVERRIDES[param]: value for param, value in (params or {}).items()
+                   if param in PARAM_OVERRIDES and value is not None and value != ""}
         if not changes:
             return self
-        where = f"{self.source} with params {', '.join(given)}"
-        return _checked(dataclasses.replace(self, **changes, source=where))
+        given = [param for param in PARAM_OVERRIDES if PARAM_OVERRIDES[param] in changes]
+        return self.replace(f"params {', '.join(given)}", **changes)
+
+    def with_topics(self, topics: IngestTopics) -> IngestConfig:
+        """A copy writing to ``topics`` (sandbox copies in tests and benchmarks), checked again."""
+        return self.replace("sandbox topics", raw_topic=topics.raw, dlq_topic=topics.dlq, checkpoint_topic=topics.checkpoints)
+
+    def replace(self, why: str, **changes: Any) -> IngestConfig:
+        """A copy with ``changes`` applied and checked again; errors name the file and ``why``."""
+        return _checked(dataclasses.replace(self, **changes, source=f"{self.source} with {why}"))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (what the DAG hands from task to task)."""
@@ -122,11 +132,6 @@ class IngestConfig:
         return _checked(cls(**values))
 
 
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _mapping(where: str, value: Any, allowed: set[str]) -> dict[str, Any]:
     if value is None:
         return {}
@@ -134,7 +139,7 @@ def _mapping(where: str, value: Any, allowed: set[str]) -> dict[str, Any]:
         raise IngestConfigError(f"{where} must be a mapping, not {type(value).__name__}")
     for key in value:
         if key not in allowed:
-            raise IngestConfigError(f"{where}: unknown key {key!r}{_suggest(str(key), allowed)}")
+            raise IngestConfigError(f"{where}: unknown key {key!r}{did_you_mean(str(key), allowed)}")
     return value
 
 

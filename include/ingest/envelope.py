@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from include.kafka.headers import DLQ_HEADER_PREFIX, GENERATION_HEADER, INGEST_HOUR_HEADER
 from include.kafka.wire import load_schema
 from include.paths import SCHEMAS_DIR
 
 DLQ_SCHEMA_PATH = SCHEMAS_DIR / "dlq_envelope.avsc"
-HEADER_PREFIX = "dlq."
 STAGE = "ingest"
 
 
@@ -74,10 +74,10 @@ def build_envelope(
 def envelope_headers(reason: str, hour: int, generation: int) -> list[tuple[str, bytes]]:
     """Headers of a DLQ record: the reason, the stage, and which hour and generation wrote it."""
     return [
-        (HEADER_PREFIX + "reason", reason.encode()),
-        (HEADER_PREFIX + "stage", STAGE.encode()),
-        ("ingest.hour", str(hour).encode()),
-        ("ingest.generation", str(generation).encode()),
+        (DLQ_HEADER_PREFIX + "reason", reason.encode()),
+        (DLQ_HEADER_PREFIX + "stage", STAGE.encode()),
+        (INGEST_HOUR_HEADER, str(hour).encode()),
+        (GENERATION_HEADER, str(generation).encode()),
     ]
 
 

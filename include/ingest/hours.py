@@ -15,6 +15,7 @@ import enum
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
+from include.errors import PermanentError
 from include.avazu.contract import AVAZU_HOURS, datetime_to_hour, hour_to_datetime
 
 _HOUR = timedelta(hours=1)
@@ -30,7 +31,7 @@ class Mode(str, enum.Enum):
     REPLAY = "replay"
 
 
-class HourMappingError(ValueError):
+class HourMappingError(PermanentError, ValueError):
     """A run's interval cannot be mapped onto an Avazu hour in the chosen mode."""
 
 

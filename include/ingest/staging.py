@@ -108,20 +108,12 @@ def identify_source(uri: str, previous: SourceIdentity | None = None) -> SourceI
     """
     uri = storage.resolve_local(uri)
     if storage.is_s3_uri(uri):
-        from botocore.exceptions import ClientError
-
         bucket, key = storage.split_s3_uri(uri)
-        try:
+        with storage.storage_errors(f"source {uri}"):
             head = storage.s3_client().head_object(Bucket=bucket, Key=key)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise StagingError(f"source {uri} does not exist") from None
-            raise
         return SourceIdentity(uri, int(head["ContentLength"]), head["ETag"].strip('"'), "etag")
-    try:
+    with storage.storage_errors(f"source {uri}"):
         stat = os.stat(uri)
-    except FileNotFoundError:
-        raise StagingError(f"source {uri} does not exist") from None
     if previous is not None and previous.uri == uri and previous.checksum_kind == "sha256" \
             and previous.size == stat.st_size and previous.mtime_ns == stat.st_mtime_ns:
         return previous

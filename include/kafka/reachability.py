@@ -11,10 +11,12 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from include.errors import RetriableError
+
 log = logging.getLogger(__name__)
 
 
-class ServiceUnreachable(RuntimeError):
+class ServiceUnreachable(RetriableError):
     """The broker or registry did not answer; the message says which, where and what to do."""
 
 

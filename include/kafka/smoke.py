@@ -12,24 +12,24 @@ import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
+from include.errors import PermanentError
 from include.paths import SCHEMAS_DIR
 from include.kafka_admin.topics import ensure_topics
 from include.kafka.wire import AvroDecoder, AvroEncoder, load_schema
-from include.topic_scan import scan_topic
+from include.kafka.reader import read_to_end
 
 log = logging.getLogger(__name__)
 
 SCHEMA_PATH = SCHEMAS_DIR / "smoke_event.avsc"
 
 
-class SmokeFailure(RuntimeError):
+class SmokeFailure(PermanentError):
     """The round trip lost, duplicated or changed records."""
 
 
@@ -96,14 +96,8 @@ def produce(producer: Producer, topic: str, encoder: AvroEncoder,
 
 def consume_all(consumer: Consumer, topic: str, decoder: AvroDecoder,
                 timeout: float = 60.0) -> list[dict[str, Any]]:
-    """Read every record the topic holds now and decode it (see include.topic_scan.scan_topic).
-
-    Create the consumer with ``enable.partition.eof=True``.
-    """
-    try:
-        return [decoder.decode(message.value()) for message in scan_topic(consumer, topic, timeout, batch=500)]
-    except TimeoutError as error:
-        raise SmokeFailure(str(error)) from None
+    """Read every record the topic holds now and decode it (create the consumer with ``reader_config``)."""
+    return [decoder.decode(message.value()) for message in read_to_end(consumer, [topic], timeout=timeout, batch=500)]
 
 
 def run_roundtrip(admin: AdminClient, producer: Producer, consumer: Consumer,

@@ -17,11 +17,13 @@ from typing import Any, Callable
 
 import fastavro
 
+from include.errors import PermanentError
+
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
 
 
-class WireFormatError(ValueError):
+class WireFormatError(PermanentError, ValueError):
     """A payload that is not Avro in the Confluent wire format."""
 
 
@@ -36,6 +38,11 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     except (ValueError, fastavro.schema.SchemaParseException) as error:
         raise WireFormatError(f"schema file {path} is not valid Avro: {error}") from None
     return schema
+
+
+def wire_header(schema_id: int) -> bytes:
+    """The 5 bytes every wire-format payload of ``schema_id`` starts with."""
+    return _HEADER.pack(MAGIC_BYTE, schema_id)
 
 
 def split_header(payload: bytes) -> tuple[int, memoryview]:
@@ -59,7 +66,7 @@ class AvroEncoder:
 
     def __post_init__(self) -> None:
         self._parsed = fastavro.parse_schema(self.schema)
-        self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
+        self._header = wire_header(self.schema_id)
 
     def encode(self, record: dict[str, Any]) -> bytes:
         buffer = io.BytesIO()

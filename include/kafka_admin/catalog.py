@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from include.errors import PermanentError
 from include.kafka.wire import WireFormatError, load_schema
 from include.paths import CONFIG_DIR, SCHEMAS_DIR
-from include.yaml_files import read_yaml_file
+from include.yaml_files import did_you_mean, read_yaml_file
 
 DEFAULT_DECLARATIONS = CONFIG_DIR / "topics.yaml"
 
@@ -45,7 +45,7 @@ DEFAULT_KEYS = {"replication_factor", "configs", "compatibility"}
 FILE_KEYS = {"defaults", "topics"}
 
 
-class DeclarationError(ValueError):
+class DeclarationError(PermanentError, ValueError):
     """The declarations are wrong; the message names the file, the topic and the key."""
 
 
@@ -87,16 +87,11 @@ class TopicCatalog:
         return [t.name for t in self.topics]
 
 
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _config_value(where: str, name: str, value: Any) -> str:
     """Kafka takes every config as a string; check the value's shape first."""
     if name not in KNOWN_TOPIC_CONFIGS:
         raise DeclarationError(
-            f"{where}: unknown Kafka topic config {name!r}{_suggest(name, KNOWN_TOPIC_CONFIGS)}")
+            f"{where}: unknown Kafka topic config {name!r}{did_you_mean(name, KNOWN_TOPIC_CONFIGS)}")
     if name in BOOLEAN_CONFIGS:
         if not isinstance(value, bool):
             raise DeclarationError(f"{where}: {name} must be true or false, not {value!r}")
@@ -133,7 +128,7 @@ def _positive_int(where: str, key: str, value: Any) -> int:
 def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
     for key in given:
         if key not in allowed:
-            raise DeclarationError(f"{where}: unknown key {key!r}{_suggest(str(key), allowed)}")
+            raise DeclarationError(f"{where}: unknown key {key!r}{did_you_mean(str(key), allowed)}")
 
 
 def parse_catalog(document: Any, source: Path, schemas_dir: Path = SCHEMAS_DIR) -> TopicCatalog:

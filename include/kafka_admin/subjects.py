@@ -13,6 +13,7 @@ from pathlib import Path
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from include.errors import PermanentError
 from include.kafka_admin.catalog import TopicCatalog
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ SCHEMA_NOT_FOUND = 40403
 NO_SUBJECT_CONFIG = 40408
 
 
-class IncompatibleSchema(RuntimeError):
+class IncompatibleSchema(PermanentError):
     """A schema change the subject's compatibility level does not allow."""
 
 

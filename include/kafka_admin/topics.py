@@ -23,12 +23,13 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from include.errors import PermanentError
 from include.kafka_admin.catalog import TopicCatalog, TopicSpec
 
 log = logging.getLogger(__name__)
 
 
-class ProvisioningError(RuntimeError):
+class ProvisioningError(PermanentError):
     """A declaration the cluster cannot be brought to (e.g. fewer partitions than it has)."""
 
 

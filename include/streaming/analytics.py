@@ -26,7 +26,6 @@ import datetime as dt
 import json
 import re
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any, Callable
 
 from include.paths import SCHEMAS_DIR

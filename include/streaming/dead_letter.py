@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from include.kafka.headers import DLQ_HEADER_PREFIX
 from include.streaming.records import Headers, InputRecord
 
-HEADER_PREFIX = "dlq."
 # A stack of nested errors can make a message of megabytes; a header is for people to read.
 MAX_MESSAGE_CHARS = 1000
 
@@ -31,7 +31,7 @@ def dead_letter_headers(error: BaseException, source: InputRecord, processor: st
         "processor": processor,
         "failed.at": failed_at.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds"),
     }
-    return tuple((HEADER_PREFIX + name, value.encode("utf-8")) for name, value in fields.items())
+    return tuple((DLQ_HEADER_PREFIX + name, value.encode("utf-8")) for name, value in fields.items())
 
 
 def dead_letter_record_headers(error: BaseException, source: InputRecord, processor: str,
@@ -43,7 +43,7 @@ def dead_letter_record_headers(error: BaseException, source: InputRecord, proces
 def read_dead_letter_headers(headers: list[tuple[str, bytes]] | Headers | None) -> dict[str, str]:
     """The ``dlq.*`` headers of a DLQ record as a dict without the prefix (for readers and tests)."""
     return {
-        name[len(HEADER_PREFIX):]: (value or b"").decode("utf-8", "replace")
+        name[len(DLQ_HEADER_PREFIX):]: (value or b"").decode("utf-8", "replace")
         for name, value in (headers or ())
-        if name.startswith(HEADER_PREFIX)
+        if name.startswith(DLQ_HEADER_PREFIX)
     }

@@ -18,8 +18,10 @@ zombie) and its static ``group.instance.id`` (a restart takes its partitions bac
 waiting for the old member's session to time out). A rebalance commits the open checkpoint in
 ``on_revoke``, so the partitions move with their output committed.
 
-No Airflow here: the operator in plugins/ and the ``python -m include.streaming`` runner both
-drive this object.
+The transactional producer's life cycle and its retry policy are
+:class:`include.kafka.transactions.TransactionalProducer`'s, the same as the ingestion's. No
+Airflow here: the operator in plugins/ and the ``python -m include.streaming`` runner both drive
+this object.
 """
 
 from __future__ import annotations
@@ -31,30 +33,24 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from include.errors import PermanentError
+from include.kafka.errors import KafkaUnavailable, TransactionAborted
+from include.kafka.transactions import TransactionalProducer, TransactionPolicy
 from include.streaming.dead_letter import dead_letter_record_headers
 from include.streaming.records import InputRecord, OutputRecord, Transform
 
 log = logging.getLogger(__name__)
 
-# How long one transactional call (init, send offsets, commit, abort) may take before it counts
-# as failed; the broker-side transaction timeout below must be larger.
-TRANSACTION_CALL_TIMEOUT = 30.0
-# A retriable error (timeout, coordinator moving) is retried this many times before giving up.
-TRANSACTION_CALL_ATTEMPTS = 3
+# Each transactional call (init, send offsets, commit, abort) may take 30 s; a retriable error
+# (timeout, coordinator moving) is retried three times. The broker-side transaction timeout
+# (transaction.timeout.ms, 60 s below) must be larger.
+TRANSACTIONS = TransactionPolicy(call_timeout_s=30.0, init_timeout_s=30.0, attempts=3)
 
 
-class ProcessorFailed(RuntimeError):
-    """The processor cannot go on (fenced, broker gone, misconfigured); the message says why."""
+class ProcessorFailed(PermanentError):
+    """The processor cannot go on (a fatal consumer error, a transform that does not fit its topics)."""
 
 
 @dataclass
@@ -124,7 +120,7 @@ class StreamProcessor:
         self.counts = ProcessorCounts(self.name)
         self._stop = threading.Event()
         self._stop_reason = ""
-        self._producer: Producer | None = None
+        self._producer: TransactionalProducer | None = None
         self._consumer: Consumer | None = None
         self._checkpoint: _Checkpoint | None = None
         self._assigned: dict[tuple[str, int], TopicPartition] = {}
@@ -181,24 +177,14 @@ class StreamProcessor:
 
     def _start(self) -> None:
         tid = self.transactional_id
-        self._producer = Producer({
-            "linger.ms": 5,
-            "transaction.timeout.ms": 60_000,
-            **self.client_config,
-            **self.producer_overrides,
-            "transactional.id": tid,
-            "enable.idempotence": True,
-            "acks": "all",
-        })
-        self._check_topics()
-        try:
-            # Aborts (or completes) whatever a previous instance with this id left open, so the
-            # committed offsets read below are stable; it must come before the consumer joins.
-            self._producer.init_transactions(TRANSACTION_CALL_TIMEOUT)
-        except KafkaException as exc:
-            raise ProcessorFailed(
-                f"{self.name}: could not initialise transactions for transactional.id {tid} at "
-                f"{self.client_config.get('bootstrap.servers')}: {exc.args[0]}") from None
+        self._producer = TransactionalProducer(
+            {"linger.ms": 5, "transaction.timeout.ms": 60_000, **self.client_config, **self.producer_overrides},
+            tid, label=self.name, policy=TRANSACTIONS, client_factory=Producer)  # looked up here: tests replace it
+        wanted = [*self.input_topics, self.output_topic, *([self.dlq_topic] if self.dlq_topic else [])]
+        self._partition_counts = self._producer.check_topics(wanted)
+        # Aborts (or completes) whatever a previous instance with this id left open, so the
+        # committed offsets read below are stable; it must come before the consumer joins.
+        self._producer.init()
         self._consumer = Consumer({
             "auto.offset.reset": "earliest",
             # Learn of a rebalance (a new instance joining) within a second, not librdkafka's 3 s.
@@ -219,22 +205,6 @@ class StreamProcessor:
                  self.name, tid, ", ".join(self.input_topics), self.output_topic,
                  self.dlq_topic or "none", self.batch_size, self.commit_interval)
 
-    def _check_topics(self) -> None:
-        """Fail at once on a missing topic: the broker does not auto-create, and producing to a
-        missing topic would only fail at commit, minutes later."""
-        wanted = [*self.input_topics, self.output_topic, *([self.dlq_topic] if self.dlq_topic else [])]
-        try:
-            metadata = self._producer.list_topics(timeout=15)
-        except KafkaException as exc:
-            raise ProcessorFailed(f"{self.name}: the broker at "
-                                  f"{self.client_config.get('bootstrap.servers')} does not answer: "
-                                  f"{exc.args[0]}") from None
-        missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error]
-        if missing:
-            raise ProcessorFailed(f"{self.name}: topic(s) {', '.join(missing)} do not exist; "
-                                  "create them (topic provisioning) before starting the processor")
-        self._partition_counts = {t: len(metadata.topics[t].partitions) for t in wanted}
-
     def _loop(self, began: float, max_runtime: float | None, idle_timeout: float | None) -> str:
         while True:
             now = time.monotonic()
@@ -253,7 +223,7 @@ class StreamProcessor:
                     checkpoint.records_in >= self.commit_every
                     or time.monotonic() - checkpoint.began >= self.commit_interval):
                 self._commit()
-            self._producer.poll(0)
+            self._producer.client.poll(0)
             self._log_progress()
 
     def _next_batch(self) -> list[Any]:
@@ -280,7 +250,7 @@ class StreamProcessor:
                 continue
             self._last_activity = time.monotonic()
             if self._checkpoint is None:
-                self._producer.begin_transaction()
+                self._producer.begin()
                 self._checkpoint = _Checkpoint(began=time.monotonic())
             checkpoint = self._checkpoint
             record = InputRecord.from_message(message)
@@ -316,23 +286,13 @@ class StreamProcessor:
                  type(error).__name__, error)
 
     def _produce(self, topic: str, output: OutputRecord) -> None:
-        kwargs: dict[str, Any] = {"key": output.key, "value": output.value}
-        if output.headers:
-            kwargs["headers"] = list(output.headers)
-        if output.partition is not None:
-            if output.partition >= self._partition_counts.get(topic, 0):
-                raise ProcessorFailed(
-                    f"{self.name}: the transform keeps input partition {output.partition}, but "
-                    f"{topic} has only {self._partition_counts.get(topic)} partition(s); give it at "
-                    "least as many partitions as the input topics")
-            kwargs["partition"] = output.partition
-        while True:
-            try:
-                self._producer.produce(topic, **kwargs)
-                return
-            except BufferError:
-                # The local queue is full: serve delivery reports until there is room.
-                self._producer.poll(0.05)
+        if output.partition is not None and output.partition >= self._partition_counts.get(topic, 0):
+            raise ProcessorFailed(
+                f"{self.name}: the transform keeps input partition {output.partition}, but "
+                f"{topic} has only {self._partition_counts.get(topic)} partition(s); give it at "
+                "least as many partitions as the input topics")
+        self._producer.produce(topic, output.value, output.key, list(output.headers) if output.headers else None,
+                               output.partition)
 
     def _consumer_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -349,14 +309,10 @@ class StreamProcessor:
             positions = [TopicPartition(topic, partition, offset)
                          for (topic, partition), offset in checkpoint.offsets.items()]
             if positions:
-                self._transactional(self._producer.send_offsets_to_transaction, positions,
-                                    self._consumer.consumer_group_metadata(),
-                                    TRANSACTION_CALL_TIMEOUT)
-            self._transactional(self._producer.commit_transaction, TRANSACTION_CALL_TIMEOUT)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not error.txn_requires_abort():
-                raise self._failure("commit", error) from None
+                self._producer.send_offsets(positions, self._consumer.consumer_group_metadata())
+            self._producer.commit()
+        except TransactionAborted as error:
+            # Fenced and fatal errors are not caught here: they stop the processor.
             log.warning("%s: checkpoint of %d record(s) aborted, will redo it: %s", self.name,
                         checkpoint.records_in, error)
             self._abort(rewind=rewind_on_abort)
@@ -369,35 +325,10 @@ class StreamProcessor:
         self.counts.transactions += 1
         return True
 
-    def _transactional(self, call, *args) -> Any:
-        for attempt in range(1, TRANSACTION_CALL_ATTEMPTS + 1):
-            try:
-                return call(*args)
-            except KafkaException as exc:
-                error = exc.args[0]
-                if not error.retriable() or attempt == TRANSACTION_CALL_ATTEMPTS:
-                    raise
-                log.warning("%s: %s failed (attempt %d of %d), retrying: %s", self.name,
-                            call.__name__, attempt, TRANSACTION_CALL_ATTEMPTS, error)
-
-    def _failure(self, action: str, error: KafkaError) -> ProcessorFailed:
-        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                            KafkaError.INVALID_PRODUCER_EPOCH):
-            return ProcessorFailed(
-                f"{self.name}: fenced while trying to {action}: another instance with "
-                f"transactional.id {self.transactional_id} has started; this one stops and its "
-                "open transaction is discarded")
-        kind = "fatal" if error.fatal() else "unrecoverable"
-        return ProcessorFailed(f"{self.name}: {kind} error while trying to {action} the checkpoint "
-                               f"of {self.transactional_id}: {error}")
-
     def _abort(self, rewind: bool) -> None:
         """Drop the open checkpoint's output and, when keeping the partitions, re-read its input."""
         self._checkpoint = None
-        try:
-            self._transactional(self._producer.abort_transaction, TRANSACTION_CALL_TIMEOUT)
-        except KafkaException as exc:
-            raise self._failure("abort", exc.args[0]) from None
+        self._producer.abort()
         self.counts.aborted_transactions += 1
         if rewind:
             self._rewind()
@@ -410,13 +341,13 @@ class StreamProcessor:
                  in ("latest", "largest", "end") else OFFSET_BEGINNING)
         try:
             committed = self._consumer.committed(list(self._assigned.values()),
-                                                 timeout=TRANSACTION_CALL_TIMEOUT)
+                                                 timeout=TRANSACTIONS.call_timeout_s)
             for tp in committed:
                 self._consumer.seek(TopicPartition(tp.topic, tp.partition,
                                                    tp.offset if tp.offset >= 0 else reset))
         except KafkaException as exc:
             # Without a rewind the aborted records would be skipped; a restart re-reads them.
-            raise ProcessorFailed(f"{self.name}: could not rewind to the committed offsets after an "
+            raise KafkaUnavailable(f"{self.name}: could not rewind to the committed offsets after an "
                                   f"abort: {exc.args[0]}") from None
 
     def _consumer_setting(self, name: str) -> Any:
@@ -427,13 +358,8 @@ class StreamProcessor:
         if self._checkpoint is None or self._producer is None:
             return
         self._checkpoint = None
-        try:
-            self._producer.abort_transaction(TRANSACTION_CALL_TIMEOUT)
+        if self._producer.abort_quietly():
             self.counts.aborted_transactions += 1
-        except KafkaException as exc:
-            # Fenced or broker gone: the broker aborts it at transaction.timeout.ms, or the next
-            # instance with this id does at start.
-            log.warning("%s: could not abort the open transaction: %s", self.name, exc.args[0])
 
     def _close(self) -> None:
         if self._consumer is not None:
@@ -445,7 +371,7 @@ class StreamProcessor:
             self._consumer = None
         if self._producer is not None:
             # All output went out inside committed or aborted transactions; nothing waits here.
-            self._producer.flush(5)
+            self._producer.close()
             self._producer = None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -3,7 +3,9 @@
 Like the seed's last KafkaConsumer, a report reader is a consumer group that starts from the
 earliest offset; unlike it, it stops at the end of the topic (so it can be a bounded task), reads
 with ``isolation.level=read_committed`` (only committed transactions), and commits its offsets at
-the end, so the next report of the same group covers only what came after.
+the end, so the next report of the same group covers only what came after. The loop is
+:func:`include.kafka.reader.read_to_end`'s; create the consumer with
+:func:`include.kafka.reader.reader_config`.
 """
 
 from __future__ import annotations
@@ -14,70 +16,18 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer
+
+from include.kafka.reader import read_to_end
+
+from include.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
 # How many records a report logs one by one, like the seed's consumer prints them.
 LOGGED_RECORDS = 20
-
-
-class ReportFailed(RuntimeError):
-    """The topic could not be read to its end."""
-
-
-# Consumer settings of a report reader (with the cluster's settings and a group id).
-REPORT_CONSUMER_SETTINGS = {"auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                            "enable.auto.commit": False, "enable.partition.eof": True}
-
-
-def iter_to_end(consumer: Consumer, topics: list[str], timeout: float = 60.0) -> Iterator[Message]:
-    """Subscribe and yield every record up to the end of each assigned partition, then commit.
-
-    The end is the last stable offset: records of a transaction still open are not read (they
-    belong to the next report). The consumer must have ``enable.partition.eof`` set. The offsets
-    are committed only once the caller has taken every record.
-    """
-    assigned: set[tuple[str, int]] = set()
-    at_end: set[tuple[str, int]] = set()
-
-    def on_assign(_consumer, partitions):
-        assigned.update((tp.topic, tp.partition) for tp in partitions)
-
-    consumer.subscribe(topics, on_assign=on_assign)
-    deadline = time.monotonic() + timeout
-    read = 0
-    while not assigned or not assigned <= at_end:
-        if time.monotonic() > deadline:
-            raise ReportFailed(f"reading {', '.join(topics)} to its end took longer than "
-                               f"{timeout:.0f} s ({len(at_end)} of {len(assigned)} partitions done)")
-        for message in consumer.consume(num_messages=1000, timeout=0.5):
-            error = message.error()
-            if error is None:
-                read += 1
-                at_end.discard((message.topic(), message.partition()))
-                yield message
-            elif error.code() == KafkaError._PARTITION_EOF:
-                at_end.add((message.topic(), message.partition()))
-            elif error.fatal() or error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise ReportFailed(f"cannot read {', '.join(topics)}: {error}")
-            else:
-                log.warning("consumer error while reading %s (the client retries): %s",
-                            ", ".join(topics), error)
-    if read:
-        try:
-            consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            # _NO_OFFSET: nothing new to commit.
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                raise
-
-
-def read_to_end(consumer: Consumer, topics: list[str], timeout: float = 60.0) -> list[Message]:
-    """Every record up to the end of the topics (see iter_to_end), as a list."""
-    return list(iter_to_end(consumer, topics, timeout))
 
 
 @dataclass
@@ -114,7 +64,7 @@ def read_analytics_report(consumer: Consumer, topic: str, decode: Callable[[byte
     seen: set[tuple[str, int, int]] = set()
     first: dt.datetime | None = None
     last: dt.datetime | None = None
-    for message in iter_to_end(consumer, [topic], timeout):
+    for message in read_to_end(consumer, [topic], from_committed=True, timeout=timeout):
         report.records += 1
         try:
             event = decode(message.value())
@@ -169,7 +119,7 @@ def read_words_report(consumer: Consumer, topic: str, timeout: float = 60.0) -> 
     """Read output-topic to its end; the words of each partition in the order they were written."""
     began = time.monotonic()
     report = WordsReport(topic)
-    for message in iter_to_end(consumer, [topic], timeout):
+    for message in read_to_end(consumer, [topic], from_committed=True, timeout=timeout):
         word = (message.value() or b"").decode("utf-8", "replace")
         report.records += 1
         report.by_partition.setdefault(message.partition(), []).append(word)
@@ -181,7 +131,7 @@ def read_words_report(consumer: Consumer, topic: str, timeout: float = 60.0) -> 
     return report
 
 
-class PipelineMismatch(AssertionError):
+class PipelineMismatch(PermanentError, AssertionError):
     """An end-to-end run did not deliver exactly what was sent."""
 
 

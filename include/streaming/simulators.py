@@ -18,6 +18,8 @@ from typing import Any, Iterable, Iterator
 
 from confluent_kafka import Producer
 
+from include.errors import RetriableError
+
 WEB_FIELDS_THAT_GO_MISSING = ("event_id", "user_id", "event_type", "page", "timestamp")
 PURCHASE_FAULTS = ("broken_json", "not_json", "not_object", "wrong_type:amount",
                    "wrong_type:quantity", "wrong_type:user_id", "wrong_type:paid_at")
@@ -25,7 +27,7 @@ _WEB_TYPE_WEIGHTS = {"page_view": 6, "click": 3, "add_to_cart": 1}
 _CURRENCIES = ("USD", "EUR", "GBP")
 
 
-class SimulationFailed(RuntimeError):
+class SimulationFailed(RetriableError):
     """The broker did not acknowledge every simulated event."""
 
 

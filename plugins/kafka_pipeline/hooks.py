@@ -12,20 +12,27 @@ from typing import Any
 
 from airflow.providers.apache.kafka.hooks.base import KafkaBaseHook
 from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowException
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from include.kafka.reachability import ClusterInfo, ServiceUnreachable, check_broker, check_registry
+from include.kafka.reachability import ClusterInfo, check_broker, check_registry
 
 
 class KafkaClusterHook(KafkaBaseHook):
-    """One Kafka connection, handing out admin, producer and consumer clients with overrides."""
+    """One Kafka connection, handing out admin, producer and consumer clients with overrides.
+
+    The provider builds the connection's librdkafka settings (callbacks resolved, managed-cloud
+    OAuth added) and hands them to ``_get_client``, the method its own hooks override to make
+    their client; this hook's "client" is those settings, so ``get_conn`` returns them.
+    """
+
+    def _get_client(self, config: dict[str, Any]) -> dict[str, Any]:
+        return config
 
     def client_config(self, **overrides: Any) -> dict[str, Any]:
         """The connection's librdkafka settings with overrides (dots may be given as underscores)."""
-        return {**self._build_config(), **overrides}
+        return {**self.get_conn, **overrides}
 
     def admin(self) -> AdminClient:
         return AdminClient(self.client_config())
@@ -37,12 +44,8 @@ class KafkaClusterHook(KafkaBaseHook):
         return Consumer(self.client_config(**{"group.id": group_id, **overrides}))
 
     def ensure_reachable(self, timeout: float = 10.0) -> ClusterInfo:
-        """Fail the task with one sentence when the broker does not answer."""
-        try:
-            info = check_broker(self.client_config(), timeout,
-                                where=f"connection {self.kafka_config_id}")
-        except ServiceUnreachable as error:
-            raise AirflowException(str(error)) from None
+        """:class:`ServiceUnreachable` (retriable), in one sentence, when the broker does not answer."""
+        info = check_broker(self.client_config(), timeout, where=f"connection {self.kafka_config_id}")
         self.log.info("Kafka cluster %s answers: %d broker(s), %d topic(s)",
                       info.cluster_id, info.brokers, info.topics)
         return info
@@ -79,11 +82,7 @@ class SchemaRegistryHook(BaseHook):
         return SchemaRegistryClient(config)
 
     def ensure_reachable(self) -> list[str]:
-        """Fail the task with one sentence when the registry does not answer."""
-        try:
-            subjects = check_registry(self.get_conn(), self.url,
-                                      where=f"connection {self.schema_registry_conn_id}")
-        except ServiceUnreachable as error:
-            raise AirflowException(str(error)) from None
+        """:class:`ServiceUnreachable` (retriable), in one sentence, when the registry does not answer."""
+        subjects = check_registry(self.get_conn(), self.url, where=f"connection {self.schema_registry_conn_id}")
         self.log.info("Schema Registry at %s answers: %d subject(s)", self.url, len(subjects))
         return subjects

@@ -13,7 +13,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.ingest.hours import replay_hour
 from include.ingest.staging import find_partition
-from include.ingest.topics import IngestTopics, provision_ingest_topics, read_whole_topic
+from include.ingest.config import IngestTopics
+from include.ingest.topics import provision_ingest_topics
+from include.kafka.reader import read_topic
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "avazu_hourly_ingest.py"
 
@@ -79,7 +81,7 @@ def test_backfill_and_replay_runs_ingest_their_hours_once(airflow_db, local_stac
 
     assert sum(c["rows_read"] for c in counts.values()) == truth.rows
     assert sum(c["rows_dead_lettered"] for c in counts.values()) == len(truth.bad_lines())
-    assert len(read_whole_topic(kafka_config, topics.raw)) == truth.rows - len(truth.bad_lines())
+    assert len(read_topic(kafka_config, topics.raw)) == truth.rows - len(truth.bad_lines())
 
     # A 2026 run replays an Avazu hour; this one was ingested above, so it adds nothing.
     replay = dag.test(logical_date=_replay_date_for(14102101), run_conf=conf)
@@ -87,7 +89,7 @@ def test_backfill_and_replay_runs_ingest_their_hours_once(airflow_db, local_stac
     results = _results(replay)
     assert (results["resolve_hour"]["hour"], results["resolve_hour"]["mode"]) == (14102101, "replay")
     assert results["ingest_hour"]["action"] == "already-complete" and results["ingest_hour"]["rows_read"] == 0
-    assert len(read_whole_topic(kafka_config, topics.raw)) == truth.rows - len(truth.bad_lines())
+    assert len(read_topic(kafka_config, topics.raw)) == truth.rows - len(truth.bad_lines())
 
 
 @pytest.mark.integration

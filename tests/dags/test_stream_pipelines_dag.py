@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from include.streaming.readers import REPORT_CONSUMER_SETTINGS, read_to_end
+from include.kafka.reader import READER_SETTINGS, read_to_end
 from include.streaming.simulators import purchase_events, web_events
 
 pytestmark = pytest.mark.integration
@@ -58,9 +58,9 @@ def test_stream_pipelines_e2e_delivers_every_event_once(airflow_db, kafka_config
     assert values["report_words"]["check"] == {"words_sent": 7, "words_seen": 7}
 
     # The DLQ holds exactly the bad events, read back independently of the DAG.
-    consumer = Consumer({**kafka_config, **REPORT_CONSUMER_SETTINGS, "group.id": unique_name("dlq")})
+    consumer = Consumer({**kafka_config, **READER_SETTINGS, "group.id": unique_name("dlq")})
     try:
-        dead = read_to_end(consumer, [conf["analytics_dlq_topic"]], timeout=30)
+        dead = list(read_to_end(consumer, [conf["analytics_dlq_topic"]], from_committed=True, timeout=30))
     finally:
         consumer.close()
     assert len(dead) == bad

@@ -26,9 +26,12 @@ from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import read_all
 from include.ingest.__main__ import KILL_AT_ENV
 from include.ingest.checkpoint import transactional_id
-from include.ingest.ingestor import HourlyIngestor, IngestSettings
+from include.ingest.config import load_ingest_config
+from include.ingest.ingestor import HourlyIngestor
 from include.ingest.staging import find_partition, stage_source
-from include.ingest.topics import IngestTopics, provision_ingest_topics, read_whole_topic
+from include.ingest.config import IngestTopics
+from include.ingest.topics import provision_ingest_topics
+from include.kafka.reader import read_topic
 from include.kafka.wire import AvroDecoder
 
 pytestmark = pytest.mark.integration
@@ -82,23 +85,23 @@ def test_killed_anywhere_and_retried_every_row_arrives_exactly_once(setup, kafka
     assert result["hour_chunks"] == -(-partition.rows // CHUNK_ROWS)
 
     decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
-    raw = [decoder.decode(r.value) for r in read_whole_topic(kafka_config, topics.raw)]
+    raw = [decoder.decode(r.value) for r in read_topic(kafka_config, topics.raw)]
     expected = Counter(tuple(sorted(r.items())) for r in setup["good"])
     assert Counter(tuple(sorted(r.items())) for r in raw) == expected  # none missing, none twice
     assert len(raw) == result["hour_rows_produced"] == len(setup["good"])
-    lines = Counter(decoder.decode(r.value)["source"]["line"] for r in read_whole_topic(kafka_config, topics.dlq))
+    lines = Counter(decoder.decode(r.value)["source"]["line"] for r in read_topic(kafka_config, topics.dlq))
     assert lines == Counter(setup["truth"].bad_lines().keys())  # each bad line once
     assert result["hour_rows_dead_lettered"] == len(setup["truth"].bad_lines())
 
     # The kills really landed between produce and commit: the log holds aborted records.
-    uncommitted = read_whole_topic(kafka_config, topics.raw, committed_only=False)
+    uncommitted = read_topic(kafka_config, topics.raw, committed_only=False)
     assert len(uncommitted) > len(raw)
 
     # A retried finished hour adds nothing.
     again = _attempt(setup, None)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout.strip().splitlines()[-1])["action"] == "already-complete"
-    assert len(read_whole_topic(kafka_config, topics.raw, committed_only=False)) == len(uncommitted)
+    assert len(read_topic(kafka_config, topics.raw, committed_only=False)) == len(uncommitted)
 
 
 def test_a_retry_fences_the_zombie_of_the_previous_try(setup, kafka_config):
@@ -111,11 +114,11 @@ def test_a_retry_fences_the_zombie_of_the_previous_try(setup, kafka_config):
     zombie.produce(topics.raw, value=b"zombie", key=b"zombie")
     assert zombie.flush(30) == 0
 
-    result = HourlyIngestor(partition, kafka_config=kafka_config, registry=setup["registry"], topics=topics,
-                            settings=IngestSettings(chunk_rows=5_000)).run()
+    config = load_ingest_config().with_topics(topics).replace("test", chunk_rows=5_000)
+    result = HourlyIngestor(partition, config=config, kafka_config=kafka_config, registry=setup["registry"]).run()
     assert result.complete and result.rows_read == partition.rows
 
     with pytest.raises(KafkaException) as fenced:
         zombie.commit_transaction(30)
     assert fenced.value.args[0].fatal() or "fenced" in str(fenced.value).lower()
-    assert all(r.value != b"zombie" for r in read_whole_topic(kafka_config, topics.raw))
+    assert all(r.value != b"zombie" for r in read_topic(kafka_config, topics.raw))

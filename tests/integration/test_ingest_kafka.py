@@ -20,10 +20,14 @@ from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import read_all
 from include.ingest.checkpoint import checkpoint_key
 from include.ingest.envelope import Origin
-from include.ingest.ingestor import GENERATION_HEADER, HourlyIngestor, IngestSettings
-from include.ingest.rows import partition_key
+from include.ingest.config import load_ingest_config
+from include.ingest.ingestor import HourlyIngestor
+from include.kafka.headers import GENERATION_HEADER
+from include.encoding.rows import partition_key
 from include.ingest.staging import find_partition, stage_source
-from include.ingest.topics import IngestTopics, provision_ingest_topics, read_whole_topic
+from include.ingest.config import IngestTopics
+from include.ingest.topics import provision_ingest_topics
+from include.kafka.reader import read_topic
 from include.kafka.wire import AvroDecoder, split_header
 
 pytestmark = pytest.mark.integration
@@ -65,8 +69,8 @@ def _topics(kafka_config, registry) -> IngestTopics:
 
 def _ingest(staged, hour, kafka_config, registry, topics, row_codec="native", **options):
     partition = find_partition(staged["staging"], hour)
-    return HourlyIngestor(partition, kafka_config=kafka_config, registry=registry, topics=topics,
-                          settings=IngestSettings(chunk_rows=CHUNK_ROWS, row_codec=row_codec), origin=ORIGIN,
+    config = load_ingest_config().with_topics(topics).replace("test", chunk_rows=CHUNK_ROWS, row_codec=row_codec)
+    return HourlyIngestor(partition, config=config, kafka_config=kafka_config, registry=registry, origin=ORIGIN,
                           **options).run()
 
 
@@ -104,7 +108,7 @@ def test_counts_reconcile_exactly_with_every_fault_kind(staged, ingested):
 
 def test_a_read_committed_consumer_gets_every_good_row_back_field_for_field(staged, ingested, kafka_config, registry):
     topics, _ = ingested
-    records = read_whole_topic(kafka_config, topics.raw)
+    records = read_topic(kafka_config, topics.raw)
     decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
     registered_id = registry.get_latest_version(f"{topics.raw}-value").schema_id
     decoded = []
@@ -123,7 +127,7 @@ def test_a_read_committed_consumer_gets_every_good_row_back_field_for_field(stag
 def test_each_dlq_envelope_names_the_right_line_and_reason(staged, ingested, kafka_config, registry):
     topics, results = ingested
     decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
-    records = read_whole_topic(kafka_config, topics.dlq)
+    records = read_topic(kafka_config, topics.dlq)
     envelopes = [decoder.decode(r.value) for r in records]
     assert {e["source"]["line"]: e["reason"] for e in envelopes} == {line: reason.value for line, reason in staged["truth"].bad_lines().items()}
     assert len(envelopes) == len(staged["truth"].bad_lines())
@@ -143,7 +147,7 @@ def test_the_checkpoint_marks_each_hour_complete(ingested, kafka_config, registr
     topics, results = ingested
     decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
     latest = {}
-    for record in read_whole_topic(kafka_config, topics.checkpoints):
+    for record in read_topic(kafka_config, topics.checkpoints):
         latest[record.key.decode()] = decoder.decode(record.value)
     for hour, result in results.items():
         checkpoint = latest[checkpoint_key(topics.raw, result.source_id, hour)]
@@ -184,10 +188,10 @@ def test_a_finished_hour_adds_nothing_and_reingest_writes_one_new_generation(sta
     retried = _ingest(staged, hour, kafka_config, registry, topics, reingest=True, request_id="reingest-1")
     assert retried.action == "already-complete" and retried.generation == 1
 
-    raw = read_whole_topic(kafka_config, topics.raw)
+    raw = read_topic(kafka_config, topics.raw)
     generations = Counter(dict(r.headers).get(GENERATION_HEADER, b"0") for r in raw)
     assert generations == {b"0": first.rows_produced, b"1": first.rows_produced}
-    dlq = read_whole_topic(kafka_config, topics.dlq)
+    dlq = read_topic(kafka_config, topics.dlq)
     assert Counter(dict(r.headers)[GENERATION_HEADER] for r in dlq) == {b"0": first.rows_dead_lettered, b"1": first.rows_dead_lettered}
     # The envelope ids repeat across generations: reprocessing can tell it has seen a line.
     assert len({r.key for r in dlq}) == first.rows_dead_lettered
@@ -200,8 +204,8 @@ def test_missing_schemas_or_topics_fail_with_one_sentence(staged, kafka_config, 
 
     from include.ingest.checkpoint import load_checkpoint_schema
     from include.ingest.envelope import load_dlq_schema
-    from include.ingest.ingestor import TopicsMissing
-    from include.ingest.rows import load_ad_event_schema
+    from include.kafka.errors import TopicsMissing
+    from include.encoding.rows import load_ad_event_schema
     from include.ingest.topics import SchemaNotRegistered
 
     suffix = uuid.uuid4().hex[:10]

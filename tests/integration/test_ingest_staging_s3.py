@@ -12,9 +12,12 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include import storage
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
-from include.ingest.ingestor import HourlyIngestor, IngestSettings
+from include.ingest.config import load_ingest_config
+from include.ingest.ingestor import HourlyIngestor
 from include.ingest.staging import MANIFEST_NAME, find_partition, stage_source
-from include.ingest.topics import IngestTopics, provision_ingest_topics, read_whole_topic
+from include.ingest.config import IngestTopics
+from include.ingest.topics import provision_ingest_topics
+from include.kafka.reader import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -83,14 +86,14 @@ def test_a_local_source_staged_to_s3_ingests_from_there(bucket, tmp_path, kafka_
     provision_ingest_topics(AdminClient(kafka_config), registry, topics)
     partition = find_partition(staging, 14102100)
     assert partition.data_uri.startswith(f"s3://{bucket}/staging/hour=14102100/")
-    result = HourlyIngestor(partition, kafka_config=kafka_config, registry=registry, topics=topics,
-                            settings=IngestSettings(chunk_rows=1_000)).run()
+    config = load_ingest_config().with_topics(topics).replace("test", chunk_rows=1_000)
+    result = HourlyIngestor(partition, config=config, kafka_config=kafka_config, registry=registry).run()
     assert (result.rows_read, result.rows_dead_lettered, result.complete) == (3_000, len(truth.bad_lines()), True)
-    assert len(read_whole_topic(kafka_config, topics.raw)) == 3_000 - len(truth.bad_lines())
+    assert len(read_topic(kafka_config, topics.raw)) == 3_000 - len(truth.bad_lines())
 
 
 def test_a_missing_s3_source_is_one_sentence(bucket):
-    from include.ingest.staging import StagingError
+    from include.storage import SourceMissing
 
-    with pytest.raises(StagingError, match=f"source s3://{bucket}/raw/nope.csv.gz does not exist"):
+    with pytest.raises(SourceMissing, match=f"source s3://{bucket}/raw/nope.csv.gz does not exist"):
         stage_source(f"s3://{bucket}/raw/nope.csv.gz", f"s3://{bucket}/staging")

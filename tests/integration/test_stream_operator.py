@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from include.streaming.readers import REPORT_CONSUMER_SETTINGS, read_to_end
+from include.kafka.reader import READER_SETTINGS, read_to_end
 from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS
 from include.streaming.topics import ensure_topics
 from include.streaming.words import upper_case
@@ -84,9 +84,9 @@ def test_sigterm_and_on_kill_stop_cleanly_and_runs_add_up_to_each_record_once(
     assert finished["stop_reason"] == "idle_timeout"
     assert stopped["records_in"] + killed["records_in"] + finished["records_in"] == len(words)
 
-    consumer = Consumer({**kafka_config, **REPORT_CONSUMER_SETTINGS, "group.id": unique_name("r")})
+    consumer = Consumer({**kafka_config, **READER_SETTINGS, "group.id": unique_name("r")})
     try:
-        out = [m.value().decode() for m in read_to_end(consumer, [target], timeout=30)]
+        out = [m.value().decode() for m in read_to_end(consumer, [target], from_committed=True, timeout=30)]
     finally:
         consumer.close()
     assert sorted(out) == sorted(w.upper() for w in words)

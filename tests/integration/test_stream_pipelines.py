@@ -13,7 +13,7 @@ from include.kafka.wire import AvroDecoder
 from include.streaming import StreamProcessor, TransformContext
 from include.streaming.analytics import DLQ_NOTICE, InvalidEvent, analytics_transform
 from include.streaming.dead_letter import read_dead_letter_headers
-from include.streaming.readers import REPORT_CONSUMER_SETTINGS, read_to_end
+from include.kafka.reader import READER_SETTINGS, read_to_end
 from include.streaming.simulators import (
     SIMULATOR_PRODUCER_SETTINGS,
     publish,
@@ -31,10 +31,10 @@ EXTRA_WORDS = ["airflow", "avro", "partition", "offset", "broker", "consumer", "
 
 
 def _read(kafka_config, topic, unique_name, isolation="read_committed"):
-    consumer = Consumer({**kafka_config, **REPORT_CONSUMER_SETTINGS,
+    consumer = Consumer({**kafka_config, **READER_SETTINGS,
                          "group.id": unique_name("reader"), "isolation.level": isolation})
     try:
-        return read_to_end(consumer, [topic], timeout=30)
+        return list(read_to_end(consumer, [topic], from_committed=True, timeout=30))
     finally:
         consumer.close()
 

@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from include.streaming.readers import REPORT_CONSUMER_SETTINGS, read_to_end
+from include.kafka.reader import READER_SETTINGS, read_to_end
 from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS
 from include.streaming.topics import ensure_topics
 
@@ -75,10 +75,10 @@ class Pipeline:
         raise AssertionError(f"no progress after 30 s:\n{log.read_text()[-3000:]}")
 
     def output(self, isolation: str = "read_committed") -> list[str]:
-        consumer = Consumer({**self.config, **REPORT_CONSUMER_SETTINGS, "isolation.level": isolation,
+        consumer = Consumer({**self.config, **READER_SETTINGS, "isolation.level": isolation,
                              "group.id": self._unique_name("reader")})
         try:
-            return [m.value().decode() for m in read_to_end(consumer, [self.target], timeout=30)]
+            return [m.value().decode() for m in read_to_end(consumer, [self.target], from_committed=True, timeout=30)]
         finally:
             consumer.close()
 

@@ -14,7 +14,8 @@ import pytest
 from include.avazu.contract import HEADER_LINE, parse_line
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import HeaderMismatchError, TruncatedInputError
-from include.ingest.ingestor import IngestResult, ReconciliationError, _read_ahead, iter_chunks, reconcile
+from include.ingest.chunks import TextSegment, iter_chunks, read_ahead
+from include.ingest.result import IngestResult, ReconciliationError, reconcile
 from include.avazu.lines import UndecodableLine
 from include.ingest.staging import (
     MANIFEST_NAME,
@@ -206,7 +207,7 @@ def test_chunks_read_on_a_thread_are_the_same_and_a_read_error_reaches_the_chunk
     path, _ = source
     stage_source(str(path), str(tmp_path / "staging"))
     partition = find_partition(str(tmp_path / "staging"), 14102101)
-    with contextlib.closing(_read_ahead(iter_chunks(partition.data_uri, 300))) as ahead:
+    with contextlib.closing(read_ahead(iter_chunks(partition.data_uri, 300))) as ahead:
         streamed = [(c.index, c.first_row, [i for s, _ in c.items() for i in _segment_rows(s)], c.last) for c in ahead]
     # Listed first: each chunk is whole once the generator has moved past it.
     whole = [(c.index, c.first_row, _row_indexes(c), c.last) for c in list(iter_chunks(partition.data_uri, 300))]
@@ -218,7 +219,7 @@ def test_chunks_read_on_a_thread_are_the_same_and_a_read_error_reaches_the_chunk
     cut.write_bytes(data[: len(data) * 2 // 3])
     seen = []
     with pytest.raises(TruncatedInputError):
-        with contextlib.closing(_read_ahead(iter_chunks(str(cut), 300))) as ahead:
+        with contextlib.closing(read_ahead(iter_chunks(str(cut), 300))) as ahead:
             for chunk in ahead:
                 seen.append([i for s, _ in chunk.items() for i in _segment_rows(s)])
     assert seen and [i for rows in seen for i in rows] == list(range(len(seen) * 300))
@@ -227,8 +228,8 @@ def test_chunks_read_on_a_thread_are_the_same_and_a_read_error_reaches_the_chunk
 def _segment_rows(segment) -> list[int]:
     if isinstance(segment, UndecodableLine):
         return [segment.line - 2]
-    first, lines, _ = segment
-    return list(range(first, first + len(lines)))
+    assert isinstance(segment, TextSegment)
+    return list(range(segment.first_row, segment.first_row + len(segment.lines)))
 
 
 def _row_indexes(chunk) -> list[int]:

@@ -37,8 +37,9 @@ def test_registry_not_reachable(closed_port):
     assert "\n" not in str(info.value)
 
 
-def test_hooks_turn_unreachable_into_one_airflow_error(closed_port, monkeypatch):
-    from airflow.sdk.exceptions import AirflowException
+def test_hooks_say_unreachable_in_one_retriable_sentence(closed_port, monkeypatch):
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    from kafka_pipeline.failures import task_failure
     from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
 
     monkeypatch.setenv("AIRFLOW_CONN_BROKEN_KAFKA", json.dumps(
@@ -46,7 +47,11 @@ def test_hooks_turn_unreachable_into_one_airflow_error(closed_port, monkeypatch)
     monkeypatch.setenv("AIRFLOW_CONN_BROKEN_REGISTRY", json.dumps(
         {"conn_type": "http", "host": f"http://127.0.0.1:{closed_port}/apis/ccompat/v7",
          "extra": {"max.retries": 0}}))
-    with pytest.raises(AirflowException, match="connection broken_kafka"):
+    with pytest.raises(ServiceUnreachable, match="connection broken_kafka") as kafka:
         KafkaClusterHook("broken_kafka").ensure_reachable(timeout=2)
-    with pytest.raises(AirflowException, match="connection broken_registry\\) did not answer"):
+    with pytest.raises(ServiceUnreachable, match="connection broken_registry\\) did not answer"):
         SchemaRegistryHook("broken_registry").ensure_reachable()
+    # The task fails this try with the sentence, and Airflow's retries try again.
+    failure = task_failure(kafka.value)
+    assert type(failure) is AirflowException and not isinstance(failure, AirflowFailException)
+    assert str(failure) == str(kafka.value)

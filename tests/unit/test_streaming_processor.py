@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 import include.streaming.processor as processor_module
 from include.streaming.dead_letter import read_dead_letter_headers
+from include.kafka.errors import ProducerFenced, TopicsMissing
 from include.streaming.processor import ProcessorFailed, StreamProcessor
 from include.streaming.records import OutputRecord
 from include.streaming.words import upper_case
@@ -208,8 +209,8 @@ def test_exactly_once_settings_win_over_overrides(broker):
                            consumer_overrides={"isolation.level": "read_uncommitted",
                                                "enable.auto.commit": True})
     processor._start()
-    assert processor._producer.config["transactional.id"] == "g-0"
-    assert processor._producer.config["acks"] == "all"
+    assert processor._producer.client.config["transactional.id"] == "g-0"
+    assert processor._producer.client.config["acks"] == "all"
     assert processor._consumer.config["isolation.level"] == "read_committed"
     assert processor._consumer.config["enable.auto.commit"] is False
     assert processor._consumer.config["group.instance.id"] == "g-0"
@@ -240,7 +241,7 @@ def test_abort_mid_run_rewinds_to_the_committed_offsets(broker):
 
 def test_being_fenced_stops_with_a_clear_message_and_commits_nothing(broker):
     broker.commit_errors.append(KafkaError(KafkaError._FENCED, "fenced by a newer epoch", fatal=True))
-    with pytest.raises(ProcessorFailed, match="another instance with transactional.id g-0"):
+    with pytest.raises(ProducerFenced, match="another instance with transactional.id g-0"):
         _processor().run(idle_timeout=0.05)
     assert broker.committed_records == []
 
@@ -255,7 +256,7 @@ def test_stop_and_max_runtime_end_the_run(broker):
 
 def test_missing_topics_and_too_few_output_partitions_fail_with_one_sentence(broker):
     del broker.partitions["dlq"]
-    with pytest.raises(ProcessorFailed, match="topic\\(s\\) dlq do not exist"):
+    with pytest.raises(TopicsMissing, match="topic\\(s\\) dlq do not exist"):
         _processor().run()
     broker.partitions["dlq"] = 1
 

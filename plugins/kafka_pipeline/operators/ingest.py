@@ -2,10 +2,11 @@
 
 Thin shells around include.ingest: the hooks turn the Airflow connections into clients, the
 task instance becomes the ``Origin`` written into DLQ envelopes and checkpoints, and each
-operator returns its counts to XCom. Errors that a retry cannot fix (a reconciliation mismatch,
-an unregistered schema, a source that is not an Avazu file) fail the task without retries; an
-unreachable broker or registry, or a chunk that kept aborting, fails it with retries - and the
-retry resumes after the last committed chunk.
+operator returns its counts to XCom. Failures are mapped by ``kafka_pipeline.failures``: what a
+retry cannot fix (a reconciliation mismatch, an unregistered schema, a source that is not an
+Avazu file, a fenced producer) fails the task without retries; an unreachable broker or registry,
+or a chunk that kept aborting, fails it with retries - and the retry resumes after the last
+committed chunk.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from typing import Any
 from airflow.sdk import BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-from include.avazu.reader import AvazuInputError
+from include.ingest.config import IngestConfig
 from include.ingest.envelope import Origin
-from include.ingest.ingestor import HourlyIngestor, IngestSettings, ReconciliationError, TopicsMissing
-from include.ingest.rows import SchemaMismatchError
+from include.ingest.ingestor import HourlyIngestor
 from include.ingest.staging import find_partition, partition_manifest_uri, read_manifest, stage_source
-from include.ingest.topics import IngestTopics, SchemaNotRegistered
+from kafka_pipeline.failures import fails_cleanly
 from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
-from kafka_pipeline.operators.provisioning import as_bool
+from kafka_pipeline.params import as_bool
 
 
 class StageAvazuSourceOperator(BaseOperator):
@@ -45,6 +45,7 @@ class StageAvazuSourceOperator(BaseOperator):
         self.enabled = enabled
         self.progress_every_s = progress_every_s
 
+    @fails_cleanly
     def execute(self, context) -> dict:
         if not as_bool(self.enabled):
             manifest = read_manifest(self.staging_uri)
@@ -52,11 +53,7 @@ class StageAvazuSourceOperator(BaseOperator):
                           f"source {manifest['source_id']}" if manifest else "no manifest")
             return {"action": "disabled", "staging_uri": self.staging_uri,
                     "source_id": manifest["source_id"] if manifest else None}
-        try:
-            result = stage_source(self.source_uri, self.staging_uri, progress_every_s=self.progress_every_s)
-        except AvazuInputError as error:
-            raise AirflowFailException(str(error)) from None
-        return result.as_dict()
+        return stage_source(self.source_uri, self.staging_uri, progress_every_s=self.progress_every_s).as_dict()
 
 
 class AvazuHourPartitionSensor(BaseSensorOperator):
@@ -77,6 +74,7 @@ class AvazuHourPartitionSensor(BaseSensorOperator):
         self.wait_timeout_s = wait_timeout_s
         self.poke_interval_s = poke_interval_s
 
+    @fails_cleanly
     def poke(self, context) -> bool:
         found = find_partition(self.staging_uri, int(self.hour)) is not None
         if not found:
@@ -103,33 +101,31 @@ class IngestAvazuHourOperator(BaseOperator):
     """Ingest one staged hour into the raw topic and the DLQ, exactly once (see include.ingest.ingestor).
 
     :param hour: the Avazu hour YYMMDDHH (templated)
-    :param staging_uri: where the partitions are (templated)
-    :param topics: ``{"raw": ..., "dlq": ..., "checkpoints": ...}`` (templated)
-    :param settings: chunk_rows, progress_every_s, transaction_timeout_ms, max_chunk_attempts,
-        producer, row_codec (templated; from the ingestion config)
+    :param config: the run's ingestion settings, as ``IngestConfig.as_dict()`` (templated; the
+        DAG's resolve_hour task checks them once and hands them on)
     :param reingest: write a finished hour again as a new generation (templated)
     """
 
-    template_fields: Sequence[str] = ("hour", "staging_uri", "topics", "settings", "reingest")
+    template_fields: Sequence[str] = ("hour", "config", "reingest")
     ui_color = "#e7f0e4"
 
-    def __init__(self, *, hour: Any, staging_uri: str, topics: Any, settings: Any, reingest: Any = False,
+    def __init__(self, *, hour: Any, config: Any, reingest: Any = False,
                  kafka_config_id: str = KafkaClusterHook.default_conn_name,
                  schema_registry_conn_id: str = SchemaRegistryHook.default_conn_name, **kwargs):
         super().__init__(**kwargs)
         self.hour = hour
-        self.staging_uri = staging_uri
-        self.topics = topics
-        self.settings = settings
+        self.config = config
         self.reingest = reingest
         self.kafka_config_id = kafka_config_id
         self.schema_registry_conn_id = schema_registry_conn_id
 
+    @fails_cleanly
     def execute(self, context) -> dict:
         hour = int(self.hour)
-        partition = find_partition(self.staging_uri, hour)
+        config = IngestConfig.from_dict(self.config)
+        partition = find_partition(config.staging_uri, hour)
         if partition is None:
-            raise AirflowFailException(f"hour {hour} is not staged: {partition_manifest_uri(self.staging_uri, hour)} does not exist")
+            raise AirflowFailException(f"hour {hour} is not staged: {partition_manifest_uri(config.staging_uri, hour)} does not exist")
         kafka = KafkaClusterHook(self.kafka_config_id)
         kafka.ensure_reachable()
         registry = SchemaRegistryHook(self.schema_registry_conn_id)
@@ -138,16 +134,11 @@ class IngestAvazuHourOperator(BaseOperator):
         origin = Origin(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, try_number=ti.try_number)
         ingestor = HourlyIngestor(
             partition,
+            config=config,
             kafka_config=kafka.client_config(),
             registry=registry.get_conn(),
-            topics=IngestTopics(**dict(self.topics)),
-            settings=IngestSettings(**dict(self.settings)),
             origin=origin,
             reingest=as_bool(self.reingest),
             request_id=ti.run_id,
         )
-        try:
-            result = ingestor.run()
-        except (ReconciliationError, SchemaNotRegistered, SchemaMismatchError, TopicsMissing, AvazuInputError) as error:
-            raise AirflowFailException(str(error)) from None
-        return result.as_dict()
+        return ingestor.run().as_dict()

@@ -2,7 +2,8 @@
 
 Each is a thin shell: connection -> client (hooks), declarations -> catalog (include), one call,
 a result table in the log and in XCom. A wrong declaration or an incompatible schema fails the
-task without retries (retrying cannot fix it); an unreachable service fails it with retries.
+task without retries (retrying cannot fix it); an unreachable service fails it with retries
+(``kafka_pipeline.failures``).
 """
 
 from __future__ import annotations
@@ -13,27 +14,15 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.kafka_admin.catalog import DEFAULT_DECLARATIONS, DeclarationError, TopicCatalog, load_catalog
-from include.kafka_admin.subjects import IncompatibleSchema, register_subjects, subject_specs
-from include.kafka_admin.topics import ProvisioningError, apply_plans, format_table, plan_topics, verify_topics
+from include.kafka_admin.catalog import DEFAULT_DECLARATIONS, load_catalog
+from include.kafka_admin.subjects import register_subjects, subject_specs
+from include.kafka_admin.topics import apply_plans, format_table, plan_topics, verify_topics
+from kafka_pipeline.failures import fails_cleanly
 from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
+from kafka_pipeline.params import as_bool
 
 TOPIC_COLUMNS = ["topic", "action", "partitions", "details"]
 SUBJECT_COLUMNS = ["subject", "action", "version", "schema_id", "compatibility", "schema_file"]
-
-
-def as_bool(value: Any) -> bool:
-    """Template-rendered params may arrive as strings ("False"); read them as people mean them."""
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
-
-
-def load_declarations(path: str) -> TopicCatalog:
-    try:
-        return load_catalog(path)
-    except DeclarationError as error:
-        raise AirflowFailException(str(error)) from None
 
 
 class ProvisionTopicsOperator(BaseOperator):
@@ -58,18 +47,16 @@ class ProvisionTopicsOperator(BaseOperator):
         self.grow_partitions = grow_partitions
         self.kafka_config_id = kafka_config_id
 
+    @fails_cleanly
     def execute(self, context) -> list[dict]:
-        catalog = load_declarations(self.declarations)
+        catalog = load_catalog(self.declarations)
         hook = KafkaClusterHook(self.kafka_config_id)
         hook.ensure_reachable()
         admin = hook.admin()
-        try:
-            outcomes = apply_plans(admin, catalog, plan_topics(admin, catalog),
-                                   fix_drift=as_bool(self.fix_drift),
-                                   grow_partitions=as_bool(self.grow_partitions),
-                                   dry_run=as_bool(self.dry_run))
-        except ProvisioningError as error:
-            raise AirflowFailException(str(error)) from None
+        outcomes = apply_plans(admin, catalog, plan_topics(admin, catalog),
+                               fix_drift=as_bool(self.fix_drift),
+                               grow_partitions=as_bool(self.grow_partitions),
+                               dry_run=as_bool(self.dry_run))
         rows = [o.as_dict() for o in outcomes]
         self.log.info("Topics%s:\n%s", " (dry run)" if as_bool(self.dry_run) else "",
                       format_table(rows, TOPIC_COLUMNS))
@@ -93,14 +80,12 @@ class RegisterSchemasOperator(BaseOperator):
         self.dry_run = dry_run
         self.schema_registry_conn_id = schema_registry_conn_id
 
+    @fails_cleanly
     def execute(self, context) -> list[dict]:
-        catalog = load_declarations(self.declarations)
+        catalog = load_catalog(self.declarations)
         hook = SchemaRegistryHook(self.schema_registry_conn_id)
         hook.ensure_reachable()
-        try:
-            outcomes = register_subjects(hook.get_conn(), subject_specs(catalog), dry_run=as_bool(self.dry_run))
-        except IncompatibleSchema as error:
-            raise AirflowFailException(str(error)) from None
+        outcomes = register_subjects(hook.get_conn(), subject_specs(catalog), dry_run=as_bool(self.dry_run))
         rows = [o.as_dict() for o in outcomes]
         self.log.info("Subjects%s:\n%s", " (dry run)" if as_bool(self.dry_run) else "",
                       format_table(rows, SUBJECT_COLUMNS))
@@ -120,20 +105,15 @@ class VerifyProvisioningOperator(BaseOperator):
         self.kafka_config_id = kafka_config_id
         self.schema_registry_conn_id = schema_registry_conn_id
 
+    @fails_cleanly
     def execute(self, context) -> dict:
-        catalog = load_declarations(self.declarations)
+        catalog = load_catalog(self.declarations)
         hook = KafkaClusterHook(self.kafka_config_id)
         hook.ensure_reachable()
-        try:
-            plans = verify_topics(hook.admin(), catalog)
-        except ProvisioningError as error:
-            raise AirflowFailException(str(error)) from None
+        plans = verify_topics(hook.admin(), catalog)
         registry = SchemaRegistryHook(self.schema_registry_conn_id)
         # A dry run's "would-register" rows must not pass verification: check for "unchanged" only.
-        try:
-            outcomes = register_subjects(registry.get_conn(), subject_specs(catalog), dry_run=True)
-        except IncompatibleSchema as error:
-            raise AirflowFailException(str(error)) from None
+        outcomes = register_subjects(registry.get_conn(), subject_specs(catalog), dry_run=True)
         missing = [o.subject for o in outcomes if o.action != "unchanged"]
         if missing:
             raise AirflowFailException(

@@ -25,6 +25,7 @@ from airflow.sdk import BaseOperator
 
 from include.streaming.processor import StreamProcessor
 from include.streaming.records import TransformContext
+from kafka_pipeline.failures import fails_cleanly
 from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
 
 
@@ -76,7 +77,7 @@ class StreamProcessorOperator(BaseOperator):
         commit_interval: float = 0.1,
         progress_interval: float = 30.0,
         dead_letter_notice: str | None = None,
-        kafka_config_id: str = "kafka_default",
+        kafka_config_id: str = KafkaClusterHook.default_conn_name,
         schema_registry_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -100,6 +101,7 @@ class StreamProcessorOperator(BaseOperator):
         self._processor: StreamProcessor | None = None
         self._killed = False
 
+    @fails_cleanly
     def execute(self, context: Any) -> dict[str, Any]:
         factory = (import_string(self.transform_factory) if isinstance(self.transform_factory, str)
                    else self.transform_factory)

@@ -25,21 +25,18 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 from pathlib import Path
 from operator import itemgetter
 from typing import Any, Callable
 
 import fastavro
 
+from include.errors import PermanentError
 from include.paths import SCHEMAS_DIR
-from include.avazu.contract import COLUMNS, Column, Kind, avro_schema
-from include.kafka.wire import MAGIC_BYTE, load_schema
+from include.avazu.contract import COLUMNS, PLACEHOLDER_DEVICE_ID, Column, Kind, avro_schema
+from include.kafka.wire import load_schema, wire_header
 
 AD_EVENT_SCHEMA_PATH = SCHEMAS_DIR / "ad_event.avsc"
-# Avazu's "device id unknown" value; it is on most rows, so it makes a useless partition key.
-PLACEHOLDER_DEVICE_ID = "a99f214a"
-_WIRE_HEADER = struct.Struct(">bI")
 
 
 def partition_key(record: dict[str, Any]) -> str:
@@ -53,7 +50,7 @@ def partition_key(record: dict[str, Any]) -> str:
     return "id:" + record["id"]
 
 
-class SchemaMismatchError(ValueError):
+class SchemaMismatchError(PermanentError, ValueError):
     """The schema file the registry holds no longer matches the contract the encoder is built from."""
 
 
@@ -175,7 +172,7 @@ class AdEventEncoder:
         schema = schema if schema is not None else avro_schema()
         check_schema_matches_contract(schema)
         self.schema_id = schema_id
-        self._header = _WIRE_HEADER.pack(MAGIC_BYTE, schema_id)
+        self._header = wire_header(schema_id)
         self._parsed = fastavro.parse_schema(schema)
         self._fast = _compile_fast_encoder(self._header.decode("latin-1"))
         self.slow_path_rows = 0

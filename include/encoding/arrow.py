@@ -1,6 +1,6 @@
 """The clean rows of a batch of lines, validated and Avro-encoded a column at a time with Arrow.
 
-The fallback of :mod:`include.ingest.batches` where the C codec is not installed. Arrow's C++
+The fallback of :mod:`include.encoding.batch` where the C codec is not installed. Arrow's C++
 kernels release the GIL, so the ingestor's worker threads encode while it produces:
 
 * the clean-row pattern, anchored, decides which lines are clean (RE2: the pattern keeps to the
@@ -25,9 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.avazu.contract import AVAZU_HOURS, CLEAN_ROW_PATTERN, COLUMNS, EXAMPLE_LINE, FIELD_COUNT, Kind
-from include.ingest.batches import EncodedBatch
-from include.ingest.rows import LENGTH_PREFIXES, PLACEHOLDER_DEVICE_ID, TABLED_LENGTHS, AdEventEncoder, zigzag_varint
+from include.avazu.contract import (AVAZU_HOURS, CLEAN_ROW_PATTERN, COLUMNS, EXAMPLE_LINE, FIELD_COUNT,
+                                    PLACEHOLDER_DEVICE_ID, Kind)
+from include.encoding.batch import EncodedBatch
+from include.encoding.rows import LENGTH_PREFIXES, TABLED_LENGTHS, AdEventEncoder, zigzag_varint
 
 _PATTERN = f"^{CLEAN_ROW_PATTERN}$"
 _HOUR_TEXTS = pa.array([str(hour) for hour in AVAZU_HOURS], pa.string())
@@ -68,17 +69,17 @@ def _check_layout() -> None:
     hex_columns = [i for i, c in enumerate(COLUMNS) if c.kind is Kind.HEX8]
     if (shape != expected or names[2] != "hour" or names[11:13] != ["device_id", "device_ip"]
             or hex_columns != list(range(_FIRST_HEX, _FIRST_HEX + _HEX_COLUMNS))):
-        raise RuntimeError("the Avazu contract no longer matches what include.ingest.columnar relies on")
+        raise RuntimeError("the Avazu contract no longer matches what include.encoding.arrow relies on")
 
 
 _check_layout()
 
 
-class ColumnarEncoder:
+class ArrowEncoder:
     """``encode(lines)``: per line, the wire-format payload and key, or ``None`` (an :class:`EncodedBatch`).
 
     ``None`` means "not a clean row: ask :func:`parse_line`". A clean row's payload and key are
-    byte for byte what :class:`AdEventEncoder` and :func:`include.ingest.rows.partition_key`
+    byte for byte what :class:`AdEventEncoder` and :func:`include.encoding.rows.partition_key`
     give for ``parse_line(line)``.
     """
 

@@ -15,9 +15,10 @@ import pytest
 from include.avazu.contract import COLUMN_NAMES, EXAMPLE_LINE, parse_line
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.lines import LineSource, TextLines
-from include.ingest import batches
-from include.ingest.batches import RowCodec, RowCodecUnavailable, batch_encoder
-from include.ingest.rows import AdEventEncoder, partition_key
+from include.encoding import native
+from include.encoding import batch_encoder
+from include.encoding.batch import RowCodec, RowCodecUnavailable
+from include.encoding.rows import AdEventEncoder, partition_key
 from tests.mutations import mutated_lines
 
 ROWS = AdEventEncoder(schema_id=4242)
@@ -153,13 +154,13 @@ def test_integer_texts_are_cached_per_column_and_stay_correct_across_batches(cod
 
 def test_auto_uses_the_c_codec_when_it_is_installed_and_fits_the_contract():
     # `make install` builds the codec, so here it must be there: a missing one fails, never skips.
-    assert batches.native_codec_problem() is None
+    assert native.native_codec_problem() is None
     assert batch_encoder(ROWS).name == "native"
 
 
 def test_without_the_c_codec_auto_falls_back_to_arrow_with_a_warning_and_native_fails(monkeypatch, caplog):
-    monkeypatch.setattr(batches, "_native", None)
-    with caplog.at_level("WARNING", logger=batches.__name__):
+    monkeypatch.setattr(native, "_native", None)
+    with caplog.at_level("WARNING", logger="include.encoding"):
         assert batch_encoder(ROWS, "auto").name == "arrow"
     assert "avazu_rowcodec is not installed" in caplog.text
     with pytest.raises(RowCodecUnavailable, match="row_codec is native, but the C codec avazu_rowcodec is not installed"):
@@ -167,30 +168,30 @@ def test_without_the_c_codec_auto_falls_back_to_arrow_with_a_warning_and_native_
 
 
 def test_a_c_codec_built_for_another_contract_is_refused(monkeypatch):
-    stale = types.SimpleNamespace(**{name: getattr(batches._native, name) for name in ("COLUMNS", "PLACEHOLDER_DEVICE_ID")},
-                                  CLEAN_ROW_PATTERN=batches.CLEAN_ROW_PATTERN.replace("{1,9}", "{1,8}"), encode=None)
-    monkeypatch.setattr(batches, "_native", stale)
-    assert "another clean-row pattern" in batches.native_codec_problem()
+    stale = types.SimpleNamespace(**{name: getattr(native._native, name) for name in ("COLUMNS", "PLACEHOLDER_DEVICE_ID")},
+                                  CLEAN_ROW_PATTERN=native.CLEAN_ROW_PATTERN.replace("{1,9}", "{1,8}"), encode=None)
+    monkeypatch.setattr(native, "_native", stale)
+    assert "another clean-row pattern" in native.native_codec_problem()
     assert batch_encoder(ROWS).name == "arrow"
     with pytest.raises(RowCodecUnavailable):
         batch_encoder(ROWS, RowCodec.NATIVE)
 
 
 def test_the_c_codec_rejects_wrong_arguments_with_a_clear_error():
-    native = batches._native
-    hours = batches.NativeEncoder(ROWS)._hours
+    codec = native._native
+    hours = native.NativeEncoder(ROWS)._hours
     with pytest.raises(TypeError, match="line 1 is bytes, not str"):
-        native.encode([EXAMPLE_LINE, EXAMPLE_LINE.encode()], ROWS.header, hours)
+        codec.encode([EXAMPLE_LINE, EXAMPLE_LINE.encode()], ROWS.header, hours)
     with pytest.raises(ValueError, match="header is longer than 16 bytes"):
-        native.encode([EXAMPLE_LINE], b"\0" * 17, hours)
+        codec.encode([EXAMPLE_LINE], b"\0" * 17, hours)
     with pytest.raises(ValueError, match="packed uint32"):
-        native.encode([EXAMPLE_LINE], ROWS.header, hours[:-1])
+        codec.encode([EXAMPLE_LINE], ROWS.header, hours[:-1])
     # Any sequence of lines will do; the result is the same as for a list.
-    assert native.encode((EXAMPLE_LINE,), ROWS.header, hours) == native.encode([EXAMPLE_LINE], ROWS.header, hours)
+    assert codec.encode((EXAMPLE_LINE,), ROWS.header, hours) == codec.encode([EXAMPLE_LINE], ROWS.header, hours)
 
 
 def test_the_c_codec_holds_no_reference_to_what_it_was_given_or_returned():
-    native, encoder = batches._native, batches.NativeEncoder(ROWS)
+    codec, encoder = native._native, native.NativeEncoder(ROWS)
     lines = [_with("device_id", "a99f214a"), "not a row", "caf\u00e9"] * 1000
     encoder.encode(lines)  # warm up caches (small ints, interned strings)
     before = [sys.getrefcount(line) for line in lines[:3]], sys.getrefcount(None)
@@ -198,4 +199,4 @@ def test_the_c_codec_holds_no_reference_to_what_it_was_given_or_returned():
         batch = encoder.encode(lines)
     del batch
     assert ([sys.getrefcount(line) for line in lines[:3]], sys.getrefcount(None)) == before
-    assert native is batches._native
+    assert codec is native._native

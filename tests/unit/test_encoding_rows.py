@@ -9,11 +9,10 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from include.avazu.contract import EXAMPLE_LINE, avro_schema, parse_line
+from include.avazu.contract import EXAMPLE_LINE, PLACEHOLDER_DEVICE_ID, avro_schema, parse_line
 from include.avazu.generator import GeneratorSpec, generate
 from include.avazu.reader import read_all
-from include.ingest.rows import (
-    PLACEHOLDER_DEVICE_ID,
+from include.encoding.rows import (
     AdEventEncoder,
     SchemaMismatchError,
     load_ad_event_schema,

@@ -1,0 +1,10 @@
+"""Names of the record headers the project writes, in one place for writers and readers."""
+
+from __future__ import annotations
+
+# Every dead letter's context headers start with this (reason, stage, error, source, ...).
+DLQ_HEADER_PREFIX = "dlq."
+# Which Avazu hour an ingestion record belongs to, and which generation wrote it (see
+# include.ingest.checkpoint on generations; raw records of generation 0 carry none).
+INGEST_HOUR_HEADER = "ingest.hour"
+GENERATION_HEADER = "ingest.generation"

@@ -1,0 +1,159 @@
+"""Read topics to their end, as they are now: the one loop behind checkpoints, checks and reports.
+
+The end of a partition is its end-of-partition event (``enable.partition.eof``), which also
+comes when the last offsets are transaction markers that deliver no record; with
+``read_committed`` it is the last stable offset, so the records of a transaction still open are
+not read. Two ways to start:
+
+* from the start (``from_committed=False``): the consumer is assigned every partition at its low
+  watermark; no group offsets are read or committed (checkpoints, whole-topic checks);
+* from the group's committed offsets (``from_committed=True``): the consumer subscribes, and its
+  offsets are committed once the caller has taken every record, so the next read of the same
+  group covers only what came after (the stream pipelines' final consumers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from include.errors import RetriableError
+from include.kafka.errors import KafkaFatalError, KafkaUnavailable, TopicsMissing
+
+log = logging.getLogger(__name__)
+
+# The consumer settings the loop depends on; the cluster's settings and a group id go beside them.
+READER_SETTINGS = {
+    "isolation.level": "read_committed",
+    "enable.partition.eof": True,
+    "enable.auto.commit": False,
+    "auto.offset.reset": "earliest",
+    # The end of a partition shows as an empty fetch; do not let the broker hold it for 500 ms.
+    "fetch.wait.max.ms": 10,
+}
+
+
+class ReadTimedOut(RetriableError):
+    """The topics could not be read to their end in time; the message names the partitions left."""
+
+
+def reader_config(kafka_config: dict[str, Any], group_id: str, *, committed_only: bool = True) -> dict[str, Any]:
+    """Consumer settings for :func:`read_to_end`: the cluster's, a group id, and :data:`READER_SETTINGS`.
+
+    ``committed_only=False`` reads as ``read_uncommitted``: records of aborted transactions too.
+    """
+    isolation = "read_committed" if committed_only else "read_uncommitted"
+    return {**kafka_config, **READER_SETTINGS, "group.id": group_id, "isolation.level": isolation}
+
+
+def read_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool = False,
+                timeout: float = 60.0, batch: int = 1000) -> Iterator[Message]:
+    """Yield every record up to the end of each partition of ``topics`` (see the module doc).
+
+    Create ``consumer`` with :func:`reader_config`. Raises :class:`ReadTimedOut` naming the
+    partitions not read to their end, :class:`TopicsMissing` for a topic that does not exist and
+    :class:`KafkaFatalError` for a fatal consumer error; other consumer errors are retried by the
+    client and logged.
+    """
+    pending: set[tuple[str, int]] = set()
+    known = False  # whether `pending` holds the whole assignment yet
+
+    if from_committed:
+        def on_assign(_consumer, partitions):
+            nonlocal known
+            pending.update((tp.topic, tp.partition) for tp in partitions)
+            known = True
+
+        consumer.subscribe(topics, on_assign=on_assign)
+    else:
+        assignment = _from_low_watermarks(consumer, topics)
+        pending.update((tp.topic, tp.partition) for tp in assignment)
+        known = True
+        if not assignment:
+            return
+        consumer.assign(assignment)
+    deadline = time.monotonic() + timeout
+    read = 0
+    try:
+        while not known or pending:
+            if time.monotonic() > deadline:
+                left = ", ".join(f"{t}[{p}]" for t, p in sorted(pending)) or "no partition assigned yet"
+                raise ReadTimedOut(f"reading {', '.join(topics)} to the end took longer than {timeout:.0f} s "
+                                   f"(not read to the end: {left})")
+            # A short timeout once assigned: consume() waits that long whenever fewer records than
+            # asked are left, which is every time near the end of a partition.
+            for message in consumer.consume(num_messages=batch, timeout=0.02 if known else 0.5):
+                error = message.error()
+                if error is None:
+                    read += 1
+                    # Not at its end after all (a record after its end-of-partition event).
+                    pending.add((message.topic(), message.partition()))
+                    yield message
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard((message.topic(), message.partition()))
+                elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise TopicsMissing(f"cannot read {', '.join(topics)}: {error.str()}")
+                elif error.fatal():
+                    raise KafkaFatalError(f"the consumer reading {', '.join(topics)} failed: {error.str()}")
+                else:
+                    log.warning("consumer error while reading %s (the client retries): %s", ", ".join(topics), error)
+        if from_committed and read:
+            _commit(consumer)
+    finally:
+        if not from_committed:
+            consumer.unassign()
+
+
+def _from_low_watermarks(consumer: Consumer, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of ``topics`` that holds records, at its low watermark."""
+    assignment = []
+    for topic in topics:
+        try:
+            described = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException as error:
+            raise KafkaUnavailable(f"the broker did not describe topic {topic}: {error.args[0]}") from None
+        if described is None or described.error is not None:
+            raise TopicsMissing(f"topic {topic} does not exist"
+                                + (f" ({described.error.str()})" if described is not None else ""))
+        for partition in sorted(described.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            if high > low:
+                assignment.append(TopicPartition(topic, partition, low))
+    return assignment
+
+
+def _commit(consumer: Consumer) -> None:
+    try:
+        consumer.commit(asynchronous=False)
+    except KafkaException as error:
+        # _NO_OFFSET: nothing new to commit.
+        if error.args[0].code() != KafkaError._NO_OFFSET:
+            raise KafkaUnavailable(f"committing the offsets read failed: {error.args[0]}") from None
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """One record as a consumer sees it."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def read_topic(kafka_config: dict[str, Any], topic: str, *, committed_only: bool = True,
+               timeout: float = 120.0) -> list[StoredRecord]:
+    """Every record a consumer sees in ``topic`` now, partition by partition (for checks and reports)."""
+    consumer = Consumer(reader_config(kafka_config, f"read-topic-{uuid.uuid4().hex}", committed_only=committed_only))
+    try:
+        return [StoredRecord(m.partition(), m.offset(), m.key(), m.value(), tuple(m.headers() or ()))
+                for m in read_to_end(consumer, [topic], timeout=timeout, batch=10_000)]
+    finally:
+        consumer.close()
