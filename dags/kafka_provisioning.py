@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from kafka_pipeline.failures import fails_cleanly
 from kafka_pipeline.operators.provisioning import (
     ProvisionTopicsOperator,
     RegisterSchemasOperator,
@@ -46,13 +47,13 @@ DEFAULT_ARGS = {"owner": "data-platform", "retries": 2, "retry_delay": pendulum.
 )
 def kafka_provisioning():
     @task
+    @fails_cleanly
     def validate_declarations(params=None) -> dict:
         """Load and check the declarations before anything is sent to Kafka."""
-        from kafka_pipeline.operators.provisioning import load_declarations
-
+        from include.kafka_admin.catalog import load_catalog
         from include.kafka_admin.subjects import subject_specs
 
-        catalog = load_declarations(params["declarations"])
+        catalog = load_catalog(params["declarations"])
         return {"topics": catalog.names(), "subjects": [s.subject for s in subject_specs(catalog)]}
 
     declarations = "{{ params.declarations }}"

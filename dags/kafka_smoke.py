@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from kafka_pipeline.failures import fails_cleanly
 
 DEFAULT_ARGS = {"owner": "data-platform", "retries": 1, "retry_delay": pendulum.duration(seconds=10)}
 
@@ -28,6 +29,7 @@ DEFAULT_ARGS = {"owner": "data-platform", "retries": 1, "retry_delay": pendulum.
 )
 def kafka_smoke():
     @task
+    @fails_cleanly
     def check_stack() -> dict:
         from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
 
@@ -37,16 +39,18 @@ def kafka_smoke():
                 "subjects": len(subjects)}
 
     @task
+    @fails_cleanly
     def avro_roundtrip(params=None, run_id=None) -> dict:
         from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
 
+        from include.kafka.reader import READER_SETTINGS
         from include.kafka.smoke import run_roundtrip
 
         kafka = KafkaClusterHook()
         registry = SchemaRegistryHook().get_conn()
         producer = kafka.producer(**{"acks": "all", "enable.idempotence": True,
                                      "compression.type": "zstd"})
-        consumer = kafka.consumer(f"kafka_smoke-{run_id}", **{"enable.partition.eof": True})
+        consumer = kafka.consumer(f"kafka_smoke-{run_id}", **READER_SETTINGS)
         try:
             result = run_roundtrip(kafka.admin(), producer, consumer, registry,
                                    topic=params["topic"], count=int(params["records"]),

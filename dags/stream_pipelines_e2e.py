@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from kafka_pipeline.failures import fails_cleanly
 from kafka_pipeline.stream_pipelines import (
     analytics_processor,
     publish_words,
@@ -59,6 +60,7 @@ DEFAULT_ARGS = {"owner": "stream-processing", "retries": 1, "retry_delay": pendu
 )
 def stream_pipelines_e2e():
     @task
+    @fails_cleanly
     def create_topics(params=None) -> list[str]:
         from kafka_pipeline.hooks import KafkaClusterHook
 
@@ -75,6 +77,7 @@ def stream_pipelines_e2e():
                                     idle_timeout="{{ params.idle_timeout }}")
 
     @task
+    @fails_cleanly
     def report_analytics(web: dict, purchase: dict, processed: dict, params=None) -> dict:
         from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
 
@@ -95,6 +98,7 @@ def stream_pipelines_e2e():
         return {**report, "check": check_analytics_run(report, [web, purchase], processed)}
 
     @task
+    @fails_cleanly
     def report_words(processed: dict, params=None) -> dict:
         from kafka_pipeline.hooks import KafkaClusterHook
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import Param, task
+from kafka_pipeline.failures import fails_cleanly
 
 from include.streaming import topics
 from include.streaming.analytics import DLQ_NOTICE
@@ -63,6 +64,7 @@ def uppercase_processor(group_id: str, **kwargs: Any) -> StreamProcessorOperator
 
 
 @task
+@fails_cleanly
 def simulate_web_events(params=None) -> dict:
     """Publish web events to the web events topic; some miss fields (seed 004)."""
     from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, web_events
@@ -74,6 +76,7 @@ def simulate_web_events(params=None) -> dict:
 
 
 @task
+@fails_cleanly
 def simulate_purchase_events(params=None) -> dict:
     """Publish purchase events to the purchase events topic; some are malformed (seed 004)."""
     from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, purchase_events
@@ -85,6 +88,7 @@ def simulate_purchase_events(params=None) -> dict:
 
 
 @task
+@fails_cleanly
 def publish_words(params=None) -> dict:
     """Publish the words to the input topic (seed 003)."""
     from include.streaming.simulators import SIMULATOR_PRODUCER_SETTINGS, publish, word_events

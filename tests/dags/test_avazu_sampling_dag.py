@@ -112,3 +112,30 @@ def test_dag_run_writes_stats_that_match_pandas(airflow_db, million_rows, tmp_pa
         and sample_rows["train_uniform_20k.csv"] == 20_000
     )
     assert sample_rows["train_per_hour_50.csv"] == 50 * 240
+
+
+@pytest.mark.parametrize("broken", ["missing", "empty", "wrong_header"])
+def test_a_bad_source_fails_the_task_at_once_without_a_retry(airflow_db, tmp_path, broken, capfd):
+    """Retrying cannot fix a missing or broken file: one try, one sentence, no 2-minute retry wait."""
+    import time
+
+    source = tmp_path / "train.csv"
+    if broken == "empty":
+        source.write_bytes(b"")
+    elif broken == "wrong_header":
+        source.write_text("a,b,c\n1,2,3\n")
+    started = time.monotonic()
+    run = _load_dag().test(run_conf={"source_uri": str(source), "output_uri": str(tmp_path / "eda")})
+    elapsed = time.monotonic() - started
+    captured = capfd.readouterr()
+    task_log = captured.out + captured.err
+    assert str(run.state) == "failed"
+    ti = run.get_task_instance("sample_and_profile")
+    assert str(ti.state) == "failed" and ti.try_number == 1  # not up_for_retry: the retry was skipped
+    assert elapsed < 60, f"the failed run took {elapsed:.0f} s: it waited for a retry"
+    expected = {"missing": f"{source} does not exist", "empty": "is empty: there is no header line",
+                "wrong_header": "is not the Avazu header"}[broken]
+    # The task log ends with the project's sentence as the task's failure, not a raw traceback.
+    assert f"AirflowFailException: {source}" in task_log and expected in task_log
+    failure = task_log[task_log.rindex("Task failed with exception"):task_log.index("AirflowFailException: ")]
+    assert "FileNotFoundError" not in failure and failure.count("Traceback") == 1  # Airflow's own, ending at ours
