@@ -31,6 +31,7 @@ from include.ingest.ingestor import HourlyIngestor
 from include.ingest.staging import find_partition, stage_source
 from include.ingest.config import IngestTopics
 from include.ingest.topics import provision_ingest_topics
+from include.kafka.errors import ProducerFenced
 from include.kafka.reader import read_topic
 from include.kafka.wire import AvroDecoder
 
@@ -122,3 +123,27 @@ def test_a_retry_fences_the_zombie_of_the_previous_try(setup, kafka_config):
         zombie.commit_transaction(30)
     assert fenced.value.args[0].fatal() or "fenced" in str(fenced.value).lower()
     assert all(r.value != b"zombie" for r in read_topic(kafka_config, topics.raw))
+
+
+def test_an_ingestion_fenced_mid_run_ends_with_the_projects_message(setup, kafka_config, caplog):
+    """A newer attempt takes the transactional id while this one is about to commit a chunk."""
+    topics = setup["topics"]
+    partition = find_partition(str(setup["staging"]), HOUR)
+    newer = Producer({**kafka_config, "transactional.id": transactional_id(topics.raw, partition.source_id, HOUR)})
+
+    def fence(phase: str, chunk: int) -> None:
+        if (chunk, phase) == (1, "before_commit"):
+            newer.init_transactions(30)  # bumps the epoch: the running attempt is a zombie now
+
+    config = load_ingest_config().with_topics(topics).replace("test", chunk_rows=CHUNK_ROWS)
+    ingestor = HourlyIngestor(partition, config=config, kafka_config=kafka_config, registry=setup["registry"],
+                              phase_hook=fence)
+    with pytest.raises(ProducerFenced) as fenced:
+        ingestor.run()
+    # The project's sentence is what the task ends with, not librdkafka's _FENCED from a flush on the way out.
+    assert f"another instance with transactional.id {ingestor.transactional_id} has started" in str(fenced.value)
+    assert str(fenced.value).startswith(f"hour {HOUR} of {partition.source_id}: fenced while trying to commit")
+    # librdkafka's _FENCED is not printed as a second traceback beside it ("from None").
+    assert fenced.value.__suppress_context__ and fenced.value.__cause__ is None
+    # Only chunk 0 was committed; chunk 1 of the zombie is not visible.
+    assert len(read_topic(kafka_config, topics.raw)) + len(read_topic(kafka_config, topics.dlq)) == CHUNK_ROWS
