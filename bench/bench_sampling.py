@@ -3,7 +3,7 @@
 For each size it generates an Avazu-format gzip file once (kept in --workdir), then runs, each in
 a fresh child process so that peak memory is that run's alone (``os.wait4`` rusage):
 
-* ``survey``  - include.avazu.survey: streaming read + validation + stats + samples, bounded memory;
+* ``survey``  - include.eda.survey: streaming read + validation + stats + samples, bounded memory;
 * ``read``    - the reader and row validation alone (where the survey's time goes);
 * ``pandas``  - the seed's way: ``pandas.read_csv`` of the whole file, then the same statistics
   and samples with DataFrame operations (bad lines skipped, no line numbers, no reasons).
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def _child_survey(source: str, out: str) -> dict:
-    from include.avazu.sampling import SamplingPlan
-    from include.avazu.survey import survey
+    from include.eda.sampling import SamplingPlan
+    from include.eda.survey import survey
 
     result = survey(source, out, SamplingPlan(), progress_every_s=3600)
     return {

@@ -63,7 +63,7 @@ def avazu_sampling():
     @fails_cleanly
     def sample_and_profile(**context) -> dict:
         """One pass: samples and statistics; returns the counts and where everything went."""
-        from include.avazu.survey import run_sampling
+        from include.eda.survey import run_sampling
 
         return run_sampling(dict(context["params"]))
 
@@ -71,7 +71,7 @@ def avazu_sampling():
     @fails_cleanly
     def write_eda_report(survey: dict) -> dict:
         """Render data_stats.json into eda_report.md and plots."""
-        from include.avazu.report import write_report
+        from include.eda.report import write_report
 
         written = write_report(survey["output_uri"])
         return {

@@ -1,10 +1,10 @@
 """The Avazu data layer: plain Python, no Airflow.
 
-- ``contract``  the 24 columns, their types, validation of a row, hour conversions, Avro schema
+- ``contract``  the 24 columns, their types, validation of a row, hour conversions, the placeholder
+                device id, the Avro schema
 - ``generator`` Avazu-format test data with injected faults and a record of the truth
+- ``lines``     raw lines of a source or partition with exact line numbers (bytes kept for bad UTF-8)
 - ``reader``    chunked, bounded-memory reading of gzip/plain CSV from a path or s3://
-- ``sampling``  head samples, uniform reservoir, per-hour reservoirs
-- ``stats``     EDA statistics accumulated in the same pass
-- ``survey``    the one pass that feeds sampling and statistics and writes the results
-- ``report``    data_stats.json -> Markdown report and PNG plots
+
+Sampling and EDA statistics over this data are in :mod:`include.eda`.
 """

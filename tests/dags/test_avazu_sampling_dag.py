@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
-from include.avazu.sampling import load_sampling_config
+from include.eda.sampling import load_sampling_config
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "avazu_sampling.py"
 ROWS = 1_000_000

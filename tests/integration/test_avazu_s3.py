@@ -16,9 +16,9 @@ import pytest
 from include import storage
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import AvazuReader, TruncatedInputError, read_all
-from include.avazu.report import write_report
-from include.avazu.sampling import SamplingPlan
-from include.avazu.survey import survey
+from include.eda.report import write_report
+from include.eda.sampling import SamplingPlan
+from include.eda.survey import survey
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from include import storage
 from include.avazu.contract import COLUMNS, hour_to_datetime
-from include.avazu.survey import STATS_FILE
+from include.eda.survey import STATS_FILE
 
 log = logging.getLogger(__name__)
 

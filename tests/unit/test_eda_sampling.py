@@ -11,7 +11,7 @@ import pytest
 
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import read_all
-from include.avazu.sampling import (
+from include.eda.sampling import (
     DEFAULT_CONFIG,
     HourlyReservoirs,
     SamplingPlan,
@@ -19,7 +19,7 @@ from include.avazu.sampling import (
     _size_label,
     load_sampling_config,
 )
-from include.avazu.survey import ensure_default_source, run_sampling, survey
+from include.eda.survey import ensure_default_source, run_sampling, survey
 
 ROWS = 20_000
 PLAN = SamplingPlan(head_sizes=(10, 100, 1_000), uniform_size=500, per_hour_size=20, seed=3)

@@ -12,10 +12,10 @@ import pytest
 from include.avazu.contract import COLUMN_NAMES, EXAMPLE_LINE, HEADER_LINE
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import AvazuReader, ReadProgress
-from include.avazu.report import write_report
-from include.avazu.sampling import SamplingPlan
-from include.avazu.stats import CATEGORY_COLUMNS, DatasetStats, DuplicateIdCounter
-from include.avazu.survey import survey
+from include.eda.report import write_report
+from include.eda.sampling import SamplingPlan
+from include.eda.stats import CATEGORY_COLUMNS, DatasetStats, DuplicateIdCounter
+from include.eda.survey import survey
 
 ROWS = 30_000
 

@@ -2,10 +2,10 @@
 
 Output layout under ``output_uri`` (a local folder or an ``s3://`` prefix)::
 
-    data_stats.json                  statistics (see include.avazu.stats)
+    data_stats.json                  statistics (see include.eda.stats)
     samples/train_sample_1k.csv ...  head samples, uniform reservoir, per-hour sample
     samples/bad_rows_head.csv        the first bad rows with line numbers and reasons
-    eda_report.md, plots/*.png       written afterwards by include.avazu.report
+    eda_report.md, plots/*.png       written afterwards by include.eda.report
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 from include import storage
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import AvazuInputError, AvazuReader
-from include.avazu.sampling import SampleSet, SamplingPlan, WrittenSample, load_sampling_config
-from include.avazu.stats import DatasetStats
+from include.eda.sampling import SampleSet, SamplingPlan, WrittenSample, load_sampling_config
+from include.eda.stats import DatasetStats
 
 log = logging.getLogger(__name__)
 
