@@ -4,7 +4,7 @@ One streaming pass over the source writes head / uniform / per-hour samples and
 ``data_stats.json``; a second task turns the statistics into ``eda_report.md`` and PNG plots.
 If the default source is missing, the first task generates it and says so in its log.
 
-The param defaults mirror ``include/config/avazu_sampling.json`` (a DAG test keeps them equal);
+The param defaults mirror ``include/config/avazu_sampling.yaml`` (a DAG test keeps them equal);
 the file is not read here because DAG files must not do I/O when they are parsed.
 """
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -20,17 +19,29 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from include.errors import PermanentError
 from include.paths import CONFIG_DIR
+from include.settings import Checks, read_yaml_file
 from include import storage
 from include.avazu.contract import HEADER_LINE
 from include.avazu.reader import BadRow, RowChunk
 
-DEFAULT_CONFIG = CONFIG_DIR / "avazu_sampling.json"
+DEFAULT_CONFIG = CONFIG_DIR / "avazu_sampling.yaml"
+_CONFIG_KEYS = {"plan", "chunk_rows", "top_k", "progress_every_s", "default_source_uri", "default_output_uri",
+                "generate_if_missing"}
+_GENERATE_KEYS = {"rows", "start_hour", "hours", "seed", "fault_rate"}
+
+
+class SamplingConfigError(PermanentError, ValueError):
+    """The sampling settings (file or DAG params) are wrong; the message names the setting."""
+
+
+_CHECK = Checks(SamplingConfigError)
 
 
 @dataclass(frozen=True)
 class SamplingPlan:
-    """Sizes and seed of the samples; defaults live in ``include/config/avazu_sampling.json``."""
+    """Sizes and seed of the samples; defaults live in ``include/config/avazu_sampling.yaml``."""
 
     head_sizes: tuple[int, ...] = (1_000, 10_000, 50_000)
     uniform_size: int = 10_000
@@ -40,20 +51,14 @@ class SamplingPlan:
     bad_rows_kept: int = 1_000
 
     def validated(self) -> SamplingPlan:
-        """Return self, or raise ``ValueError`` with one sentence naming the bad setting."""
+        """Return self, or raise :class:`SamplingConfigError` with one sentence naming the bad setting."""
         for name in ("uniform_size", "per_hour_size", "bad_rows_kept", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(
-                    f"sampling setting {name} must be a whole number >= 0, got {value!r}"
-                )
-        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.head_sizes):
-            raise ValueError(
-                "sampling setting head_sizes must be whole numbers >= 1, "
-                f"got {list(self.head_sizes)!r}"
-            )
+            _CHECK.whole(f"sampling setting {name}", getattr(self, name), 0)
+        _CHECK.flag("sampling setting compress", self.compress)
+        for size in self.head_sizes:
+            _CHECK.whole("sampling setting head_sizes", size, 1)
         if len(set(self.head_sizes)) != len(self.head_sizes):
-            raise ValueError(
+            raise SamplingConfigError(
                 f"sampling setting head_sizes has repeated sizes: {list(self.head_sizes)!r}"
             )
         return self
@@ -61,26 +66,28 @@ class SamplingPlan:
     @classmethod
     def from_mapping(cls, values: dict[str, Any], base: SamplingPlan | None = None) -> SamplingPlan:
         """Build a plan from a mapping (config file, DAG params); unknown keys are an error."""
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown sampling settings {unknown}; known ones are {sorted(known)}")
-        changes = dict(values)
+        changes = dict(_CHECK.mapping("sampling settings", values, cls.__dataclass_fields__))
         if "head_sizes" in changes:
             changes["head_sizes"] = tuple(changes["head_sizes"])
         return replace(base or cls(), **changes).validated()
 
 
 def load_sampling_config(path: Path = DEFAULT_CONFIG) -> dict[str, Any]:
-    """Read the sampling config file; a missing or malformed file is one clear ``ValueError``."""
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read sampling config {path}: {err}") from None
-    for key in ("plan", "default_source_uri", "default_output_uri", "generate_if_missing"):
-        if key not in config:
-            raise ValueError(f"sampling config {path} has no {key!r} entry")
+    """Read and check the sampling settings file; anything wrong is one :class:`SamplingConfigError` sentence."""
+    config = _CHECK.mapping(str(path), read_yaml_file(Path(path), SamplingConfigError, "sampling settings file"),
+                            _CONFIG_KEYS)
+    _CHECK.required(str(path), config, sorted(_CONFIG_KEYS))
     SamplingPlan.from_mapping(config["plan"])
+    _CHECK.whole(f"{path}: chunk_rows", config["chunk_rows"], 1)
+    _CHECK.whole(f"{path}: top_k", config["top_k"], 1)
+    _CHECK.seconds(f"{path}: progress_every_s", config["progress_every_s"])
+    for key in ("default_source_uri", "default_output_uri"):
+        _CHECK.text(f"{path}: {key}", config[key])
+    generate = _CHECK.mapping(f"{path}: generate_if_missing", config["generate_if_missing"], _GENERATE_KEYS)
+    _CHECK.required(f"{path}: generate_if_missing", generate, sorted(_GENERATE_KEYS))
+    for key in ("rows", "start_hour", "hours", "seed"):
+        _CHECK.whole(f"{path}: generate_if_missing.{key}", generate[key], 0)
+    _CHECK.fraction(f"{path}: generate_if_missing.fault_rate", generate["fault_rate"])
     return config
 
 

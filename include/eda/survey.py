@@ -138,7 +138,7 @@ def run_sampling(params: dict[str, Any]) -> dict[str, Any]:
     """The ``avazu_sampling`` DAG's first task: params in, survey counts out (JSON-ready).
 
     ``params`` may hold source_uri, output_uri, head_sizes, reservoir_size, per_hour_size and
-    seed; anything absent comes from ``include/config/avazu_sampling.json``.
+    seed; anything absent comes from ``include/config/avazu_sampling.yaml``.
     """
     config = load_sampling_config()
     source_uri = params.get("source_uri") or config["default_source_uri"]

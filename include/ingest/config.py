@@ -16,7 +16,7 @@ from include.errors import PermanentError
 from include.paths import CONFIG_DIR
 from include.encoding.batch import RowCodec
 from include.ingest.hours import Mode
-from include.yaml_files import did_you_mean, read_yaml_file
+from include.settings import Checks, read_yaml_file
 
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "ingest.yaml"
 
@@ -132,48 +132,15 @@ class IngestConfig:
         return _checked(cls(**values))
 
 
-def _mapping(where: str, value: Any, allowed: set[str]) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise IngestConfigError(f"{where} must be a mapping, not {type(value).__name__}")
-    for key in value:
-        if key not in allowed:
-            raise IngestConfigError(f"{where}: unknown key {key!r}{did_you_mean(str(key), allowed)}")
-    return value
-
-
-def _whole(where: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
-        bound = f"{minimum}..{maximum}" if maximum is not None else f"at least {minimum}"
-        raise IngestConfigError(f"{where} must be a whole number {bound}, not {value!r}")
-    return value
-
-
-def _seconds(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise IngestConfigError(f"{where} must be a number of seconds (0 or more), not {value!r}")
-    return float(value)
-
-
-def _text(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise IngestConfigError(f"{where} must be a non-empty string, not {value!r}")
-    return value.strip()
+_CHECK = Checks(IngestConfigError)
 
 
 def _checked(config: IngestConfig) -> IngestConfig:
     """Check every field of a config (also after overrides) and normalise types."""
     where = config.source
-    try:
-        mode = Mode(config.mode)
-    except ValueError:
-        raise IngestConfigError(f"{where}: mode must be one of {', '.join(m.value for m in Mode)}, not {config.mode!r}") from None
-    try:
-        row_codec = RowCodec(config.row_codec)
-    except ValueError:
-        raise IngestConfigError(
-            f"{where}: row_codec must be one of {', '.join(c.value for c in RowCodec)}, not {config.row_codec!r}") from None
+    mode = Mode(_CHECK.choice(f"{where}: mode", getattr(config.mode, "value", config.mode), [m.value for m in Mode]))
+    row_codec = RowCodec(_CHECK.choice(f"{where}: row_codec", getattr(config.row_codec, "value", config.row_codec),
+                                       [c.value for c in RowCodec]))
     for name in ("raw_topic", "dlq_topic", "checkpoint_topic"):
         value = getattr(config, name)
         if not isinstance(value, str) or not _TOPIC_NAME.fullmatch(value) or value in {".", ".."}:
@@ -181,11 +148,9 @@ def _checked(config: IngestConfig) -> IngestConfig:
     topics = {config.raw_topic, config.dlq_topic, config.checkpoint_topic}
     if len(topics) != 3:
         raise IngestConfigError(f"{where}: the raw, DLQ and checkpoint topics must be three different topics")
-    if not isinstance(config.stage_before_ingest, bool):
-        raise IngestConfigError(f"{where}: stage_before_ingest must be true or false, not {config.stage_before_ingest!r}")
-    if not isinstance(config.replay.wrap, bool):
-        raise IngestConfigError(f"{where}: replay.wrap must be true or false, not {config.replay.wrap!r}")
-    _whole(f"{where}: replay.offset_hours", config.replay.offset_hours, -(10**7), 10**7)
+    _CHECK.flag(f"{where}: stage_before_ingest", config.stage_before_ingest)
+    _CHECK.flag(f"{where}: replay.wrap", config.replay.wrap)
+    _CHECK.whole(f"{where}: replay.offset_hours", config.replay.offset_hours, -(10**7), 10**7)
     reserved = sorted(set(config.producer) & RESERVED_PRODUCER_SETTINGS)
     if reserved:
         raise IngestConfigError(
@@ -196,32 +161,29 @@ def _checked(config: IngestConfig) -> IngestConfig:
             raise IngestConfigError(f"{where}: producer.{key} must be a plain value, not {value!r}")
     return dataclasses.replace(
         config,
-        source_uri=_text(f"{where}: source_uri", config.source_uri),
-        staging_uri=_text(f"{where}: staging_uri", config.staging_uri),
+        source_uri=_CHECK.text(f"{where}: source_uri", config.source_uri),
+        staging_uri=_CHECK.text(f"{where}: staging_uri", config.staging_uri),
         mode=mode,
         row_codec=row_codec,
-        chunk_rows=_whole(f"{where}: chunk_rows", config.chunk_rows, 1, MAX_CHUNK_ROWS),
-        partition_wait_timeout_s=_seconds(f"{where}: partition_wait.timeout_s", config.partition_wait_timeout_s),
-        partition_poke_interval_s=max(1.0, _seconds(f"{where}: partition_wait.poke_interval_s", config.partition_poke_interval_s)),
-        progress_every_s=_seconds(f"{where}: progress_every_s", config.progress_every_s),
-        transaction_timeout_ms=_whole(f"{where}: transaction.timeout_ms", config.transaction_timeout_ms, 1_000, 900_000),
-        max_chunk_attempts=_whole(f"{where}: transaction.max_chunk_attempts", config.max_chunk_attempts, 1, 20),
+        chunk_rows=_CHECK.whole(f"{where}: chunk_rows", config.chunk_rows, 1, MAX_CHUNK_ROWS),
+        partition_wait_timeout_s=_CHECK.seconds(f"{where}: partition_wait.timeout_s", config.partition_wait_timeout_s),
+        partition_poke_interval_s=max(1.0, _CHECK.seconds(f"{where}: partition_wait.poke_interval_s", config.partition_poke_interval_s)),
+        progress_every_s=_CHECK.seconds(f"{where}: progress_every_s", config.progress_every_s),
+        transaction_timeout_ms=_CHECK.whole(f"{where}: transaction.timeout_ms", config.transaction_timeout_ms, 1_000, 900_000),
+        max_chunk_attempts=_CHECK.whole(f"{where}: transaction.max_chunk_attempts", config.max_chunk_attempts, 1, 20),
         producer=dict(config.producer),
     )
 
 
 def parse_ingest_config(document: Any, source: str) -> IngestConfig:
     """Check a parsed YAML document and turn it into an :class:`IngestConfig`."""
-    top = _mapping(source, document, _TOP_KEYS)
-    for key in ("source_uri", "staging_uri", "topics"):
-        if key not in top:
-            raise IngestConfigError(f"{source}: {key} is missing")
-    topics = _mapping(f"{source}: topics", top["topics"], _TOPIC_KEYS)
-    for key in sorted(_TOPIC_KEYS - set(topics)):
-        raise IngestConfigError(f"{source}: topics.{key} is missing")
-    replay = _mapping(f"{source}: replay", top.get("replay"), _REPLAY_KEYS)
-    wait = _mapping(f"{source}: partition_wait", top.get("partition_wait"), _WAIT_KEYS)
-    transaction = _mapping(f"{source}: transaction", top.get("transaction"), _TRANSACTION_KEYS)
+    top = _CHECK.mapping(source, document, _TOP_KEYS)
+    _CHECK.required(source, top, ("source_uri", "staging_uri", "topics"))
+    topics = _CHECK.mapping(f"{source}: topics", top["topics"], _TOPIC_KEYS)
+    _CHECK.required(f"{source}: topics", topics, sorted(_TOPIC_KEYS))
+    replay = _CHECK.mapping(f"{source}: replay", top.get("replay"), _REPLAY_KEYS)
+    wait = _CHECK.mapping(f"{source}: partition_wait", top.get("partition_wait"), _WAIT_KEYS)
+    transaction = _CHECK.mapping(f"{source}: transaction", top.get("transaction"), _TRANSACTION_KEYS)
     producer = top.get("producer") or {}
     if not isinstance(producer, dict):
         raise IngestConfigError(f"{source}: producer must be a mapping of librdkafka settings")

@@ -9,7 +9,7 @@ from typing import Any
 from include.errors import PermanentError
 from include.kafka.wire import WireFormatError, load_schema
 from include.paths import CONFIG_DIR, SCHEMAS_DIR
-from include.yaml_files import did_you_mean, read_yaml_file
+from include.settings import Checks, did_you_mean, read_yaml_file
 
 DEFAULT_DECLARATIONS = CONFIG_DIR / "topics.yaml"
 
@@ -47,6 +47,9 @@ FILE_KEYS = {"defaults", "topics"}
 
 class DeclarationError(PermanentError, ValueError):
     """The declarations are wrong; the message names the file, the topic and the key."""
+
+
+_CHECK = Checks(DeclarationError)
 
 
 @dataclass(frozen=True)
@@ -93,19 +96,12 @@ def _config_value(where: str, name: str, value: Any) -> str:
         raise DeclarationError(
             f"{where}: unknown Kafka topic config {name!r}{did_you_mean(name, KNOWN_TOPIC_CONFIGS)}")
     if name in BOOLEAN_CONFIGS:
-        if not isinstance(value, bool):
-            raise DeclarationError(f"{where}: {name} must be true or false, not {value!r}")
-        return str(value).lower()
+        return str(_CHECK.flag(f"{where}: {name}", value)).lower()
     if name in ENUM_CONFIGS:
-        if str(value) not in ENUM_CONFIGS[name]:
-            raise DeclarationError(
-                f"{where}: {name} must be one of {', '.join(sorted(ENUM_CONFIGS[name]))}, not {value!r}")
-        return str(value)
+        return _CHECK.choice(f"{where}: {name}", value, sorted(ENUM_CONFIGS[name]))
     if name in TEXT_CONFIGS:
         return str(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
-        raise DeclarationError(f"{where}: {name} must be a whole number (-1 or more), not {value!r}")
-    return str(value)
+    return str(_CHECK.whole(f"{where}: {name}", value, -1))
 
 
 def _schema_path(where: str, key: str, value: Any, schemas_dir: Path) -> Path | None:
@@ -119,25 +115,12 @@ def _schema_path(where: str, key: str, value: Any, schemas_dir: Path) -> Path | 
     return path
 
 
-def _positive_int(where: str, key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DeclarationError(f"{where}: {key} must be a whole number of at least 1, not {value!r}")
-    return value
-
-
-def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
-    for key in given:
-        if key not in allowed:
-            raise DeclarationError(f"{where}: unknown key {key!r}{did_you_mean(str(key), allowed)}")
-
-
 def parse_catalog(document: Any, source: Path, schemas_dir: Path = SCHEMAS_DIR) -> TopicCatalog:
     """Check a parsed declarations document and turn it into a catalog."""
     if not isinstance(document, dict):
         raise DeclarationError(f"{source}: expected a mapping with 'topics', got {type(document).__name__}")
-    _check_keys(str(source), document, FILE_KEYS)
-    defaults = document.get("defaults") or {}
-    _check_keys(f"{source}: defaults", defaults, DEFAULT_KEYS)
+    _CHECK.mapping(str(source), document, FILE_KEYS)
+    defaults = _CHECK.mapping(f"{source}: defaults", document.get("defaults"), DEFAULT_KEYS)
     default_configs = {
         name: _config_value(f"{source}: defaults", name, value)
         for name, value in (defaults.get("configs") or {}).items()
@@ -152,7 +135,7 @@ def parse_catalog(document: Any, source: Path, schemas_dir: Path = SCHEMAS_DIR) 
             raise DeclarationError(f"{source}: topic #{index + 1} has no name")
         name = str(raw["name"])
         where = f"{source}: topic {name}"
-        _check_keys(where, raw, TOPIC_KEYS)
+        _CHECK.mapping(where, raw, TOPIC_KEYS)
         if name in {t.name for t in topics}:
             raise DeclarationError(f"{where}: declared twice")
         if "partitions" not in raw:
@@ -160,17 +143,15 @@ def parse_catalog(document: Any, source: Path, schemas_dir: Path = SCHEMAS_DIR) 
         configs = dict(default_configs)
         for config_name, value in (raw.get("configs") or {}).items():
             configs[config_name] = _config_value(where, config_name, value)
-        compatibility = str(raw.get("compatibility", defaults.get("compatibility", "BACKWARD")))
-        if compatibility not in COMPATIBILITY_LEVELS:
-            raise DeclarationError(
-                f"{where}: compatibility must be one of {', '.join(sorted(COMPATIBILITY_LEVELS))}, "
-                f"not {compatibility!r}")
+        compatibility = _CHECK.choice(f"{where}: compatibility",
+                                      raw.get("compatibility", defaults.get("compatibility", "BACKWARD")),
+                                      sorted(COMPATIBILITY_LEVELS))
         topics.append(TopicSpec(
             name=name,
             description=str(raw.get("description", "")),
-            partitions=_positive_int(where, "partitions", raw["partitions"]),
-            replication_factor=_positive_int(
-                where, "replication_factor", raw.get("replication_factor", defaults.get("replication_factor", 1))),
+            partitions=_CHECK.whole(f"{where}: partitions", raw["partitions"], 1),
+            replication_factor=_CHECK.whole(f"{where}: replication_factor",
+                                            raw.get("replication_factor", defaults.get("replication_factor", 1)), 1),
             configs=configs,
             value_schema=_schema_path(where, "value_schema", raw.get("value_schema"), schemas_dir),
             key_schema=_schema_path(where, "key_schema", raw.get("key_schema"), schemas_dir),

@@ -17,6 +17,7 @@ from include.eda.sampling import (
     SamplingPlan,
     UniformReservoir,
     _size_label,
+    SamplingConfigError,
     load_sampling_config,
 )
 from include.eda.survey import ensure_default_source, run_sampling, survey
@@ -202,22 +203,25 @@ def test_hourly_reservoirs_keep_each_hour_apart():
         ({"head_sizes": [10, 10]}, "repeated"),
         ({"uniform_size": -1}, "uniform_size"),
         ({"seed": "x"}, "seed"),
-        ({"sample_size": 5}, "unknown sampling settings"),
+        ({"sample_size": 5}, "sampling settings: unknown key .sample_size."),
     ],
 )
 def test_bad_plans_are_one_sentence(values, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SamplingConfigError, match=message):
         SamplingPlan.from_mapping(values)
 
 
 def test_config_file_loads_and_bad_config_is_one_sentence(tmp_path):
     config = load_sampling_config()
     assert SamplingPlan.from_mapping(config["plan"]).head_sizes == (1_000, 10_000, 50_000)
-    (tmp_path / "c.json").write_text(json.dumps({"plan": {}}))
-    with pytest.raises(ValueError, match="has no 'default_source_uri'"):
-        load_sampling_config(tmp_path / "c.json")
-    with pytest.raises(ValueError, match="cannot read sampling config"):
-        load_sampling_config(tmp_path / "missing.json")
+    (tmp_path / "c.yaml").write_text(json.dumps({"plan": {}}))  # JSON is YAML too
+    with pytest.raises(SamplingConfigError, match="c.yaml: chunk_rows is missing"):
+        load_sampling_config(tmp_path / "c.yaml")
+    with pytest.raises(SamplingConfigError, match="sampling settings file .*missing.yaml does not exist"):
+        load_sampling_config(tmp_path / "missing.yaml")
+    (tmp_path / "typo.yaml").write_text(DEFAULT_CONFIG.read_text().replace("top_k:", "topk:"))
+    with pytest.raises(SamplingConfigError, match="unknown key 'topk' \\(did you mean 'top_k'\\?\\)"):
+        load_sampling_config(tmp_path / "typo.yaml")
     assert DEFAULT_CONFIG.is_file()
 
 

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError
 
 import include
 from include.avazu.lines import AvazuInputError, CorruptInputError, HeaderMismatchError, TruncatedInputError
+from include.eda.sampling import SamplingConfigError
 from include.encoding.batch import RowCodecUnavailable
 from include.encoding.rows import SchemaMismatchError
 from include.errors import PermanentError, PipelineError, RetriableError
@@ -54,6 +55,7 @@ KINDS = {
     SourceMissing: PERMANENT,
     StorageAccessDenied: PERMANENT,  # missing or wrong credentials
     IngestConfigError: PERMANENT,
+    SamplingConfigError: PERMANENT,
     DeclarationError: PERMANENT,
     HourMappingError: PERMANENT,
     SchemaNotRegistered: PERMANENT,

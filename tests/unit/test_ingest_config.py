@@ -70,7 +70,7 @@ def test_unknown_keys_are_named_with_a_suggestion():
 def test_missing_keys_are_named():
     document = _document()
     del document["topics"]["checkpoints"]
-    with pytest.raises(IngestConfigError, match="topics.checkpoints is missing"):
+    with pytest.raises(IngestConfigError, match="topics: checkpoints is missing"):
         parse_ingest_config(document, "ingest.yaml")
 
 
