@@ -16,7 +16,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 from kafka_pipeline.failures import fails_cleanly
-from kafka_pipeline.stream_pipelines import (
+from _stream_pipelines import (
     analytics_processor,
     publish_words,
     simulate_purchase_events,

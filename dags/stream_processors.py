@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag
-from kafka_pipeline.stream_pipelines import analytics_processor, stream_topic_params, uppercase_processor
+from _stream_pipelines import analytics_processor, stream_topic_params, uppercase_processor
 
 
 DEFAULT_ARGS = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag
-from kafka_pipeline.stream_pipelines import (
+from _stream_pipelines import (
     publish_words,
     simulate_purchase_events,
     simulate_web_events,
