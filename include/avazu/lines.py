@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from include.errors import PermanentError
 from include import storage
 from include.avazu.contract import HEADER_LINE
+from include.errors import PermanentError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS

@@ -19,12 +19,12 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from include.errors import PermanentError
-from include.paths import CONFIG_DIR
-from include.settings import Checks, read_yaml_file
 from include import storage
 from include.avazu.contract import HEADER_LINE
 from include.avazu.reader import BadRow, RowChunk
+from include.errors import PermanentError
+from include.paths import CONFIG_DIR
+from include.settings import Checks, read_yaml_file
 
 DEFAULT_CONFIG = CONFIG_DIR / "avazu_sampling.yaml"
 _CONFIG_KEYS = {"plan", "chunk_rows", "top_k", "progress_every_s", "default_source_uri", "default_output_uri",

@@ -31,10 +31,10 @@ from typing import Any, Callable
 
 import fastavro
 
-from include.errors import PermanentError
-from include.paths import SCHEMAS_DIR
 from include.avazu.contract import COLUMNS, PLACEHOLDER_DEVICE_ID, Column, Kind, avro_schema
+from include.errors import PermanentError
 from include.kafka.wire import load_schema, wire_header
+from include.paths import SCHEMAS_DIR
 
 AD_EVENT_SCHEMA_PATH = SCHEMAS_DIR / "ad_event.avsc"
 

@@ -29,9 +29,9 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from include.paths import SCHEMAS_DIR
-from include.kafka.wire import AvroDecoder, AvroEncoder, load_schema
 from include.kafka.reader import read_to_end
+from include.kafka.wire import AvroDecoder, AvroEncoder, load_schema
+from include.paths import SCHEMAS_DIR
 
 CHECKPOINT_SCHEMA_PATH = SCHEMAS_DIR / "ingest_checkpoint.avsc"
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from include.errors import PermanentError
-from include.paths import CONFIG_DIR
 from include.encoding.batch import RowCodec
+from include.errors import PermanentError
 from include.ingest.hours import Mode
+from include.paths import CONFIG_DIR
 from include.settings import Checks, read_yaml_file
 
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "ingest.yaml"

@@ -15,8 +15,8 @@ import enum
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
-from include.errors import PermanentError
 from include.avazu.contract import AVAZU_HOURS, datetime_to_hour, hour_to_datetime
+from include.errors import PermanentError
 
 _HOUR = timedelta(hours=1)
 _FIRST = hour_to_datetime(AVAZU_HOURS[0])

@@ -366,8 +366,7 @@ class HourlyIngestor:
         # its absence already says "first ingestion". Re-ingested generations say which they are.
         headers = [(GENERATION_HEADER, str(generation).encode())] if generation else None
         if headers:
-            def produce(topic, value, key, _produce=client.produce):
-                _produce(topic, value, key, headers=headers)
+            produce = functools.partial(client.produce, headers=headers)
         topic = self.topics.raw
         encoder, batches = codecs.rows, codecs.batches
         bad: list[tuple[int, Any, Any]] = []  # (row index, RowError | UndecodableLine, line)

@@ -44,8 +44,8 @@ from typing import Any
 
 from include import storage
 from include.avazu.contract import AVAZU_HOUR_SET, HEADER_LINE, Reason, parse_line
-from include.avazu.reader import AvazuInputError
 from include.avazu.lines import LineSource, TextLines, UndecodableLine
+from include.avazu.reader import AvazuInputError
 
 log = logging.getLogger(__name__)
 

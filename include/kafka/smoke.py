@@ -19,10 +19,10 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from include.errors import PermanentError
-from include.paths import SCHEMAS_DIR
-from include.kafka_admin.topics import ensure_topics
-from include.kafka.wire import AvroDecoder, AvroEncoder, load_schema
 from include.kafka.reader import read_to_end
+from include.kafka.wire import AvroDecoder, AvroEncoder, load_schema
+from include.kafka_admin.topics import ensure_topics
+from include.paths import SCHEMAS_DIR
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
-from include.paths import SCHEMAS_DIR
 from include.kafka.wire import AvroEncoder, load_schema
+from include.paths import SCHEMAS_DIR
 from include.streaming.records import InputRecord, OutputRecord, TransformContext
 
 SCHEMA_PATH = SCHEMAS_DIR / "analytics_event.avsc"
