@@ -21,6 +21,7 @@ import gzip
 import json
 import logging
 import math
+import re
 import sys
 import time
 import zlib
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from include.avazu.contract import AVAZU_HOURS, COLUMN_INDEX, HEADER_LINE, Reason
+from include.avazu.contract import AVAZU_HOURS, COLUMN_INDEX, HEADER_LINE, Reason, hour_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,18 @@ class FaultKind(enum.StrEnum):
     BAD_HOUR = "bad_hour"
     BAD_UTF8 = "bad_utf8"
     DUPLICATE_ID = "duplicate_id"
+    # Faults a data engineer repairs (include.dlq.repairs); the truth keeps the row they stand for.
+    CP1252_TEXT = "cp1252_text"  # a device model with an accent, written in Windows-1252, not UTF-8
+    QUOTED_DELIMITER = "quoted_delimiter"  # a device model holding a comma, CSV-quoted
+    PADDED_FIELD = "padded_field"  # spaces around a number
+    UPPER_HEX = "upper_hex"  # a hash written in upper-case hex digits
+    TRAILING_DELIMITER = "trailing_delimiter"  # a comma after the last field
+    HOUR_TIMESTAMP = "hour_timestamp"  # the hour written as a timestamp, 2014-10-21 00:00:00
+
+    @property
+    def repairable(self) -> bool:
+        """True when the broken line still says which row it was (:attr:`GenerationTruth.repairs`)."""
+        return self in _REPAIRABLE
 
     @property
     def expected_reason(self) -> Reason | None:
@@ -123,7 +136,19 @@ _EXPECTED_REASON = {
     FaultKind.BAD_HOUR: Reason.BAD_HOUR,
     FaultKind.BAD_UTF8: Reason.BAD_ENCODING,
     FaultKind.DUPLICATE_ID: None,
+    FaultKind.CP1252_TEXT: Reason.BAD_ENCODING,
+    FaultKind.QUOTED_DELIMITER: Reason.FIELD_COUNT,
+    FaultKind.PADDED_FIELD: Reason.NOT_INTEGER,
+    FaultKind.UPPER_HEX: Reason.BAD_HEX,
+    FaultKind.TRAILING_DELIMITER: Reason.FIELD_COUNT,
+    FaultKind.HOUR_TIMESTAMP: Reason.BAD_HOUR,
 }
+_REPAIRABLE = frozenset({
+    FaultKind.CP1252_TEXT, FaultKind.QUOTED_DELIMITER, FaultKind.PADDED_FIELD,
+    FaultKind.UPPER_HEX, FaultKind.TRAILING_DELIMITER, FaultKind.HOUR_TIMESTAMP,
+})
+# The original kinds: rows broken beyond repair (or, for duplicate ids, valid ones).
+UNREPAIRABLE_KINDS = tuple(kind for kind in FaultKind if kind not in _REPAIRABLE)
 
 
 @dataclass(frozen=True)
@@ -185,6 +210,8 @@ class GenerationTruth:
     faults: dict[str, list[int]]
     fault_fields: dict[int, str | None]
     gzip: bool
+    # Line number -> the 24 fields of the row a repairable line stands for (the ground truth of repair).
+    repairs: dict[int, list[str]] = field(default_factory=dict)
     truncated_at_byte: int | None = None
     complete_lines_after_truncation: int | None = None
     elapsed_s: float = 0.0
@@ -202,6 +229,7 @@ class GenerationTruth:
         data = asdict(self)
         data["rows_per_hour"] = {str(h): n for h, n in self.rows_per_hour.items()}
         data["fault_fields"] = {str(line): name for line, name in self.fault_fields.items()}
+        data["repairs"] = {str(line): fields for line, fields in self.repairs.items()}
         return json.dumps(data, indent=1)
 
     @classmethod
@@ -209,6 +237,7 @@ class GenerationTruth:
         data = json.loads(text)
         data["rows_per_hour"] = {int(h): n for h, n in data["rows_per_hour"].items()}
         data["fault_fields"] = {int(line): name for line, name in data["fault_fields"].items()}
+        data["repairs"] = {int(line): fields for line, fields in data.get("repairs", {}).items()}
         return cls(**data)
 
 
@@ -256,6 +285,7 @@ def generate(spec: GeneratorSpec, out: str | Path) -> GenerationTruth:
         faults={kind.value: lines for kind, lines in plan.lines_by_kind().items()},
         fault_fields=plan.fields,
         gzip=is_gzip,
+        repairs=plan.repairs,
     )
     if spec.truncate_fraction is not None:
         truth.truncated_at_byte, truth.complete_lines_after_truncation = _truncate(
@@ -407,6 +437,7 @@ class _FaultPlan:
                 self.kind_of_row[int(row)] = kind
             position += counts.get(kind, 0)
         self.fields: dict[int, str | None] = {}
+        self.repairs: dict[int, list[str]] = {}
         self._rows_sorted = np.array(sorted(self.kind_of_row), dtype=np.int64)
 
     def lines_by_kind(self) -> dict[FaultKind, list[int]]:
@@ -481,8 +512,46 @@ class _FaultPlan:
         elif kind is FaultKind.DUPLICATE_ID:
             source = self._earlier_clean_row(row)
             fields[0] = str(int(model.row_ids(np.array([source]))[0])).encode()
+        else:
+            name, fields = self._break_repairably(row, kind, fields)
         self.fields[row + 2] = name
         return b",".join(fields)
+
+    def _break_repairably(self, row: int, kind: FaultKind, fields: list[bytes]) -> tuple[str, list[bytes]]:
+        """Break a clean row so that it can be repaired; record the row it stands for in :attr:`repairs`."""
+        rng = self.rng
+        intended = [f.decode("ascii") for f in fields]
+        written = list(fields)
+        model = COLUMN_INDEX["device_model"]
+        if kind is FaultKind.CP1252_TEXT:
+            name = "device_model"
+            intended[model] = str(rng.choice(["Café ", "Señor ", "Über ", "Naïve "])) + intended[model]
+            written[model] = intended[model].encode("cp1252")
+        elif kind is FaultKind.QUOTED_DELIMITER:
+            name = "device_model"
+            intended[model] = intended[model] + str(rng.choice([", Pro", ", Lite", ", 2nd gen"]))
+            written[model] = b'"' + intended[model].encode("ascii") + b'"'
+        elif kind is FaultKind.PADDED_FIELD:
+            name = str(rng.choice(["C1", "banner_pos", "C14", "C18"]))
+            index = COLUMN_INDEX[name]
+            written[index] = bytes(rng.choice([b" ", b"  ", b"\t"])) + fields[index] + b" "
+        elif kind is FaultKind.UPPER_HEX:
+            name = str(rng.choice(["site_id", "app_id", "device_id", "device_ip"]))
+            index = COLUMN_INDEX[name]
+            if not re.search(rb"[a-f]", fields[index]):  # all digits: upper case would change nothing
+                intended[index] = written[index].decode()[:-1] + "a"
+            written[index] = intended[index].upper().encode()
+        elif kind is FaultKind.TRAILING_DELIMITER:
+            name = None
+            written.append(b"")
+        elif kind is FaultKind.HOUR_TIMESTAMP:
+            name = "hour"
+            moment = hour_to_datetime(int(intended[2]))
+            written[2] = moment.strftime(str(rng.choice(["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:00:00Z"]))).encode()
+        else:
+            raise AssertionError(f"{kind} is not a repairable fault")
+        self.repairs[row + 2] = intended
+        return name, written
 
     def _earlier_clean_row(self, row: int) -> int:
         # The original must be a row that stays valid, so the duplicate is one among good rows.
