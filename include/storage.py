@@ -210,6 +210,16 @@ def read_bytes(uri: str) -> bytes:
         return handle.read()
 
 
+def delete(uri: str) -> None:
+    """Remove a file or S3 object; one that does not exist is no error."""
+    with storage_errors(uri):
+        if not is_s3_uri(uri):
+            Path(resolve_local(uri)).unlink(missing_ok=True)
+            return
+        bucket, key = split_s3_uri(uri)
+        s3_client().delete_object(Bucket=bucket, Key=key)
+
+
 def list_uris(prefix: str) -> list[str]:
     """Every file below a local folder or S3 prefix, as URIs, sorted."""
     if not is_s3_uri(prefix):

@@ -49,6 +49,7 @@ class Reason(enum.StrEnum):
     BAD_HOUR = "BAD_HOUR"
     BAD_HEX = "BAD_HEX"
     BAD_ENCODING = "BAD_ENCODING"
+    LINE_TOO_LONG = "LINE_TOO_LONG"
 
 
 class Kind(enum.Enum):

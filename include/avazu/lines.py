@@ -18,13 +18,14 @@ file size.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from include import storage
-from include.avazu.contract import HEADER_LINE
+from include.avazu.contract import HEADER_LINE, Reason
 from include.errors import PermanentError
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -32,8 +33,10 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 BLOCK_BYTES = 1024 * 1024
 # One inflate call never returns more than this, so a pathological input cannot blow up a block.
 _MAX_INFLATED_BYTES = 16 * 1024 * 1024
-# Avazu lines are about 160 bytes; anything near this is not a CSV row.
+# Avazu lines are about 160 bytes; anything near this is not a CSV row. A longer line is read
+# past (never held whole) and handed out as a bad line keeping its first KEPT_LINE_BYTES.
 MAX_LINE_BYTES = 1024 * 1024
+KEPT_LINE_BYTES = 64 * 1024
 
 
 class AvazuInputError(PermanentError):
@@ -87,11 +90,18 @@ class TextLines:
 
 @dataclass(frozen=True, slots=True)
 class UndecodableLine:
-    """A line that is not valid UTF-8, exactly as read (without its line break)."""
+    """A line that is not valid UTF-8, exactly as read (without its line break), or one too long to read.
+
+    A line longer than :data:`MAX_LINE_BYTES` keeps only its first :data:`KEPT_LINE_BYTES` in
+    ``raw``, with reason LINE_TOO_LONG, its whole ``length`` and the ``sha256`` of all its bytes.
+    """
 
     line: int
     raw: bytes
     message: str
+    reason: Reason = Reason.BAD_ENCODING
+    length: int | None = None
+    sha256: str | None = None
 
 
 @dataclass(slots=True)
@@ -122,6 +132,7 @@ class LineSource:
         next_line = 1
         carry = b""
         header_seen = False
+        overlong: _OverlongLine | None = None
         blocks = self._inflated_blocks()
         while True:
             try:
@@ -137,14 +148,32 @@ class LineSource:
                     len(carry),
                 ) from None
             data = carry + block if carry else block
+            if overlong is not None:
+                end = data.find(b"\n")
+                if end < 0:
+                    overlong.add(data)
+                    self.counts.bytes_decompressed += len(data)
+                    carry = b""
+                    continue
+                overlong.add(data[:end])
+                self.counts.bytes_decompressed += end + 1
+                yield overlong.line_item()
+                next_line += 1
+                self.counts.lines += 1
+                overlong, data = None, data[end + 1:]
             cut = data.rfind(b"\n")
             if cut < 0:
                 if len(data) > MAX_LINE_BYTES:
-                    # Without this a file with no line breaks would be held in memory whole.
-                    raise AvazuInputError(
-                        f"{self.uri} line {next_line:,} is longer than "
-                        f"{MAX_LINE_BYTES:,} bytes: not an Avazu CSV"
-                    )
+                    if not header_seen:
+                        raise AvazuInputError(
+                            f"{self.uri} line 1 is longer than {MAX_LINE_BYTES:,} bytes: not an Avazu CSV"
+                        )
+                    # Read past it, never holding it whole: a bad row, not a broken file.
+                    overlong = _OverlongLine(next_line)
+                    overlong.add(data)
+                    self.counts.bytes_decompressed += len(data)
+                    carry = b""
+                    continue
                 carry = data
                 continue
             carry = data[cut + 1 :]
@@ -161,7 +190,10 @@ class LineSource:
             yield from _decode(complete, next_line)
             next_line += count
             self.counts.lines += count
-        if carry:
+        if overlong is not None:
+            yield overlong.line_item()
+            self.counts.lines += 1
+        elif carry:
             # A last line without a trailing line break is still a line.
             self.counts.bytes_decompressed += len(carry)
             if not header_seen:
@@ -224,6 +256,28 @@ class LineSource:
                 yield tail
             # The caller knows the line position and fills it in.
             raise TruncatedInputError(self.uri, 0, 0, self.counts.bytes_compressed, 0)
+
+
+class _OverlongLine:
+    """A line longer than MAX_LINE_BYTES, read block by block: its start, length and checksum."""
+
+    def __init__(self, line: int):
+        self.line = line
+        self.kept = bytearray()
+        self.length = 0
+        self.digest = hashlib.sha256()
+
+    def add(self, data: bytes) -> None:
+        if len(self.kept) < KEPT_LINE_BYTES:
+            self.kept += data[:KEPT_LINE_BYTES - len(self.kept)]
+        self.length += len(data)
+        self.digest.update(data)
+
+    def line_item(self) -> UndecodableLine:
+        return UndecodableLine(
+            self.line, bytes(self.kept),
+            f"the line is {self.length:,} bytes, longer than {MAX_LINE_BYTES:,}: kept its first "
+            f"{len(self.kept):,} bytes", Reason.LINE_TOO_LONG, self.length, self.digest.hexdigest())
 
 
 def _decode(complete: bytes, first_line: int) -> Iterator[TextLines | UndecodableLine]:

@@ -139,7 +139,7 @@ class AvazuReader:
                 if type(item) is UndecodableLine:
                     raw = item.raw.decode("utf-8", errors="replace")
                     chunk.bad_rows.append(
-                        BadRow(item.line, Reason.BAD_ENCODING, None, item.message, raw)
+                        BadRow(item.line, item.reason, None, item.message, raw)
                     )
                     self.progress.bad_rows += 1
                     if chunk.rows_read == self.chunk_rows:

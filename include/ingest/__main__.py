@@ -18,9 +18,9 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 
+from include.crash_points import kill_hook_from_env
 from include.errors import PipelineError
 from include.ingest.config import DEFAULT_CONFIG_PATH, IngestConfigError, load_ingest_config
 from include.ingest.envelope import Origin
@@ -29,24 +29,6 @@ from include.ingest.staging import find_partition, partition_manifest_uri, stage
 from include.ingest.topics import provision_ingest_topics
 
 KILL_AT_ENV = "AVAZU_INGEST_KILL_AT"
-
-
-def kill_hook_from_env(value: str | None):
-    """A phase hook that SIGKILLs this process at ``<chunk>:<phase>``, or None when unset."""
-    if not value:
-        return None
-    chunk_text, _, phase = value.partition(":")
-    if phase not in PHASES or not chunk_text.isdigit():
-        raise SystemExit(f"{KILL_AT_ENV} must be <chunk>:<phase> with phase one of {', '.join(PHASES)}, got {value!r}")
-    target = int(chunk_text)
-
-    def hook(current_phase: str, chunk: int) -> None:
-        if chunk == target and current_phase == phase:
-            logging.getLogger(__name__).warning("%s=%s: killing this process now", KILL_AT_ENV, value)
-            sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return hook
 
 
 def _registry():
@@ -109,7 +91,7 @@ def _run(args, config, parser) -> dict:
         provision_ingest_topics(AdminClient(kafka_config), registry, config.topics)
     ingestor = HourlyIngestor(partition, config=config, kafka_config=kafka_config, registry=registry,
                               origin=Origin(run_id=args.request_id), reingest=args.reingest,
-                              request_id=args.request_id, phase_hook=kill_hook_from_env(os.environ.get(KILL_AT_ENV)))
+                              request_id=args.request_id, phase_hook=kill_hook_from_env(KILL_AT_ENV, PHASES))
     return ingestor.run().as_dict()
 
 

@@ -11,6 +11,7 @@ dead letters without decoding them.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from include.paths import SCHEMAS_DIR
 
 DLQ_SCHEMA_PATH = SCHEMAS_DIR / "dlq_envelope.avsc"
 STAGE = "ingest"
+# The most of a bad line an envelope carries: far more than any Avazu row (about 160 bytes), far
+# less than the DLQ topic's max.message.bytes (1 MB).
+MAX_RAW_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,14 +58,24 @@ def build_envelope(
     raw: bytes,
     origin: Origin,
     failed_at: dt.datetime,
+    raw_length: int | None = None,
+    raw_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """One DLQ envelope as a record of schemas/dlq_envelope.avsc."""
+    """One DLQ envelope as a record of schemas/dlq_envelope.avsc.
+
+    ``raw`` is kept up to :data:`MAX_RAW_BYTES` (truncated, never stored elsewhere: a longer line
+    is not an Avazu row, and the source file keeps it whole); ``raw_length`` and ``raw_sha256``
+    always describe the whole input, so an envelope never outgrows the DLQ topic's
+    ``max.message.bytes`` and a reprocessor knows what it is missing.
+    """
     return {
         "envelope_id": envelope_id(source_id, line),
         "reason": reason,
         "message": message,
         "field": field,
-        "raw": raw,
+        "raw": raw[:MAX_RAW_BYTES],
+        "raw_length": raw_length if raw_length is not None else len(raw),
+        "raw_sha256": raw_sha256 or hashlib.sha256(raw).hexdigest(),
         "source": {"uri": source_uri, "line": line, "hour": hour, "chunk": chunk},
         "origin": origin.as_dict(),
         "first_failed_at": failed_at,

@@ -47,16 +47,17 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from include.avazu.contract import Reason, parse_line
+from include.avazu.contract import parse_line
 from include.avazu.lines import UndecodableLine
 from include.encoding import batch_encoder
 from include.encoding.batch import BatchEncoder, EncodedBatch, RowCodec
 from include.encoding.rows import AdEventEncoder, load_ad_event_schema, partition_key
+from include.crash_points import PhaseHook
 from include.errors import RetriableError
 from include.ingest.checkpoint import (
     Checkpoint,
@@ -88,7 +89,6 @@ PHASE_MID_PRODUCE = "mid_produce"
 PHASE_BEFORE_COMMIT = "before_commit"
 PHASE_AFTER_COMMIT = "after_commit"
 PHASES = (PHASE_AFTER_BEGIN, PHASE_MID_PRODUCE, PHASE_BEFORE_COMMIT, PHASE_AFTER_COMMIT)
-PhaseHook = Callable[[str, int], None]
 # A chunk of 100,000 rows is flushed and committed within one call's timeout; the broker-side
 # transaction timeout (transaction.timeout_ms in ingest.yaml) bounds the whole chunk.
 TRANSACTIONS = TransactionPolicy(call_timeout_s=120.0, init_timeout_s=60.0)
@@ -433,14 +433,16 @@ class HourlyIngestor:
         encoder = codecs.dead_letters
         for index, error, line in bad:
             source_line = line_map.source_line(index)
+            length = sha256 = None
             if type(error) is UndecodableLine:
-                reason, column, message, raw = Reason.BAD_ENCODING.value, None, error.message, error.raw
+                reason, column, message, raw = error.reason.value, None, error.message, error.raw
+                length, sha256 = error.length, error.sha256
             else:
                 reason, column, message, raw = error.reason.value, error.field, error.message, line.encode("utf-8")
             envelope = build_envelope(
                 source_id=self.partition.source_id, source_uri=self.partition.source_uri, line=source_line,
                 hour=self.partition.hour, chunk=chunk.index, reason=reason, field=column, message=message, raw=raw,
-                origin=self.origin, failed_at=failed_at,
+                origin=self.origin, failed_at=failed_at, raw_length=length, raw_sha256=sha256,
             )
             value = encoder.encode(envelope)
             key = envelope_id(self.partition.source_id, source_line)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from include import storage
-from include.avazu.contract import AVAZU_HOUR_SET, HEADER_LINE, Reason, parse_line
+from include.avazu.contract import AVAZU_HOUR_SET, HEADER_LINE, parse_line
 from include.avazu.lines import LineSource, TextLines, UndecodableLine
 from include.avazu.reader import AvazuInputError
 
@@ -318,7 +318,7 @@ class _Splitter:
         return bad
 
     def add_undecodable(self, item: UndecodableLine) -> None:
-        self._emit(self.current, item.line, item.raw + b"\n", 1, Counter({Reason.BAD_ENCODING.value: 1}))
+        self._emit(self.current, item.line, item.raw + b"\n", 1, Counter({item.reason.value: 1}))
 
     def close(self) -> None:
         for writer in self.writers.values():

@@ -52,11 +52,12 @@ def reader_config(kafka_config: dict[str, Any], group_id: str, *, committed_only
     return {**kafka_config, **READER_SETTINGS, "group.id": group_id, "isolation.level": isolation}
 
 
-def read_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool = False,
+def read_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool = False, commit: bool = True,
                 timeout: float = 60.0, batch: int = 1000) -> Iterator[Message]:
     """Yield every record up to the end of each partition of ``topics`` (see the module doc).
 
-    Create ``consumer`` with :func:`reader_config`. Raises :class:`ReadTimedOut` naming the
+    Create ``consumer`` with :func:`reader_config`. ``commit=False`` leaves the offsets of a
+    ``from_committed`` read to the caller (a transaction sends them with its output). Raises :class:`ReadTimedOut` naming the
     partitions not read to their end, :class:`TopicsMissing` for a topic that does not exist and
     :class:`KafkaFatalError` for a fatal consumer error; other consumer errors are retried by the
     client and logged.
@@ -103,7 +104,7 @@ def read_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool =
                     raise KafkaFatalError(f"the consumer reading {', '.join(topics)} failed: {error.str()}")
                 else:
                     log.warning("consumer error while reading %s (the client retries): %s", ", ".join(topics), error)
-        if from_committed and read:
+        if from_committed and commit and read:
             _commit(consumer)
     finally:
         if not from_committed:

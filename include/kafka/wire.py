@@ -95,6 +95,10 @@ class AvroDecoder:
             self._writers[schema_id] = parsed
         return parsed
 
+    def know(self, schema_id: int, schema: dict[str, Any]) -> None:
+        """Read ``schema_id`` with ``schema`` without asking the registry (a schema this code registered)."""
+        self._writers[schema_id] = fastavro.parse_schema(schema)
+
     def decode(self, payload: bytes) -> dict[str, Any]:
         schema_id, body = split_header(payload)
         writer = self.schema_for(schema_id)

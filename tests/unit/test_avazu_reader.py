@@ -162,10 +162,27 @@ def test_chunk_rows_must_be_positive():
         AvazuReader("x.csv", chunk_rows=0)
 
 
+def test_a_line_too_long_to_read_is_one_bad_row_and_is_never_held_whole(tmp_path):
+    import hashlib
+
+    from include.avazu.lines import KEPT_LINE_BYTES, MAX_LINE_BYTES
+
+    blob = b"x" * (10 * 1024 * 1024)
+    path = tmp_path / "blob.csv"
+    path.write_bytes(HEADER_LINE.encode() + b"\n" + EXAMPLE_LINE.encode() + b"\n" + blob + b"\n" + EXAMPLE_LINE.encode())
+    items = list(LineSource(str(path), block_bytes=256 * 1024))
+    [long] = [item for item in items if type(item) is UndecodableLine]
+    assert (long.line, long.reason, long.length) == (3, Reason.LINE_TOO_LONG, len(blob))
+    assert long.raw == blob[:KEPT_LINE_BYTES] and long.sha256 == hashlib.sha256(blob).hexdigest()
+    assert f"longer than {MAX_LINE_BYTES:,}" in long.message
+    records, bad, _ = read_all(str(path))
+    assert len(records) == 2 and [(b.line_number, b.reason) for b in bad] == [(3, Reason.LINE_TOO_LONG)]
+
+
 def test_a_file_without_line_breaks_is_refused_before_it_fills_memory(tmp_path):
     path = tmp_path / "blob.csv"
-    path.write_bytes(HEADER_LINE.encode() + b"\n" + b"x" * (3 * 1024 * 1024))
-    with pytest.raises(AvazuInputError, match="line 2 is longer than"):
+    path.write_bytes(b"x" * (3 * 1024 * 1024))
+    with pytest.raises(AvazuInputError, match="line 1 is longer than"):
         list(AvazuReader(str(path)))
 
 

@@ -12,6 +12,8 @@ from confluent_kafka import KafkaError
 
 import include
 from include.avazu.lines import AvazuInputError, CorruptInputError, HeaderMismatchError, TruncatedInputError
+from include.dlq.config import DlqConfigError
+from include.dlq.reprocessor import ReprocessingMismatch, TransactionFailed
 from include.eda.sampling import SamplingConfigError
 from include.encoding.batch import RowCodecUnavailable
 from include.encoding.rows import SchemaMismatchError
@@ -56,6 +58,8 @@ KINDS = {
     StorageAccessDenied: PERMANENT,  # missing or wrong credentials
     IngestConfigError: PERMANENT,
     SamplingConfigError: PERMANENT,
+    DlqConfigError: PERMANENT,
+    ReprocessingMismatch: PERMANENT,
     DeclarationError: PERMANENT,
     HourMappingError: PERMANENT,
     SchemaNotRegistered: PERMANENT,
@@ -76,6 +80,7 @@ KINDS = {
     KafkaUnavailable: RETRIABLE,
     TransactionAborted: RETRIABLE,
     ChunkFailed: RETRIABLE,
+    TransactionFailed: RETRIABLE,
     ReadTimedOut: RETRIABLE,
     SimulationFailed: RETRIABLE,
 }

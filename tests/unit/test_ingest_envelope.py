@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 
@@ -48,6 +49,8 @@ def test_envelope_round_trips_through_the_registered_schema():
         "stage": "ingest",
         "attempts": 0,
         "last_error": None,
+        "raw_length": 23,
+        "raw_sha256": hashlib.sha256(b"1000,0,14102105,...,12a").hexdigest(),
     }
 
 
@@ -155,3 +158,14 @@ def test_checkpoint_updated_at_is_timestamp_millis():
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(schema), record)
     buffer.seek(0)
     assert fastavro.schemaless_reader(buffer, fastavro.parse_schema(schema))["updated_at"] == FAILED_AT
+
+
+def test_an_oversized_line_is_kept_only_in_part_with_its_length_and_checksum():
+    from include.ingest.envelope import MAX_RAW_BYTES
+
+    raw = b"9" * (3 * 1024 * 1024)
+    envelope = _envelope(raw=raw)
+    assert envelope["raw"] == raw[:MAX_RAW_BYTES] and len(envelope["raw"]) < 1_000_000  # under max.message.bytes
+    assert (envelope["raw_length"], envelope["raw_sha256"]) == (len(raw), hashlib.sha256(raw).hexdigest())
+    payload = AvroEncoder(load_dlq_schema(), 42).encode(envelope)
+    assert len(payload) < MAX_RAW_BYTES + 1024

@@ -1,0 +1,416 @@
+"""Reprocess one DLQ exactly once: classify each dead letter, then repair, retry or park it.
+
+    result = DlqReprocessor(spec, config, kafka_config=..., registry=...).run()
+
+A run reads the DLQ and its retry topics as the DLQ's consumer group (``read_committed``, from
+the group's committed offsets to the end) and decides each record by the first rule for its
+reason (include/config/dlq.yaml):
+
+* **repaired** - a repair the row contract accepts: the row goes to the repaired topic
+  (``ad_events_raw``), keyed like the ingestion's rows, with headers naming the rule and the DLQ
+  record it came from;
+* **retried** - a retriable failure (a retry rule, or a repaired row that could not be written
+  because the registry or the broker did not answer): the envelope goes to retry topic
+  ``attempts + 1`` with its due time; a record read there before it is due holds its partition
+  (nothing after it is committed) until a later pass or run. After ``max_attempts``, or once the
+  dead letter is older than ``max_age_s``, it is parked;
+* **parked** - permanent, unknown reason, no repair fits, or out of retries: the envelope goes to
+  the parked topic and into the archive (Avro container files, one object per consumed partition
+  and first offset of the transaction, written before the transaction commits; a re-run after a
+  crash overwrites the same object).
+
+Outcomes and consumed offsets commit in one Kafka transaction of up to ``batch_records``
+records, on :class:`include.kafka.transactions.TransactionalProducer`: killed anywhere, a retry
+of the run leaves every consumed record with exactly one outcome for a ``read_committed``
+reader. The run ends when every partition is read to its end or held by a retry due later than
+``linger_s`` from now; it returns its counts and checks consumed = repaired + retried + parked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import logging
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import fastavro
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from include import storage
+from include.crash_points import PhaseHook
+from include.dlq.config import Action, DlqConfig, DlqFormat, DlqSpec
+from include.dlq.letters import (
+    PARKED_WHY,
+    REPAIR_RULE,
+    RETRY_ATTEMPT,
+    RETRY_DUE_MS,
+    DeadLetter,
+    outcome_headers,
+    read_letter,
+)
+from include.dlq.repairs import repair
+from include.encoding.rows import AdEventEncoder, load_ad_event_schema, partition_key
+from include.errors import PermanentError, RetriableError
+from include.ingest.envelope import load_dlq_schema
+from include.ingest.topics import lookup_schema_id
+from include.kafka.errors import TransactionAborted
+from include.kafka.headers import INGEST_HOUR_HEADER
+from include.kafka.reader import read_to_end, reader_config
+from include.kafka.transactions import TransactionalProducer, TransactionPolicy
+from include.kafka.wire import AvroDecoder, AvroEncoder
+
+log = logging.getLogger(__name__)
+
+REPAIRED, RETRIED, PARKED = "repaired", "retried", "parked"
+OUTCOMES = (REPAIRED, RETRIED, PARKED)
+PHASE_AFTER_BEGIN = "after_begin"
+PHASE_BEFORE_COMMIT = "before_commit"
+PHASE_AFTER_COMMIT = "after_commit"
+PHASES = (PHASE_AFTER_BEGIN, PHASE_BEFORE_COMMIT, PHASE_AFTER_COMMIT)
+TRANSACTIONS = TransactionPolicy(call_timeout_s=60.0, init_timeout_s=60.0)
+# After a registry or broker failure on a repaired row, the next rows of the transaction go
+# straight to retry instead of each waiting for the same failure.
+_UNAVAILABLE_FOR_S = 5.0
+
+
+class ReprocessingMismatch(PermanentError):
+    """The run's counts do not add up: consumed records without exactly one outcome."""
+
+
+class TransactionFailed(RetriableError):
+    """A reprocessing transaction had to be aborted; nothing of it is visible and a retry redoes it."""
+
+
+@dataclass
+class ReprocessResult:
+    """What one run did, by outcome and by reason; JSON-ready via as_dict."""
+
+    dlq: str
+    topics: list[str]
+    consumed: int = 0
+    repaired: int = 0
+    retried: int = 0
+    parked: int = 0
+    # Retry records read before they were due (and so left uncommitted for a later pass or run).
+    held_not_due: int = 0
+    by_reason: dict[str, dict[str, int]] = field(default_factory=dict)
+    repairs_by_rule: dict[str, int] = field(default_factory=dict)
+    transactions: int = 0
+    passes: int = 0
+    archived: list[str] = field(default_factory=list)
+    next_due_at: str | None = None
+    seconds: float = 0.0
+    records_per_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        """The counts by reason and outcome, as a text table for the task log."""
+        rows = [("reason", *OUTCOMES, "total")]
+        for reason, counts in sorted(self.by_reason.items()):
+            rows.append((reason, *(str(counts.get(o, 0)) for o in OUTCOMES), str(sum(counts.values()))))
+        rows.append(("total", str(self.repaired), str(self.retried), str(self.parked), str(self.consumed)))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                                   enumerate(zip(row, widths))) for row in rows)
+
+
+def reconcile(result: ReprocessResult) -> None:
+    """Raise :class:`ReprocessingMismatch` unless every consumed record has exactly one outcome."""
+    outcomes = result.repaired + result.retried + result.parked
+    by_reason = sum(sum(counts.values()) for counts in result.by_reason.values())
+    if not result.consumed == outcomes == by_reason:
+        raise ReprocessingMismatch(
+            f"DLQ {result.dlq} does not reconcile: consumed {result.consumed:,} but repaired {result.repaired:,} + "
+            f"retried {result.retried:,} + parked {result.parked:,} = {outcomes:,} (by reason: {by_reason:,})")
+
+
+class _Codecs:
+    """The encoders a run writes with, looked up once; the repaired topic's lazily (see the module doc)."""
+
+    def __init__(self, registry: SchemaRegistryClient, spec: DlqSpec):
+        self.registry = registry
+        self.spec = spec
+        self.envelope_schema = load_dlq_schema()
+        self.parsed_envelope = fastavro.parse_schema(self.envelope_schema)
+        self.decoder = AvroDecoder(lambda i: registry.get_schema(i).schema_str, reader_schema=self.envelope_schema)
+        self.envelopes: dict[str, AvroEncoder] = {}
+        for topic in [spec.parked_topic, *spec.retry_topics]:
+            schema_id = lookup_schema_id(registry, f"{topic}-value", self.envelope_schema)
+            self.envelopes[topic] = AvroEncoder(self.envelope_schema, schema_id)
+        if spec.format is DlqFormat.ENVELOPE:
+            # Envelopes written with this schema are read without a registry call.
+            self.decoder.know(lookup_schema_id(registry, f"{spec.topic}-value", self.envelope_schema), self.envelope_schema)
+            for topic in spec.retry_topics:
+                self.decoder.know(self.envelopes[topic].schema_id, self.envelope_schema)
+        self._rows: AdEventEncoder | None = None
+        self._unavailable: tuple[float, str] | None = None
+
+    def rows(self) -> AdEventEncoder:
+        """The repaired topic's row encoder; a :class:`RetriableError` while the registry does not answer."""
+        if self._rows is None:
+            if self._unavailable and time.monotonic() < self._unavailable[0]:
+                raise RetriableError(self._unavailable[1])
+            schema = load_ad_event_schema()
+            try:
+                schema_id = lookup_schema_id(self.registry, f"{self.spec.repaired_topic}-value", schema)
+            except RetriableError as error:
+                self._unavailable = (time.monotonic() + _UNAVAILABLE_FOR_S, str(error))
+                raise
+            self._rows = AdEventEncoder(schema_id, schema)
+        return self._rows
+
+
+@dataclass
+class _Transaction:
+    """The open transaction: its number, the next offset per consumed partition, parked envelopes, counts."""
+
+    number: int
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    parked: dict[tuple[str, int], list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    outcomes: Counter = field(default_factory=Counter)
+    by_reason: Counter = field(default_factory=Counter)
+    rules: Counter = field(default_factory=Counter)
+
+    @property
+    def records(self) -> int:
+        return sum(self.outcomes.values())
+
+
+class DlqReprocessor:
+    """Reprocess one declared DLQ (see the module doc); create one per run and call :meth:`run`."""
+
+    def __init__(self, spec: DlqSpec, config: DlqConfig, *, kafka_config: dict[str, Any],
+                 registry: SchemaRegistryClient, phase_hook: PhaseHook | None = None,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+        self.spec = spec
+        self.config = config
+        self.kafka_config = dict(kafka_config)
+        self.registry = registry
+        self.phase_hook = phase_hook or (lambda phase, number: None)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._transactions = 0
+
+    def run(self) -> ReprocessResult:
+        started = time.monotonic()
+        spec = self.spec
+        result = ReprocessResult(spec.name, spec.consumed_topics)
+        codecs = _Codecs(self.registry, spec)
+        producer = TransactionalProducer({"linger.ms": 5, "transaction.timeout.ms": 120_000, **self.kafka_config},
+                                         spec.transactional_id, label=f"DLQ {spec.name}", policy=TRANSACTIONS)
+        try:
+            outputs = [spec.parked_topic, *spec.retry_topics, *([spec.repaired_topic] if spec.repaired_topic else [])]
+            producer.check_topics([*spec.consumed_topics, *outputs])
+            producer.init()
+            log.info("DLQ %s: reading %s as group %s; repaired -> %s, retries -> %s, parked -> %s, archive %s",
+                     spec.name, ", ".join(spec.consumed_topics), spec.group_id, spec.repaired_topic or "-",
+                     ", ".join(spec.retry_topics) or "-", spec.parked_topic, self.config.archive_uri)
+            while True:
+                result.passes += 1
+                next_due_ms = self._pass(producer, codecs, result, started)
+                if next_due_ms is None:
+                    result.next_due_at = None
+                    break
+                wait = next_due_ms / 1000 - self.clock()
+                result.next_due_at = dt.datetime.fromtimestamp(next_due_ms / 1000, dt.timezone.utc).isoformat(
+                    timespec="seconds")
+                if wait > self.config.linger_s:
+                    break
+                log.info("DLQ %s: a retry falls due in %.1f s; waiting for it", spec.name, max(0.0, wait))
+                time.sleep(max(0.0, wait))
+        finally:
+            producer.close()
+        result.seconds = round(time.monotonic() - started, 3)
+        result.records_per_s = round(result.consumed / result.seconds, 1) if result.seconds > 0 else 0.0
+        reconcile(result)
+        log.info("DLQ %s: %s consumed = %s repaired + %s retried + %s parked in %s transaction(s), %.1f s "
+                 "(%s records/s)%s\n%s", spec.name, f"{result.consumed:,}", f"{result.repaired:,}",
+                 f"{result.retried:,}", f"{result.parked:,}", result.transactions, result.seconds,
+                 f"{result.records_per_s:,.0f}",
+                 f"; next retry due {result.next_due_at}" if result.next_due_at else "", result.table())
+        return result
+
+    # -- one pass over the topics -------------------------------------------------------------
+
+    def _pass(self, producer: TransactionalProducer, codecs: _Codecs, result: ReprocessResult,
+              started: float) -> int | None:
+        """Read every consumed topic to its end once; the earliest due time of a held partition, or None."""
+        spec = self.spec
+        consumer = Consumer(reader_config(self.kafka_config, spec.group_id))
+        held: dict[tuple[str, int], int] = {}
+        txn: _Transaction | None = None
+        last_log = time.monotonic()
+        try:
+            for message in read_to_end(consumer, spec.consumed_topics, from_committed=True, commit=False,
+                                       timeout=600.0, batch=1000):
+                tp = (message.topic(), message.partition())
+                if tp in held:
+                    continue  # behind a retry that is not due: read again by a later pass or run
+                letter = read_letter(message, codecs.decoder, spec.format is DlqFormat.ENVELOPE)
+                if letter.due_ms is not None and letter.due_ms > self.clock() * 1000:
+                    held[tp] = letter.due_ms
+                    result.held_not_due += 1
+                    continue
+                if txn is None:
+                    txn = self._begin(producer)
+                outcome = self._handle(letter, producer, codecs, txn)
+                txn.outcomes[outcome] += 1
+                txn.by_reason[(letter.reason, outcome)] += 1
+                txn.first_offsets.setdefault(tp, letter.offset)
+                txn.offsets[tp] = letter.offset + 1
+                if txn.records >= self.config.batch_records:
+                    self._commit(producer, consumer, txn, result)
+                    txn = None
+                if time.monotonic() - last_log >= self.config.progress_every_s:
+                    last_log = time.monotonic()
+                    done = result.consumed + (txn.records if txn else 0)
+                    log.info("DLQ %s: %s records handled, %s records/s", spec.name, f"{done:,}",
+                             f"{done / (last_log - started):,.0f}")
+            if txn is not None:
+                self._commit(producer, consumer, txn, result)
+                txn = None
+        except TransactionFailed:
+            raise  # aborted already
+        except BaseException:
+            if txn is not None:
+                producer.abort_quietly()
+            raise
+        finally:
+            consumer.close()
+        return min(held.values()) if held else None
+
+    def _begin(self, producer: TransactionalProducer) -> _Transaction:
+        self._transactions += 1
+        producer.begin()
+        self.phase_hook(PHASE_AFTER_BEGIN, self._transactions)
+        return _Transaction(self._transactions)
+
+    def _commit(self, producer: TransactionalProducer, consumer: Consumer, txn: _Transaction,
+                result: ReprocessResult) -> None:
+        """Archive the parked records, then commit the outcomes with the consumed offsets."""
+        archived = self._archive(txn)
+        positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in txn.offsets.items()]
+        try:
+            producer.send_offsets(positions, consumer.consumer_group_metadata())
+            self.phase_hook(PHASE_BEFORE_COMMIT, txn.number)
+            producer.commit()
+        except TransactionAborted as error:
+            producer.abort()
+            raise TransactionFailed(f"DLQ {self.spec.name}: transaction {txn.number} of {txn.records:,} records was "
+                                    f"aborted ({error}); nothing of it is visible, a retry of the run redoes it") from None
+        self.phase_hook(PHASE_AFTER_COMMIT, txn.number)
+        result.transactions += 1
+        result.consumed += txn.records
+        result.repaired += txn.outcomes[REPAIRED]
+        result.retried += txn.outcomes[RETRIED]
+        result.parked += txn.outcomes[PARKED]
+        for (reason, outcome), n in txn.by_reason.items():
+            counts = result.by_reason.setdefault(reason, {})
+            counts[outcome] = counts.get(outcome, 0) + n
+        for rule, n in txn.rules.items():
+            result.repairs_by_rule[rule] = result.repairs_by_rule.get(rule, 0) + n
+        result.archived.extend(archived)
+
+    # -- one record ---------------------------------------------------------------------------
+
+    def _handle(self, letter: DeadLetter, producer: TransactionalProducer, codecs: _Codecs, txn: _Transaction) -> str:
+        spec = self.spec
+        if letter.truncated:
+            return self._park(letter, producer, codecs, txn,
+                              f"the ingestion kept {len(letter.envelope['raw']):,} of the line's "
+                              f"{letter.envelope['raw_length']:,} bytes; the whole line is in the source file")
+        rule = spec.rule_for(letter.reason, letter.envelope.get("stage"))
+        if rule is None:
+            return self._park(letter, producer, codecs, txn, f"no rule for reason {letter.reason}: parked, never looped")
+        if rule.action is Action.PARK:
+            return self._park(letter, producer, codecs, txn, f"reason {letter.reason} is permanent")
+        if rule.action is Action.RETRY:
+            return self._retry(letter, producer, codecs, txn, letter.envelope.get("last_error") or letter.reason)
+        repaired = repair(letter.envelope["raw"], list(rule.repairs))
+        if repaired is None:
+            return self._park(letter, producer, codecs, txn,
+                              f"none of the repairs {', '.join(rule.repairs)} gives a row the contract accepts")
+        try:
+            encoder = codecs.rows()
+        except RetriableError as error:
+            return self._retry(letter, producer, codecs, txn, f"writing the repaired row failed: {error}")
+        record = repaired.record
+        headers = outcome_headers(letter, REPAIRED, **{REPAIR_RULE: repaired.rule})
+        headers.append((INGEST_HOUR_HEADER, str(record["hour"]).encode()))
+        producer.produce(spec.repaired_topic, encoder.encode(record), partition_key(record), headers)
+        txn.rules[repaired.rule] += 1
+        return REPAIRED
+
+    def _retry(self, letter: DeadLetter, producer: TransactionalProducer, codecs: _Codecs, txn: _Transaction,
+               error: str) -> str:
+        policy = self.config.retry
+        attempt = letter.attempts + 1
+        first_failed = letter.envelope["first_failed_at"]
+        age = self.clock() - first_failed.timestamp()
+        if attempt > policy.max_attempts:
+            return self._park(letter, producer, codecs, txn, f"still failing after {policy.max_attempts} "
+                                                             f"attempt(s): {error}")
+        if age > policy.max_age_s:
+            return self._park(letter, producer, codecs, txn, f"first failed {age:,.0f} s ago, more than "
+                                                             f"max_age_s {policy.max_age_s:,.0f}: {error}")
+        due_ms = int((self.clock() + policy.delay_s(attempt, self.rng)) * 1000)
+        envelope = {**letter.envelope, "attempts": attempt, "stage": "retry", "last_error": error[:1000]}
+        topic = self.spec.retry_topic(attempt)
+        headers = outcome_headers(letter, RETRIED, **{RETRY_ATTEMPT: str(attempt), RETRY_DUE_MS: str(due_ms)})
+        producer.produce(topic, codecs.envelopes[topic].encode(envelope), letter.key, headers)
+        return RETRIED
+
+    def _park(self, letter: DeadLetter, producer: TransactionalProducer, codecs: _Codecs, txn: _Transaction,
+              why: str) -> str:
+        envelope = {**letter.envelope, "last_error": why[:1000]}
+        topic = self.spec.parked_topic
+        producer.produce(topic, codecs.envelopes[topic].encode(envelope), letter.key,
+                         outcome_headers(letter, PARKED, **{PARKED_WHY: why[:1000]}))
+        txn.parked[(letter.topic, letter.partition)].append(envelope)
+        return PARKED
+
+    # -- the archive --------------------------------------------------------------------------
+
+    def _archive(self, txn: _Transaction) -> list[str]:
+        """One Avro container per consumed partition of the transaction, named by its first offset.
+
+        Written before the commit, so nothing is committed that is not archived; a retry after a
+        crash starts at the same offset and overwrites the same object. A partition that parked
+        nothing this time removes what an aborted attempt may have left under its name.
+        """
+        written = []
+        schema = fastavro.parse_schema(load_dlq_schema())
+        for (topic, partition), first in txn.first_offsets.items():
+            uri = archive_uri(self.config.archive_uri, self.spec.name, topic, partition, first)
+            envelopes = txn.parked.get((topic, partition))
+            if not envelopes:
+                storage.delete(uri)
+                continue
+            buffer = io.BytesIO()
+            fastavro.writer(buffer, schema, envelopes, codec="deflate", metadata={
+                "dlq.topic": topic, "dlq.partition": str(partition), "dlq.first_offset": str(first),
+                "dlq.next_offset": str(txn.offsets[(topic, partition)]),
+                "dlq.sha256": hashlib.sha256(b"".join(e["raw"] for e in envelopes)).hexdigest(),
+            })
+            storage.write_bytes(uri, buffer.getvalue())
+            written.append(uri)
+        return written
+
+
+def archive_uri(root: str, dlq: str, topic: str, partition: int, first_offset: int) -> str:
+    """Where the parked records of one transaction's partition are archived."""
+    return storage.join_uri(root, dlq, topic, f"partition={partition}", f"offset={first_offset:020d}.avro")
+
+
+def read_archive(uri: str) -> list[dict[str, Any]]:
+    """The parked envelopes of one archive object."""
+    return list(fastavro.reader(io.BytesIO(storage.read_bytes(uri))))
