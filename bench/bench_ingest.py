@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     from include.encoding.rows import load_ad_event_schema
     from include.ingest.staging import stage_source
     from include.ingest.config import IngestTopics
-    from include.ingest.topics import lookup_schema_id, provision_ingest_topics
+    from include.ingest.topics import provision_ingest_topics
+    from include.kafka.registry import lookup_schema_id
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"machine speed: sum(range(10**7)) takes {_calibration_s():.2f} s here (a current laptop core: ~0.15-0.2 s); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import random
 from dataclasses import dataclass, field
@@ -94,6 +95,19 @@ class DlqSpec:
     def retry_topic(self, attempt: int) -> str:
         """Retry topic of ``attempt`` (1-based): one per attempt, the last one for the rest."""
         return self.retry_topics[min(attempt, len(self.retry_topics)) - 1]
+
+    def sandboxed(self, topics: dict[str, str], group_id: str | None = None) -> DlqSpec:
+        """This DLQ on other topics (``{role: name}``, roles dlq, repaired, parked, retry1..N) and group."""
+        retry = list(self.retry_topics)
+        for role, name in topics.items():
+            if role.startswith("retry") and role[5:].isdigit() and 1 <= int(role[5:]) <= len(retry):
+                retry[int(role[5:]) - 1] = name
+            elif role not in ("dlq", "repaired", "parked"):
+                raise DlqConfigError(f"unknown topic role {role!r}: use dlq, repaired, parked or retry1..retry{len(retry)}")
+        return dataclasses.replace(
+            self, topic=topics.get("dlq", self.topic), repaired_topic=topics.get("repaired", self.repaired_topic),
+            parked_topic=topics.get("parked", self.parked_topic), retry_topics=tuple(retry),
+            group_id=group_id or self.group_id)
 
     @property
     def consumed_topics(self) -> list[str]:

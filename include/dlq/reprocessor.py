@@ -58,10 +58,10 @@ from include.dlq.repairs import repair
 from include.encoding.rows import AdEventEncoder, load_ad_event_schema, partition_key
 from include.errors import PermanentError, RetriableError
 from include.ingest.envelope import load_dlq_schema
-from include.ingest.topics import lookup_schema_id
 from include.kafka.errors import TransactionAborted
 from include.kafka.headers import INGEST_HOUR_HEADER
 from include.kafka.reader import read_to_end, reader_config
+from include.kafka.registry import lookup_schema_id
 from include.kafka.transactions import TransactionalProducer, TransactionPolicy
 from include.kafka.wire import AvroDecoder, AvroEncoder
 
@@ -152,6 +152,10 @@ class _Codecs:
                 self.decoder.know(self.envelopes[topic].schema_id, self.envelope_schema)
         self._rows: AdEventEncoder | None = None
         self._unavailable: tuple[float, str] | None = None
+
+    def forget_failures(self) -> None:
+        """A new transaction asks the registry again."""
+        self._unavailable = None
 
     def rows(self) -> AdEventEncoder:
         """The repaired topic's row encoder; a :class:`RetriableError` while the registry does not answer."""
@@ -262,6 +266,7 @@ class DlqReprocessor:
                     continue
                 if txn is None:
                     txn = self._begin(producer)
+                    codecs.forget_failures()
                 outcome = self._handle(letter, producer, codecs, txn)
                 txn.outcomes[outcome] += 1
                 txn.by_reason[(letter.reason, outcome)] += 1

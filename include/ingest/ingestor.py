@@ -70,14 +70,14 @@ from include.ingest.checkpoint import (
     transactional_id,
 )
 from include.ingest.chunks import Chunk, iter_chunks, read_ahead
-from include.ingest.config import IngestConfig
+from include.ingest.config import IngestConfig, IngestTopics
 from include.ingest.envelope import Origin, build_envelope, envelope_headers, envelope_id, load_dlq_schema
 from include.ingest.result import ChunkCounts, IngestResult, ReconciliationError, reconcile
 from include.ingest.staging import HourPartition
-from include.ingest.topics import IngestTopics, lookup_schema_id
 from include.kafka.errors import KafkaUnavailable, TransactionAborted
 from include.kafka.headers import GENERATION_HEADER
 from include.kafka.reader import reader_config
+from include.kafka.registry import lookup_schema_id
 from include.kafka.transactions import TransactionalProducer, TransactionPolicy
 from include.kafka.wire import AvroEncoder
 

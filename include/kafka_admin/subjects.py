@@ -14,12 +14,11 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from include.errors import PermanentError
+from include.kafka.registry import SCHEMA_NOT_FOUND, SUBJECT_NOT_FOUND
 from include.kafka_admin.catalog import TopicCatalog
 
 log = logging.getLogger(__name__)
 
-SUBJECT_NOT_FOUND = 40401
-SCHEMA_NOT_FOUND = 40403
 NO_SUBJECT_CONFIG = 40408
 
 

@@ -206,7 +206,7 @@ def test_missing_schemas_or_topics_fail_with_one_sentence(staged, kafka_config, 
     from include.ingest.envelope import load_dlq_schema
     from include.kafka.errors import TopicsMissing
     from include.encoding.rows import load_ad_event_schema
-    from include.ingest.topics import SchemaNotRegistered
+    from include.kafka.registry import SchemaNotRegistered
 
     suffix = uuid.uuid4().hex[:10]
     topics = IngestTopics(f"absent_raw_{suffix}", f"absent_dlq_{suffix}", f"absent_ckpt_{suffix}")

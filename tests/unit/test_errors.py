@@ -23,7 +23,6 @@ from include.ingest.hours import HourMappingError
 from include.ingest.ingestor import ChunkFailed
 from include.ingest.result import ReconciliationError
 from include.ingest.staging import StagingError
-from include.ingest.topics import SchemaNotRegistered
 from include.kafka.errors import (
     ErrorKind,
     KafkaFatalError,
@@ -34,6 +33,7 @@ from include.kafka.errors import (
     classify,
 )
 from include.kafka.reachability import ServiceUnreachable
+from include.kafka.registry import SchemaNotRegistered
 from include.kafka.reader import ReadTimedOut
 from include.kafka.smoke import SmokeFailure
 from include.kafka.wire import WireFormatError

@@ -1,0 +1,36 @@
+"""Schema ids from a Confluent-API Schema Registry, with the project's one-sentence failures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from include.errors import PermanentError
+from include.kafka.reachability import ServiceUnreachable
+
+# The registry's error codes for a subject it does not have, and a schema a subject does not hold.
+SUBJECT_NOT_FOUND = 40401
+SCHEMA_NOT_FOUND = 40403
+
+
+class SchemaNotRegistered(PermanentError):
+    """A topic's value schema is not registered (as the ingestion's schema file) under its subject."""
+
+
+def lookup_schema_id(registry: SchemaRegistryClient, subject: str, schema: dict[str, Any]) -> int:
+    """The id under which ``schema`` is registered in ``subject``; the error says what to run if none."""
+    try:
+        return registry.lookup_schema(subject, Schema(json.dumps(schema, separators=(",", ":")), "AVRO")).schema_id
+    except SchemaRegistryError as error:
+        if error.error_code in (SUBJECT_NOT_FOUND, SCHEMA_NOT_FOUND):
+            raise SchemaNotRegistered(
+                f"subject {subject} does not hold this version of the {schema.get('name')} schema "
+                f"({'no such subject' if error.error_code == SUBJECT_NOT_FOUND else 'schema not registered'}); "
+                "run the kafka_provisioning DAG to register it") from None
+        raise ServiceUnreachable(f"the Schema Registry failed to look up {subject}: {error}") from None
+    except Exception as error:  # httpx's transport errors: the registry did not answer at all
+        raise ServiceUnreachable(f"the Schema Registry did not answer when asked for {subject} "
+                                 f"({type(error).__name__}: {error})") from None

@@ -1,0 +1,32 @@
+"""Copies of declared topics under other names, provisioned like the real ones (tests, benchmarks, one-off runs).
+
+A copy has the declared topic's partitions, configs, value schema and compatibility level, and is
+created and registered by the same code the kafka_provisioning DAG runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from include.kafka_admin.catalog import TopicCatalog, load_catalog
+from include.kafka_admin.subjects import register_subjects, subject_specs
+from include.kafka_admin.topics import apply_plans, plan_topics
+
+
+def sandbox_catalog(copies: dict[str, str], catalog: TopicCatalog | None = None) -> TopicCatalog:
+    """A catalog declaring each ``copies`` value exactly like the declared topic its key names."""
+    catalog = catalog or load_catalog()
+    specs = [dataclasses.replace(catalog[declared], name=name) for declared, name in copies.items()]
+    return TopicCatalog(catalog.source, tuple(specs))
+
+
+def provision_sandbox(admin: AdminClient, registry: SchemaRegistryClient, copies: dict[str, str]) -> dict[str, Any]:
+    """Create copies of declared topics (``{declared: copy}``) and register their schemas, as kafka_provisioning would."""
+    catalog = sandbox_catalog(copies)
+    outcomes = apply_plans(admin, catalog, plan_topics(admin, catalog), fix_drift=False, grow_partitions=False, dry_run=False)
+    subjects = register_subjects(registry, subject_specs(catalog))
+    return {"topics": [o.as_dict() for o in outcomes], "subjects": [s.as_dict() for s in subjects]}
