@@ -116,8 +116,8 @@ class DlqSpec:
 
     @property
     def transactional_id(self) -> str:
-        """Stable per DLQ, so a retried run fences a still-running older one."""
-        return f"dlq-reprocessing/{self.name}"
+        """Stable per DLQ and group, so a retried run fences a still-running older one."""
+        return f"dlq-reprocessing/{self.group_id}"
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,7 @@ class DlqReprocessor:
         self.clock = clock
         self.rng = rng or random.Random()
         self._transactions = 0
+        self._next_due_ms: int | None = None
 
     def run(self) -> ReprocessResult:
         started = time.monotonic()
@@ -247,9 +248,17 @@ class DlqReprocessor:
 
     def _pass(self, producer: TransactionalProducer, codecs: _Codecs, result: ReprocessResult,
               started: float) -> int | None:
-        """Read every consumed topic to its end once; the earliest due time of a held partition, or None."""
+        """Read every consumed topic to its end once; when the next retry falls due (epoch ms), or None.
+
+        That is the earliest due time of a partition held by a retry read too early, or of a retry
+        this pass wrote (it lands after this pass read its topic to the end).
+        """
         spec = self.spec
-        consumer = Consumer(reader_config(self.kafka_config, spec.group_id))
+        self._next_due_ms = None
+        # A static member: the next run (or pass) after a crash takes the partitions back at once,
+        # instead of waiting out the dead member's session.
+        consumer = Consumer({**reader_config(self.kafka_config, spec.group_id),
+                             "group.instance.id": spec.transactional_id})
         held: dict[tuple[str, int], int] = {}
         txn: _Transaction | None = None
         last_log = time.monotonic()
@@ -291,7 +300,8 @@ class DlqReprocessor:
             raise
         finally:
             consumer.close()
-        return min(held.values()) if held else None
+        due = [*held.values(), *([self._next_due_ms] if self._next_due_ms is not None else [])]
+        return min(due) if due else None
 
     def _begin(self, producer: TransactionalProducer) -> _Transaction:
         self._transactions += 1
@@ -372,6 +382,7 @@ class DlqReprocessor:
         topic = self.spec.retry_topic(attempt)
         headers = outcome_headers(letter, RETRIED, **{RETRY_ATTEMPT: str(attempt), RETRY_DUE_MS: str(due_ms)})
         producer.produce(topic, codecs.envelopes[topic].encode(envelope), letter.key, headers)
+        self._next_due_ms = due_ms if self._next_due_ms is None else min(self._next_due_ms, due_ms)
         return RETRIED
 
     def _park(self, letter: DeadLetter, producer: TransactionalProducer, codecs: _Codecs, txn: _Transaction,
