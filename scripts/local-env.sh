@@ -28,6 +28,11 @@ export S3_ENDPOINT_URL="${S3_ENDPOINT_URL:-http://127.0.0.1:${S3_PORT:-9000}}"
 if [ -z "${AIRFLOW_CONN_KAFKA_DEFAULT:-}" ]; then
   export AIRFLOW_CONN_KAFKA_DEFAULT='{"conn_type": "kafka", "extra": {"bootstrap.servers": "'"$KAFKA_BOOTSTRAP_SERVERS"'"}}'
 fi
+# kafka_dlq_watch: the dead-letter watcher's own consumer (dags/dlq_reprocessing.py). The provider's
+# shared-stream trigger commits only after the triggerer stored the event, so auto-commit is off.
+if [ -z "${AIRFLOW_CONN_KAFKA_DLQ_WATCH:-}" ]; then
+  export AIRFLOW_CONN_KAFKA_DLQ_WATCH='{"conn_type": "kafka", "extra": {"bootstrap.servers": "'"$KAFKA_BOOTSTRAP_SERVERS"'", "group.id": "dlq-reprocessing-watch", "enable.auto.commit": "false", "auto.offset.reset": "latest"}}'
+fi
 if [ -z "${AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT:-}" ]; then
   export AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT='{"conn_type": "http", "host": "'"$SCHEMA_REGISTRY_URL"'"}'
 fi

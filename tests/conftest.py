@@ -39,6 +39,9 @@ def _load_local_env() -> None:
 
 
 _load_local_env()
+# Airflow's dag-processor and workers put the DAG folder (the bundle) on sys.path, so DAG files
+# import the building blocks beside them (dags/_*.py); a DagBag built by a test does not.
+sys.path.append(str(ROOT / "dags"))
 
 
 @pytest.fixture(scope="session")

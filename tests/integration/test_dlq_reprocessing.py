@@ -289,3 +289,27 @@ def test_stream_dead_letters_are_parked_and_archived_as_they_were_sent(kafka_con
     envelope = _decoder(registry).decode(read_topic(kafka_config, parked)[0].value)
     assert envelope["source"] == {"uri": "kafka://web-events/1", "line": 0, "hour": None, "chunk": None}
     assert load_dlq_schema()["name"] == "DlqEnvelope"
+
+
+def test_a_10_mb_line_no_longer_blocks_its_hour(tmp_path, kafka_config, schema_registry_url, unique_name):
+    """The line is read past, dead-lettered with its first 64 KiB, and the hour's good rows all arrive."""
+    from include.avazu.lines import KEPT_LINE_BYTES
+
+    source = tmp_path / "train.csv"
+    truth = generate(GeneratorSpec(3_000, hours=1, seed=31), source)
+    lines = source.read_bytes().split(b"\n")
+    giant = b"1" * (10 * 1024 * 1024)
+    source.write_bytes(b"\n".join([*lines[:1500], giant, *lines[1500:]]))
+    stage_source(str(source), str(tmp_path / "staging"))
+    registry = SchemaRegistryClient({"url": schema_registry_url})
+    topics = IngestTopics(unique_name("raw"), unique_name("dlq"), unique_name("ckpt"))
+    provision_ingest_topics(AdminClient(kafka_config), registry, topics)
+    config = load_ingest_config().with_topics(topics).replace("test", chunk_rows=1_000)
+    partition = find_partition(str(tmp_path / "staging"), HOUR)
+    result = HourlyIngestor(partition, config=config, kafka_config=kafka_config, registry=registry).run()
+    assert result.complete and (result.rows_read, result.rows_produced, result.rows_dead_lettered) == (
+        truth.rows + 1, truth.rows, 1)
+    [dead] = read_topic(kafka_config, topics.dlq)
+    envelope = _decoder(registry).decode(dead.value)
+    assert envelope["source"]["line"] == 1501 and envelope["raw"] == giant[:KEPT_LINE_BYTES]
+    assert len(dead.value) < 1_000_000  # fits the DLQ topic's max.message.bytes
