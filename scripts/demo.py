@@ -80,6 +80,8 @@ STEPS = [
     DemoStep("stream_pipelines_e2e",
              "seeds 003/004: simulators -> stream processors (bounded) -> final consumers, on the declared topics",
              {"web_events": 300, "purchase_events": 300, "bad_ratio": 0.1, "idle_timeout": 5, "max_runtime": 120}),
+    DemoStep("dlq_reprocessing", "repair, retry or park the dead letters of ad_events_error and analytics-dlq"),
+    DemoStep("dlq_reprocessing", "again: every dead letter has its outcome, so nothing is new"),
 ]
 
 
@@ -101,6 +103,10 @@ def _preflight() -> None:
         _fail(str(error))
 
 
+class MappedResults(list):
+    """The return values of a mapped task's instances, in map index order."""
+
+
 def _task_results(dag_id: str, logical_date: dt.datetime) -> tuple[str, dict[str, object]]:
     """The run's state and each task's return value, read from the metadata DB."""
     from airflow.models.dagrun import DagRun
@@ -115,11 +121,28 @@ def _task_results(dag_id: str, logical_date: dt.datetime) -> tuple[str, dict[str
         rows = session.scalars(
             XComModel.get_many(run_id=run.run_id, dag_ids=dag_id, key="return_value")
         ).all()
-        ordered = sorted(rows, key=lambda row: row.timestamp)
-        return run.state, {row.task_id: XComModel.deserialize_value(row) for row in ordered}
+        ordered = sorted(rows, key=lambda row: (row.timestamp, row.map_index))
+        results: dict[str, object] = {}
+        for row in ordered:
+            value = XComModel.deserialize_value(row)
+            if row.map_index >= 0:  # a mapped task: one value per mapped instance
+                results.setdefault(row.task_id, MappedResults()).append(value)
+            else:
+                results[row.task_id] = value
+        return run.state, results
 
 
 def _describe(value: object) -> str:
+    if isinstance(value, dict) and "by_reason" in value and "repaired" in value:
+        # A DLQ reprocessing result: the outcome counts, then the table by reason.
+        lines = [f"DLQ {value['dlq']}: {value['consumed']:,} consumed = {value['repaired']:,} repaired + "
+                 f"{value['retried']:,} retried + {value['parked']:,} parked"
+                 + (f"; repairs {', '.join(f'{k} {v}' for k, v in sorted(value['repairs_by_rule'].items()))}"
+                    if value["repairs_by_rule"] else "")]
+        for reason, counts in sorted(value["by_reason"].items()):
+            lines.append(f"{'':25}{reason:<16} " + ", ".join(f"{counts[o]} {o}" for o in ("repaired", "retried", "parked")
+                                                              if counts.get(o)))
+        return "\n".join(lines)
     if isinstance(value, dict) and "rows_produced" in value and "hour_rows_read" in value:
         # An ingestion result: the counts that matter, not its thirty keys.
         by_reason = ", ".join(f"{k} {v}" for k, v in sorted(value["dead_lettered_by_reason"].items()))
@@ -130,8 +153,10 @@ def _describe(value: object) -> str:
     if isinstance(value, dict) and "rows_per_hour" in value:
         return (f"{value['action']}: {value['rows']:,} rows ({value['bad_rows']:,} bad) in {value['hours']} hours "
                 f"{value['first_hour']}..{value['last_hour']} under {value['staging_uri']}")
-    if isinstance(value, dict) and "settings" in value and "hour" in value:
-        return f"hour {value['hour']} ({value['mode']}), topics {', '.join(value['topics'].values())}"
+    if isinstance(value, dict) and "config" in value and "hour" in value:
+        config = value["config"]
+        return (f"hour {value['hour']} ({value['mode']}), topics {config['raw_topic']}, {config['dlq_topic']}, "
+                f"{config['checkpoint_topic']}, chunks of {config['chunk_rows']:,} rows")
     if isinstance(value, dict):
         # Long lists (e.g. which simulated events were made bad) are counted, not printed.
         return ", ".join(f"{k}={f'[{len(v)} items]' if isinstance(v, list) and len(v) > 8 else v}"
@@ -148,8 +173,8 @@ def _describe(value: object) -> str:
 def run_step(number: int, step: DemoStep, logs: Path) -> dict[str, object]:
     logical_date = (dt.datetime.fromisoformat(step.logical_date) if step.logical_date
                     else dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
-    log = logs / (f"demo-{step.dag_id}.log" if step.logical_date is None
-                  else f"demo-{step.dag_id}-{logical_date:%Y%m%dT%H%M}.log")
+    log = logs / (f"demo-{number}-{step.dag_id}.log" if step.logical_date is None
+                  else f"demo-{number}-{step.dag_id}-{logical_date:%Y%m%dT%H%M}.log")
     print(f"[{number}/{len(STEPS)}] {step.dag_id}: {step.what}", flush=True)
     began = time.monotonic()
     with log.open("w") as out:
@@ -160,7 +185,8 @@ def run_step(number: int, step: DemoStep, logs: Path) -> dict[str, object]:
         )
     state, results = _task_results(step.dag_id, logical_date)
     for task_id, value in results.items():
-        print(f"      {task_id:<18} {_describe(value)}")
+        for item in (value if isinstance(value, MappedResults) else [value]):
+            print(f"      {task_id:<18} {_describe(item)}")
     seconds = time.monotonic() - began
     if result.returncode != 0 or state != "success":
         _fail(f"{step.dag_id} ended {state} after {seconds:.0f} s; its task log is {log}")
