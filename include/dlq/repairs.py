@@ -44,6 +44,15 @@ def _text(raw: bytes) -> str | None:
         return None
 
 
+def _split(raw: bytes, count: int | None = None) -> Fields | None:
+    """The line's comma-separated fields when it is UTF-8 (and has ``count`` of them, when given)."""
+    text = _text(raw)
+    if text is None:
+        return None
+    fields = text.split(",")
+    return fields if count is None or len(fields) == count else None
+
+
 def decode_cp1252(raw: bytes) -> Fields | None:
     """Bytes that are not UTF-8 but are Windows-1252 text (Latin-1 is its subset for letters).
 
@@ -78,20 +87,17 @@ def unquote_fields(raw: bytes) -> Fields | None:
 
 def strip_whitespace(raw: bytes) -> Fields | None:
     """Spaces or tabs around fields (a carriage return at the end of a line is read as a line end already)."""
-    text = _text(raw)
-    if text is None:
+    fields = _split(raw)
+    if fields is None:
         return None
-    fields = [field.strip(" \t") for field in text.split(",")]
-    return fields if fields != text.split(",") else None
+    stripped = [field.strip(" \t") for field in fields]
+    return stripped if stripped != fields else None
 
 
 def lowercase_hex(raw: bytes) -> Fields | None:
     """Hash fields written in upper-case hex."""
-    text = _text(raw)
-    if text is None:
-        return None
-    fields = text.split(",")
-    if len(fields) != FIELD_COUNT:
+    fields = _split(raw, FIELD_COUNT)
+    if fields is None:
         return None
     changed = False
     for index in _HEX_INDEXES:
@@ -104,20 +110,14 @@ def lowercase_hex(raw: bytes) -> Fields | None:
 
 def drop_trailing_empty(raw: bytes) -> Fields | None:
     """One delimiter too many at the end of the line."""
-    text = _text(raw)
-    if text is None:
-        return None
-    fields = text.split(",")
-    return fields[:-1] if len(fields) == FIELD_COUNT + 1 and fields[-1].strip() == "" else None
+    fields = _split(raw, FIELD_COUNT + 1)
+    return fields[:-1] if fields is not None and fields[-1].strip() == "" else None
 
 
 def hour_from_timestamp(raw: bytes) -> Fields | None:
     """The hour as a timestamp (whole hours only): turned into YYMMDDHH."""
-    text = _text(raw)
-    if text is None:
-        return None
-    fields = text.split(",")
-    if len(fields) != FIELD_COUNT:
+    fields = _split(raw, FIELD_COUNT)
+    if fields is None:
         return None
     value = fields[_HOUR].strip()
     for fmt in _TIMESTAMP_FORMATS:

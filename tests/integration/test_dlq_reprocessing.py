@@ -168,13 +168,20 @@ def _fast_retries(config, **changes):
                                                                  jitter=0.1), **changes)
 
 
-def test_a_registry_that_stops_answering_sends_repaired_rows_through_the_retries_until_it_answers(
-        dead_letters, kafka_config, schema_registry_url):
-    d = dead_letters
-    truth, spec = d["truth"], d["spec"]
+@pytest.fixture
+def registry_proxy(schema_registry_url):
+    """The real registry behind a proxy that can stop answering, and a client that goes through it."""
     proxy = RegistryProxy(int(schema_registry_url.split(":")[2].split("/")[0]))
     path = schema_registry_url.split("/", 3)[3]
-    registry = SchemaRegistryClient({"url": f"http://127.0.0.1:{proxy.port}/{path}", "max.retries": 0})
+    yield proxy, SchemaRegistryClient({"url": f"http://127.0.0.1:{proxy.port}/{path}", "max.retries": 0})
+    proxy.close()
+
+
+def test_a_registry_that_stops_answering_sends_repaired_rows_through_the_retries_until_it_answers(
+        dead_letters, kafka_config, registry_proxy):
+    d = dead_letters
+    truth, spec = d["truth"], d["spec"]
+    proxy, registry = registry_proxy
 
     def registry_away_for_the_first_transaction(phase: str, number: int) -> None:
         if (phase, number) == ("after_begin", 1):
@@ -182,11 +189,8 @@ def test_a_registry_that_stops_answering_sends_repaired_rows_through_the_retries
         if (phase, number) == ("after_commit", 1):
             proxy.up.set()
 
-    try:
-        result = DlqReprocessor(spec, _fast_retries(d["config"]), kafka_config=kafka_config, registry=registry,
-                                phase_hook=registry_away_for_the_first_transaction).run()
-    finally:
-        proxy.close()
+    result = DlqReprocessor(spec, _fast_retries(d["config"]), kafka_config=kafka_config, registry=registry,
+                            phase_hook=registry_away_for_the_first_transaction).run()
     repairable, bad = len(truth.repairs), len(truth.bad_lines())
     # First pass: every repairable row fails to be written and goes to retry 1; once it is due (and the
     # registry is back) the retry is repaired. Consumed: the DLQ records plus the retry records.
@@ -202,23 +206,17 @@ def test_a_registry_that_stops_answering_sends_repaired_rows_through_the_retries
 
 
 def test_retries_that_keep_failing_back_off_and_end_parked_after_max_attempts(dead_letters, kafka_config,
-                                                                              schema_registry_url):
+                                                                              registry_proxy):
     d = dead_letters
     truth, spec = d["truth"], d["spec"]
-    proxy = RegistryProxy(int(schema_registry_url.split(":")[2].split("/")[0]))
-    path = schema_registry_url.split("/", 3)[3]
-    registry = SchemaRegistryClient({"url": f"http://127.0.0.1:{proxy.port}/{path}", "max.retries": 0})
+    proxy, registry = registry_proxy
 
     def registry_gone(phase: str, number: int) -> None:
         if (phase, number) == ("after_begin", 1):
             proxy.down()
 
     config = _fast_retries(d["config"])
-    try:
-        result = DlqReprocessor(spec, config, kafka_config=kafka_config, registry=registry,
-                                phase_hook=registry_gone).run()
-    finally:
-        proxy.close()
+    result = DlqReprocessor(spec, config, kafka_config=kafka_config, registry=registry, phase_hook=registry_gone).run()
     repairable, bad = len(truth.repairs), len(truth.bad_lines())
     attempts = config.retry.max_attempts
     assert result.retried == attempts * repairable and result.repaired == 0
