@@ -27,9 +27,21 @@ STREAM_TOPIC_DEFAULTS = {
 }
 
 
+# What each topic param is for, in the trigger form.
+STREAM_TOPIC_ROLES = {
+    "web_events_topic": "Web events in (seed 004).",
+    "purchase_events_topic": "Purchase events in (seed 004).",
+    "analytics_events_topic": "Analytics events out (seed 004).",
+    "analytics_dlq_topic": "Events the analytics processor could not transform (seed 004's DLQ).",
+    "input_topic": "Words in (seed 003).",
+    "output_topic": "Upper-cased words out (seed 003).",
+}
+
+
 def stream_topic_params(*names: str) -> dict[str, Param]:
     """Params for the named topics (all six when none are named), defaulting to the declared names."""
-    return {name: Param(STREAM_TOPIC_DEFAULTS[name], type="string") for name in names or STREAM_TOPIC_DEFAULTS}
+    return {name: Param(STREAM_TOPIC_DEFAULTS[name], type="string", description=STREAM_TOPIC_ROLES[name])
+            for name in names or STREAM_TOPIC_DEFAULTS}
 
 
 def analytics_processor(group_id: str, **kwargs: Any) -> StreamProcessorOperator:

@@ -53,8 +53,10 @@ DEFAULT_ARGS = {
     tags=["avazu", "kafka", "ingestion"],
     render_template_as_native_obj=True,
     params={
-        "mode": Param(None, type=["null", "string"], enum=[None, "auto", "backfill", "replay"],
-                      description="auto | backfill | replay; empty: the config's mode."),
+        "mode": Param("as configured", type="string", enum=["as configured", "auto", "backfill", "replay"],
+                      description="as configured: include/config/ingest.yaml's mode; auto: backfill for a 2014 hour, "
+                                  "replay for today's; backfill: the run's hour is the Avazu hour; replay: today's "
+                                  "hour mapped onto the ten Avazu days."),
         "source_uri": Param(None, type=["null", "string"], description="Avazu CSV to stage; empty: the config's."),
         "staging_uri": Param(None, type=["null", "string"], description="Partition folder or s3:// prefix; empty: the config's."),
         "chunk_rows": Param(None, type=["null", "integer"], minimum=1, description="Rows per chunk (one transaction each)."),
@@ -76,7 +78,8 @@ def avazu_hourly_ingest():
         from include.ingest.config import load_ingest_config
         from include.ingest.hours import assign_hour
 
-        config = load_ingest_config().with_overrides(params)
+        config = load_ingest_config().with_overrides({**params, "mode": None} if params["mode"] == "as configured"
+                                                     else params)
         # Manual runs may have no logical date in Airflow 3; they stand for the hour they run in.
         moment = dag_run.logical_date or dag_run.run_after
         assignment = assign_hour(moment, config.mode, config.replay.offset_hours, config.replay.wrap,
@@ -87,6 +90,7 @@ def avazu_hourly_ingest():
             "source_uri": config.source_uri,
             "staging_uri": config.staging_uri,
             "stage_before_ingest": config.stage_before_ingest,
+            "generate_if_missing": config.as_dict()["generate_if_missing"],
             "partition_wait_timeout_s": config.partition_wait_timeout_s,
             "partition_poke_interval_s": config.partition_poke_interval_s,
             "reingest": bool(params.get("reingest")),
@@ -95,7 +99,7 @@ def avazu_hourly_ingest():
     plan = resolve_hour()
     stage = StageAvazuSourceOperator(
         task_id="stage_source", source_uri=plan["source_uri"], staging_uri=plan["staging_uri"],
-        enabled=plan["stage_before_ingest"])
+        enabled=plan["stage_before_ingest"], generate=plan["generate_if_missing"])
     wait = AvazuHourPartitionSensor(
         task_id="wait_for_partition", staging_uri=plan["staging_uri"], hour=plan["hour"],
         wait_timeout_s=plan["partition_wait_timeout_s"], poke_interval_s=plan["partition_poke_interval_s"])

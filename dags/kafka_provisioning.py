@@ -25,6 +25,7 @@ DEFAULT_ARGS = {"owner": "data-platform", "retries": 2, "retry_delay": pendulum.
 
 @dag(
     dag_id="kafka_provisioning",
+    description="Create and reconcile the declared Kafka topics and register their Avro schemas after a compatibility check",
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("0 6 * * *", timezone="UTC"), assets=[TOPIC_DECLARATIONS]),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),

@@ -15,6 +15,7 @@ DEFAULT_ARGS = {"owner": "data-platform", "retries": 1, "retry_delay": pendulum.
 
 @dag(
     dag_id="kafka_smoke",
+    description="Check the broker and the Schema Registry: Avro records through both and back, counted",
     schedule=None,
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,

@@ -28,6 +28,7 @@ DEFAULT_ARGS = {
 
 @dag(
     dag_id="stream_processors",
+    description="The always-on stream processors (seed 004 analytics, seed 003 upper-case), restarted by Airflow",
     schedule="@continuous",
     max_active_runs=1,
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),

@@ -26,6 +26,7 @@ DEFAULT_ARGS = {"owner": "stream-processing", "retries": 1, "retry_delay": pendu
 
 @dag(
     dag_id="stream_simulators",
+    description="Publish simulated web and purchase events (some broken) and words to the stream topics",
     schedule=None,
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,

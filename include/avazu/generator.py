@@ -164,6 +164,11 @@ class GeneratorSpec:
     # Level 1 writes three times faster than 6 for files ~15% larger; this is test data.
     compresslevel: int = 1
 
+    @classmethod
+    def with_every_fault(cls, rows: int, seed: int, fault_rate: float, **settings) -> GeneratorSpec:
+        """``rows`` rows, each kind of fault on ``fault_rate`` of them: the shape of the project's default data."""
+        return cls(rows, seed=seed, fault_rates={kind: fault_rate for kind in FaultKind if fault_rate}, **settings)
+
     def validated(self) -> GeneratorSpec:
         """Return self, or raise ``ValueError`` with one sentence naming the bad setting."""
         if self.rows < 0:
@@ -239,6 +244,19 @@ class GenerationTruth:
         data["fault_fields"] = {int(line): name for line, name in data["fault_fields"].items()}
         data["repairs"] = {int(line): fields for line, fields in data.get("repairs", {}).items()}
         return cls(**data)
+
+
+def generate_if_missing(spec: GeneratorSpec, out: str | Path) -> GenerationTruth | None:
+    """Generate ``out`` unless it exists; None when it did. Written under a temporary name, then renamed,
+    so a reader never sees half a file (callers that may race hold a lock around this)."""
+    out = Path(out)
+    if out.exists():
+        return None
+    scratch = out.with_name(f".generating-{out.name}")  # same suffix: .gz still means gzip
+    truth = generate(spec, scratch)
+    scratch.replace(out)
+    truth.path = str(out)
+    return truth
 
 
 def generate(spec: GeneratorSpec, out: str | Path) -> GenerationTruth:

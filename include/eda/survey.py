@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from include import storage
-from include.avazu.generator import FaultKind, GeneratorSpec, generate
+from include.avazu.generator import GeneratorSpec, generate_if_missing
 from include.avazu.reader import AvazuInputError, AvazuReader
 from include.eda.sampling import SampleSet, SamplingPlan, WrittenSample, load_sampling_config
 from include.eda.stats import DatasetStats
@@ -125,8 +125,9 @@ def ensure_default_source(source_uri: str, config: dict[str, Any]) -> str | None
         return None
     settings = dict(config["generate_if_missing"])
     rate = settings.pop("fault_rate", 0.0)
-    spec = GeneratorSpec(fault_rates={kind: rate for kind in FaultKind if rate}, **settings)
-    truth = generate(spec, default)
+    truth = generate_if_missing(GeneratorSpec.with_every_fault(fault_rate=rate, **settings), default)
+    if truth is None:
+        return None
     return (
         f"default source {default} was missing: generated {truth.rows:,} rows of Avazu-format data "
         f"(seed {truth.seed}, {len(truth.hours)} hours, fault rate {rate}) "

@@ -32,7 +32,8 @@ RESERVED_PRODUCER_SETTINGS = frozenset({
 MAX_CHUNK_ROWS = 2_000_000
 
 _TOP_KEYS = {"source_uri", "staging_uri", "stage_before_ingest", "mode", "replay", "chunk_rows", "topics",
-             "partition_wait", "progress_every_s", "transaction", "producer", "row_codec"}
+             "partition_wait", "progress_every_s", "transaction", "producer", "row_codec", "generate_if_missing"}
+_GENERATE_KEYS = {"rows", "seed", "fault_rate"}
 _REPLAY_KEYS = {"offset_hours", "wrap"}
 _TOPIC_KEYS = {"raw", "dlq", "checkpoints"}
 _WAIT_KEYS = {"timeout_s", "poke_interval_s"}
@@ -67,6 +68,15 @@ class IngestTopics:
 
 
 @dataclass(frozen=True)
+class GenerateIfMissing:
+    """Avazu-format data generated at the default source when it is missing (all 240 hours)."""
+
+    rows: int = 1_000_000
+    seed: int = 7
+    fault_rate: float = 0.0002
+
+
+@dataclass(frozen=True)
 class ReplaySettings:
     """How replay mode maps a wall-clock hour onto an Avazu hour."""
 
@@ -94,6 +104,8 @@ class IngestConfig:
     max_chunk_attempts: int = 3
     producer: dict[str, Any] = field(default_factory=dict)
     row_codec: RowCodec = RowCodec.AUTO
+    # Set while source_uri is the file's own default (a source given by params is never invented).
+    generate_if_missing: GenerateIfMissing | None = None
     source: str = "<defaults>"
 
     @property
@@ -107,6 +119,8 @@ class IngestConfig:
         if not changes:
             return self
         given = [param for param in PARAM_OVERRIDES if PARAM_OVERRIDES[param] in changes]
+        if "source_uri" in changes:
+            changes["generate_if_missing"] = None
         return self.replace(f"params {', '.join(given)}", **changes)
 
     def with_topics(self, topics: IngestTopics) -> IngestConfig:
@@ -129,6 +143,8 @@ class IngestConfig:
         """Rebuild from :meth:`as_dict` output, checked again."""
         values = dict(data)
         values["replay"] = ReplaySettings(**values.get("replay", {}))
+        if values.get("generate_if_missing") is not None:
+            values["generate_if_missing"] = GenerateIfMissing(**values["generate_if_missing"])
         return _checked(cls(**values))
 
 
@@ -184,6 +200,15 @@ def parse_ingest_config(document: Any, source: str) -> IngestConfig:
     replay = _CHECK.mapping(f"{source}: replay", top.get("replay"), _REPLAY_KEYS)
     wait = _CHECK.mapping(f"{source}: partition_wait", top.get("partition_wait"), _WAIT_KEYS)
     transaction = _CHECK.mapping(f"{source}: transaction", top.get("transaction"), _TRANSACTION_KEYS)
+    generate = top.get("generate_if_missing")
+    if generate is not None:
+        generate = _CHECK.mapping(f"{source}: generate_if_missing", generate, _GENERATE_KEYS)
+        defaults_generate = GenerateIfMissing()
+        generate = GenerateIfMissing(
+            rows=_CHECK.whole(f"{source}: generate_if_missing.rows", generate.get("rows", defaults_generate.rows), 1),
+            seed=_CHECK.whole(f"{source}: generate_if_missing.seed", generate.get("seed", defaults_generate.seed), 0),
+            fault_rate=_CHECK.fraction(f"{source}: generate_if_missing.fault_rate",
+                                       generate.get("fault_rate", defaults_generate.fault_rate)))
     producer = top.get("producer") or {}
     if not isinstance(producer, dict):
         raise IngestConfigError(f"{source}: producer must be a mapping of librdkafka settings")
@@ -205,6 +230,7 @@ def parse_ingest_config(document: Any, source: str) -> IngestConfig:
         max_chunk_attempts=transaction.get("max_chunk_attempts", defaults.max_chunk_attempts),
         producer={str(k): v for k, v in producer.items()},
         row_codec=top.get("row_codec", defaults.row_codec.value),
+        generate_if_missing=generate,
         source=source,
     ))
 

@@ -26,7 +26,9 @@ its ``_partition.json`` names.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
+import fcntl
 import gzip
 import hashlib
 import json
@@ -40,10 +42,11 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from include import storage
 from include.avazu.contract import AVAZU_HOUR_SET, HEADER_LINE, parse_line
+from include.avazu.generator import GeneratorSpec, generate_if_missing
 from include.avazu.lines import LineSource, TextLines, UndecodableLine
 from include.avazu.reader import AvazuInputError
 
@@ -339,10 +342,59 @@ def _readable_hour(line: str) -> int | None:
     return hour if hour in AVAZU_HOUR_SET else None
 
 
-def stage_source(source_uri: str, staging_uri: str, *, force: bool = False, progress_every_s: float = 10.0) -> StagingResult:
-    """Stage ``source_uri`` into ``staging_uri`` unless it is staged there already (see module doc)."""
-    started = time.monotonic()
+def stage_source(source_uri: str, staging_uri: str, *, force: bool = False, progress_every_s: float = 10.0,
+                 generate: GeneratorSpec | None = None) -> StagingResult:
+    """Stage ``source_uri`` into ``staging_uri`` unless it is staged there already (see module doc).
+
+    One run stages at a time: runs that start together (two hourly runs, a backfill) wait for
+    the one that stages and then find its result. What a killed staging left behind (its
+    ``.staging-*`` scratch folder) is removed by the next one. With ``generate``, a missing local
+    source is generated first (the configured default source, never one a user named).
+    """
     source_uri, staging_uri = storage.resolve_local(source_uri), storage.resolve_local(staging_uri)
+    with _staging_lock(staging_uri):
+        _remove_leftovers(staging_uri)
+        if generate is not None and not storage.is_s3_uri(source_uri):
+            truth = generate_if_missing(generate, source_uri)
+            if truth is not None:
+                log.info("the default source %s was missing: generated %s rows over %s hours (seed %s) in %.1f s",
+                         source_uri, f"{truth.rows:,}", len(truth.hours), truth.seed, truth.elapsed_s)
+        return _stage(source_uri, staging_uri, force, progress_every_s)
+
+
+@contextlib.contextmanager
+def _staging_lock(staging_uri: str) -> Iterator[None]:
+    """An exclusive lock per staging location, for the runs on this machine (a file lock in the temp folder).
+
+    Runs on several machines staging one location (Celery workers, an S3 prefix) are not ordered
+    by it; they stay consistent because every file is moved or uploaded into place whole and the
+    manifest is written last.
+    """
+    digest = hashlib.sha256(staging_uri.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"avazu-staging-{digest}.lock"
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another run is staging into %s; waiting for it to finish", staging_uri)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(staging_uri: str) -> None:
+    """Scratch folders of a staging that was killed (under the lock, no other staging is running)."""
+    if storage.is_s3_uri(staging_uri):
+        return
+    for leftover in Path(staging_uri).glob(".staging-*"):
+        log.warning("removing %s, left behind by a staging that did not finish", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _stage(source_uri: str, staging_uri: str, force: bool, progress_every_s: float) -> StagingResult:
+    started = time.monotonic()
     manifest = read_manifest(staging_uri)
     previous = SourceIdentity.from_dict(manifest["source"]) if manifest else None
     identity = identify_source(source_uri, previous)
@@ -386,6 +438,8 @@ def stage_source(source_uri: str, staging_uri: str, *, force: bool = False, prog
                 log.info("staging %s: %s rows read (%s bad), %s hours so far, %s rows/s", source_uri, f"{rows:,}",
                          f"{bad:,}", len(splitter.writers), f"{rows / (now - started):,.0f}")
         splitter.close()
+        if rows == 0:
+            raise StagingError(f"source {source_uri} has the Avazu header but no rows: it covers no hour, nothing to stage")
         after = identify_source(source_uri, identity)
         if not after.same_content(identity):
             raise StagingError(f"source {source_uri} changed while it was being staged; stage it again once it is complete")

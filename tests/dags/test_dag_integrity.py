@@ -44,6 +44,13 @@ def test_every_dag_file_defines_a_dag(dagbag):
     assert files == with_dags
 
 
+def test_every_dag_says_what_it_does_in_the_ui(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.description and len(dag.description) > 30, f"{dag_id} has no description for the DAG list"
+        for name, param in dag.params.items():
+            assert param.description, f"{dag_id} param {name} has no description for the trigger form"
+
+
 @pytest.mark.parametrize("attribute", ["tags", "owner", "retries"])
 def test_every_dag_has(dagbag, attribute):
     assert dagbag.dags, "no DAGs were found"

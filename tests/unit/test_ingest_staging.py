@@ -19,6 +19,7 @@ from include.ingest.result import IngestResult, ReconciliationError, reconcile
 from include.avazu.lines import UndecodableLine
 from include.ingest.staging import (
     MANIFEST_NAME,
+    StagingError,
     LineMap,
     find_partition,
     partition_manifest_uri,
@@ -262,3 +263,51 @@ def test_reconcile_accepts_counts_that_add_up():
 def test_reconcile_names_the_counts_that_differ(counts, message):
     with pytest.raises(ReconciliationError, match=message):
         reconcile(_result(**counts))
+
+
+def test_two_runs_that_stage_together_stage_once_and_agree(source, tmp_path):
+    import threading
+
+    path, _ = source
+    results = []
+
+    def stage():
+        results.append(stage_source(str(path), str(tmp_path / "staging")))
+
+    threads = [threading.Thread(target=stage) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.action for r in results) == ["staged", "unchanged", "unchanged"]
+    assert len({(r.rows, r.hours) for r in results}) == 1
+
+
+def test_a_killed_stagings_leftovers_are_removed_by_the_next(source, tmp_path):
+    path, _ = source
+    leftover = tmp_path / "staging" / ".staging-killed"
+    leftover.mkdir(parents=True)
+    (leftover / "hour=14102100.csv.gz").write_bytes(b"half a file")
+    stage_source(str(path), str(tmp_path / "staging"))
+    assert not leftover.exists()
+
+
+def test_a_source_with_a_header_and_no_rows_fails_at_once(tmp_path):
+    from include.avazu.contract import HEADER_LINE
+
+    empty = tmp_path / "header_only.csv"
+    empty.write_text(HEADER_LINE + "\n")
+    with pytest.raises(StagingError, match="has the Avazu header but no rows: it covers no hour"):
+        stage_source(str(empty), str(tmp_path / "staging"))
+
+
+def test_the_default_source_is_generated_when_missing_and_never_twice(tmp_path):
+    from include.avazu.generator import GeneratorSpec
+
+    missing = tmp_path / "train_sample.csv.gz"
+    spec = GeneratorSpec.with_every_fault(2_000, seed=3, fault_rate=0.001, hours=4)
+    result = stage_source(str(missing), str(tmp_path / "staging"), generate=spec)
+    assert missing.is_file() and (result.action, result.rows, result.hours) == ("staged", 2_000, 4)
+    before = missing.stat().st_mtime_ns
+    assert stage_source(str(missing), str(tmp_path / "staging"), generate=spec).action == "unchanged"
+    assert missing.stat().st_mtime_ns == before

@@ -17,6 +17,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
+from include.avazu.generator import GeneratorSpec
 from include.ingest.config import IngestConfig
 from include.ingest.envelope import Origin
 from include.ingest.ingestor import HourlyIngestor
@@ -32,17 +33,20 @@ class StageAvazuSourceOperator(BaseOperator):
     :param source_uri: the Avazu CSV, local or s3:// (templated)
     :param staging_uri: folder or s3:// prefix of the partitions (templated)
     :param enabled: when false the task only reports what is staged (partitions come from elsewhere)
+    :param generate: ``{rows, seed, fault_rate}`` to generate a missing local source with, or None
+        (the config's ``generate_if_missing`` while the source is its default) (templated)
     """
 
-    template_fields: Sequence[str] = ("source_uri", "staging_uri", "enabled")
+    template_fields: Sequence[str] = ("source_uri", "staging_uri", "enabled", "generate")
     ui_color = "#f3efe0"
 
-    def __init__(self, *, source_uri: str, staging_uri: str, enabled: Any = True,
+    def __init__(self, *, source_uri: str, staging_uri: str, enabled: Any = True, generate: Any = None,
                  progress_every_s: float = 10.0, **kwargs):
         super().__init__(**kwargs)
         self.source_uri = source_uri
         self.staging_uri = staging_uri
         self.enabled = enabled
+        self.generate = generate
         self.progress_every_s = progress_every_s
 
     @fails_cleanly
@@ -53,7 +57,9 @@ class StageAvazuSourceOperator(BaseOperator):
                           f"source {manifest['source_id']}" if manifest else "no manifest")
             return {"action": "disabled", "staging_uri": self.staging_uri,
                     "source_id": manifest["source_id"] if manifest else None}
-        return stage_source(self.source_uri, self.staging_uri, progress_every_s=self.progress_every_s).as_dict()
+        generate = GeneratorSpec.with_every_fault(**self.generate) if self.generate else None
+        return stage_source(self.source_uri, self.staging_uri, progress_every_s=self.progress_every_s,
+                            generate=generate).as_dict()
 
 
 class AvazuHourPartitionSensor(BaseSensorOperator):
