@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-16)
 NATIVE_SOURCES := native/avazu_rowcodec.c native/setup.py native/pyproject.toml
 NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) | sha256sum | cut -c1-16)
 
-.PHONY: help install lock stack-start stack-stop stack-status airflow-db demo test test-unit clean
+.PHONY: help install lock stack-start stack-stop stack-status airflow-db airflow airflow-stop airflow-status demo test test-unit clean
 
 help:
 	@echo "make demo          run the whole pipeline on generated data against the local stack"
@@ -19,6 +19,8 @@ help:
 	@echo "make stack-start   start Kafka, the Schema Registry and the S3 endpoint (idempotent)"
 	@echo "make stack-status  show what runs where, and where its log is"
 	@echo "make stack-stop    stop the local stack"
+	@echo "make airflow       start Airflow's api-server (UI), scheduler, dag-processor and triggerer (idempotent)"
+	@echo "make airflow-stop  stop them (running tasks finish their batch and commit)"
 	@echo "make install       create .venv, install the pinned requirements and build the C codec"
 	@echo "make lock          re-resolve requirements.in into requirements.txt"
 
@@ -55,6 +57,15 @@ airflow-db: install
 	@$(LOCAL_ENV) mkdir -p "$$AIRFLOW_HOME" && $(VENV)/bin/airflow db migrate > "$$AIRFLOW_HOME/db-migrate.log" 2>&1 \
 	  || { echo "airflow db migrate failed; see $$AIRFLOW_HOME/db-migrate.log"; exit 1; }
 
+airflow: stack-start airflow-db
+	@$(LOCAL_ENV) $(PY) -m devstack.airflow start
+
+airflow-stop:
+	@$(LOCAL_ENV) $(PY) -m devstack.airflow stop
+
+airflow-status:
+	@$(LOCAL_ENV) $(PY) -m devstack.airflow status
+
 # The demo's DAG runs live in an Airflow home of their own: the dates they hold never block a
 # backfill or a trigger in .airflow, where `make airflow` and the README's commands run.
 DEMO_HOME := $(CURDIR)/.airflow-demo
@@ -69,5 +80,5 @@ test: stack-start
 test-unit: install
 	@$(LOCAL_ENV) $(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-clean: stack-stop
+clean: airflow-stop stack-stop
 	rm -rf .devstack .airflow .airflow-demo native/build native/*.egg-info

@@ -148,15 +148,22 @@ class Service:
         return f"DEVSTACK_SERVICE={self.name}@{self.settings.home}".encode()
 
     def pid(self) -> int | None:
-        """The pid of our process when it is alive, else None (and a stale pid file is removed)."""
+        """The pid of our process when it is alive, else None (and a stale pid file is removed).
+
+        Ours is the pid in the pid file with the start time written beside it (a recycled pid has
+        another one); a pid file without a start time is checked by the marker in the process's
+        environment instead (a process that rewrites its title may overwrite that, hence the time).
+        """
         try:
-            pid = int(self.pidfile.read_text().strip())
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
-        except (OSError, ValueError):
+            pid_text, _, started = self.pidfile.read_text().strip().partition(" ")
+            pid = int(pid_text)
+            state, start_time = _proc_state(pid)
+            ours = (started == start_time) if started else (
+                self.marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+        except (OSError, ValueError, IndexError):
             self.pidfile.unlink(missing_ok=True)
             return None
-        if state == "Z" or self.marker not in environ.split(b"\0"):
+        if state == "Z" or not ours:
             self.pidfile.unlink(missing_ok=True)
             return None
         return pid
@@ -181,7 +188,7 @@ class Service:
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, cwd=self.settings.home, start_new_session=True,
             )
-        self.pidfile.write_text(str(process.pid))
+        self.pidfile.write_text(f"{process.pid} {_proc_state(process.pid)[1]}")
         self._process = process
         return process.pid
 
@@ -238,6 +245,12 @@ class Service:
         except OSError:
             return False
         return state != "Z"
+
+
+def _proc_state(pid: int) -> tuple[str, str]:
+    """A process's state letter and its start time (clock ticks after boot), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return fields[0], fields[19]
 
 
 class KafkaBroker(Service):
