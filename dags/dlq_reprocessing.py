@@ -17,6 +17,8 @@ declared_dlqs -> reprocess[ad_events_error, analytics-dlq]
 
 from __future__ import annotations
 
+import os
+
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, Param, dag, task
 from kafka_pipeline.failures import fails_cleanly
@@ -24,8 +26,8 @@ from kafka_pipeline.operators.dlq import ReprocessDlqOperator
 from kafka_pipeline.triggers import DLQ_WATCH_CONN_ID, DeadLettersArrived
 
 # The declared DLQ topics (include/config/dlq.yaml; a DAG test keeps the two equal: a DAG file
-# reads no files when it is parsed).
-DLQ_TOPICS = ["ad_events_error", "analytics-dlq"]
+# reads no files when it is parsed). A deployment on other topics names them in AVAZU_DLQ_TOPICS.
+DLQ_TOPICS = os.environ.get("AVAZU_DLQ_TOPICS", "ad_events_error,analytics-dlq").split(",")
 DEAD_LETTERS = Asset(
     name="dead_letters",
     uri="kafka://dlq-topics/ad_events_error",

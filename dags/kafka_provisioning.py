@@ -18,8 +18,11 @@ from kafka_pipeline.operators.provisioning import (
 )
 
 from include.kafka_admin.catalog import DEFAULT_DECLARATIONS
+from include.paths import settings_file
 
-TOPIC_DECLARATIONS = Asset(uri=DEFAULT_DECLARATIONS.as_uri(), name="kafka_topic_declarations")
+# The declarations in use: include/config/topics.yaml, or $AVAZU_CONFIG_DIR's copy.
+DECLARATIONS = settings_file(DEFAULT_DECLARATIONS.name)
+TOPIC_DECLARATIONS = Asset(uri=DECLARATIONS.as_uri(), name="kafka_topic_declarations")
 DEFAULT_ARGS = {"owner": "data-platform", "retries": 2, "retry_delay": pendulum.duration(seconds=15)}
 
 
@@ -35,7 +38,7 @@ DEFAULT_ARGS = {"owner": "data-platform", "retries": 2, "retry_delay": pendulum.
     tags=["kafka", "schema-registry", "provisioning"],
     render_template_as_native_obj=True,
     params={
-        "declarations": Param(str(DEFAULT_DECLARATIONS), type="string",
+        "declarations": Param(str(DECLARATIONS), type="string",
                               description="The topics YAML to apply."),
         "dry_run": Param(False, type="boolean", description="Only report what would change."),
         "fix_drift": Param(True, type="boolean",

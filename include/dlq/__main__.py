@@ -31,7 +31,7 @@ KILL_AT_ENV = "AVAZU_DLQ_KILL_AT"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.dlq", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
+    parser.add_argument("--config", help=f"the settings file (default: {DEFAULT_CONFIG_PATH}, or $AVAZU_CONFIG_DIR's)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the declared DLQs")
     run = commands.add_parser("reprocess", help="reprocess one declared DLQ")

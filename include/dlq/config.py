@@ -11,7 +11,7 @@ from typing import Any
 
 from include.dlq.repairs import REPAIRS
 from include.errors import PermanentError
-from include.paths import CONFIG_DIR
+from include.paths import CONFIG_DIR, settings_file
 from include.settings import Checks, read_yaml_file
 
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "dlq.yaml"
@@ -224,7 +224,7 @@ def parse_dlq_config(document: Any, source: str) -> DlqConfig:
     )
 
 
-def load_dlq_config(path: str | Path = DEFAULT_CONFIG_PATH) -> DlqConfig:
-    """Read and check the settings file; raise :class:`DlqConfigError` with one sentence if wrong."""
-    path = Path(path)
+def load_dlq_config(path: str | Path | None = None) -> DlqConfig:
+    """Read and check the settings file (default: :func:`include.paths.settings_file`); one sentence if wrong."""
+    path = Path(path) if path is not None else settings_file(DEFAULT_CONFIG_PATH.name)
     return parse_dlq_config(read_yaml_file(path, DlqConfigError, "DLQ reprocessing settings file"), str(path))

@@ -23,7 +23,7 @@ from include import storage
 from include.avazu.contract import HEADER_LINE
 from include.avazu.reader import BadRow, RowChunk
 from include.errors import PermanentError
-from include.paths import CONFIG_DIR
+from include.paths import CONFIG_DIR, settings_file
 from include.settings import Checks, read_yaml_file
 
 DEFAULT_CONFIG = CONFIG_DIR / "avazu_sampling.yaml"
@@ -72,8 +72,9 @@ class SamplingPlan:
         return replace(base or cls(), **changes).validated()
 
 
-def load_sampling_config(path: Path = DEFAULT_CONFIG) -> dict[str, Any]:
+def load_sampling_config(path: Path | None = None) -> dict[str, Any]:
     """Read and check the sampling settings file; anything wrong is one :class:`SamplingConfigError` sentence."""
+    path = Path(path) if path is not None else settings_file(DEFAULT_CONFIG.name)
     config = _CHECK.mapping(str(path), read_yaml_file(Path(path), SamplingConfigError, "sampling settings file"),
                             _CONFIG_KEYS)
     _CHECK.required(str(path), config, sorted(_CONFIG_KEYS))

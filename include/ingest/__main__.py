@@ -39,7 +39,7 @@ def _registry():
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.ingest", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH))
+    parser.add_argument("--config", help=f"the settings file (default: {DEFAULT_CONFIG_PATH}, or $AVAZU_CONFIG_DIR's)")
     commands = parser.add_subparsers(dest="command", required=True)
     stage = commands.add_parser("stage", help="split a source into hour partitions (a no-op when already staged)")
     stage.add_argument("--source")

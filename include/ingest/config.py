@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from include.encoding.batch import RowCodec
 from include.errors import PermanentError
 from include.ingest.hours import Mode
-from include.paths import CONFIG_DIR
+from include.paths import CONFIG_DIR, settings_file
 from include.settings import Checks, read_yaml_file
 
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "ingest.yaml"
@@ -235,8 +235,8 @@ def parse_ingest_config(document: Any, source: str) -> IngestConfig:
     ))
 
 
-def load_ingest_config(path: str | Path = DEFAULT_CONFIG_PATH) -> IngestConfig:
-    """Read and check the settings file; raise :class:`IngestConfigError` with one sentence if wrong."""
-    path = Path(path)
+def load_ingest_config(path: str | Path | None = None) -> IngestConfig:
+    """Read and check the settings file (default: :func:`include.paths.settings_file`); one sentence if wrong."""
+    path = Path(path) if path is not None else settings_file(DEFAULT_CONFIG_PATH.name)
     document = read_yaml_file(path, IngestConfigError, "ingestion settings file")
     return parse_ingest_config(document, str(path))

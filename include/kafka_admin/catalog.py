@@ -8,7 +8,7 @@ from typing import Any
 
 from include.errors import PermanentError
 from include.kafka.wire import WireFormatError, load_schema
-from include.paths import CONFIG_DIR, SCHEMAS_DIR
+from include.paths import CONFIG_DIR, SCHEMAS_DIR, settings_file
 from include.settings import Checks, did_you_mean, read_yaml_file
 
 DEFAULT_DECLARATIONS = CONFIG_DIR / "topics.yaml"
@@ -160,8 +160,8 @@ def parse_catalog(document: Any, source: Path, schemas_dir: Path = SCHEMAS_DIR) 
     return TopicCatalog(source, tuple(topics))
 
 
-def load_catalog(path: str | Path = DEFAULT_DECLARATIONS, schemas_dir: Path = SCHEMAS_DIR) -> TopicCatalog:
-    """Read and check the declarations file; raise DeclarationError with one sentence if wrong."""
-    path = Path(path)
+def load_catalog(path: str | Path | None = None, schemas_dir: Path = SCHEMAS_DIR) -> TopicCatalog:
+    """Read and check the declarations file (default: :func:`include.paths.settings_file`); one sentence if wrong."""
+    path = Path(path) if path is not None else settings_file(DEFAULT_DECLARATIONS.name)
     document = read_yaml_file(path, DeclarationError, "declarations file")
     return parse_catalog(document, path, schemas_dir)
