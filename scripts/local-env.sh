@@ -31,7 +31,7 @@ fi
 # kafka_dlq_watch: the dead-letter watcher's own consumer (dags/dlq_reprocessing.py). The provider's
 # shared-stream trigger commits only after the triggerer stored the event, so auto-commit is off.
 if [ -z "${AIRFLOW_CONN_KAFKA_DLQ_WATCH:-}" ]; then
-  export AIRFLOW_CONN_KAFKA_DLQ_WATCH='{"conn_type": "kafka", "extra": {"bootstrap.servers": "'"$KAFKA_BOOTSTRAP_SERVERS"'", "group.id": "dlq-reprocessing-watch", "enable.auto.commit": "false", "auto.offset.reset": "latest"}}'
+  export AIRFLOW_CONN_KAFKA_DLQ_WATCH='{"conn_type": "kafka", "extra": {"bootstrap.servers": "'"$KAFKA_BOOTSTRAP_SERVERS"'", "group.id": "dlq-reprocessing-watch", "enable.auto.commit": "false", "auto.offset.reset": "earliest"}}'
 fi
 if [ -z "${AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT:-}" ]; then
   export AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT='{"conn_type": "http", "host": "'"$SCHEMA_REGISTRY_URL"'"}'

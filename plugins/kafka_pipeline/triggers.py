@@ -10,7 +10,8 @@ from airflow.triggers.base import TriggerEvent
 
 
 # The watcher's own Kafka connection: its own group.id, enable.auto.commit=false (the provider refuses
-# to start otherwise), auto.offset.reset=latest (what was there before is read by the cron runs).
+# to start otherwise), auto.offset.reset=earliest (a new watcher misses nothing; extra events are
+# only extra wake-up calls).
 DLQ_WATCH_CONN_ID = "kafka_dlq_watch"
 
 

@@ -1,0 +1,243 @@
+"""Airflow as users run it: the api-server, scheduler, dag-processor and triggerer, driven through the REST API.
+
+The services are started the way `make airflow` starts them (``python -m devstack.airflow``), with an
+Airflow home, an API port and copies of the settings files of their own (``AVAZU_CONFIG_DIR``) that
+point every DAG at sandbox topics, so these runs never touch the topics of the local stack's other
+users or of other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from include.kafka.reader import read_topic
+from include.kafka_admin.sandbox import provision_sandbox
+
+ROOT = Path(__file__).resolve().parents[2]
+DAG_IDS = sorted(p.stem for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Api:
+    """The REST API with a token from /auth/token, as a user's script would use it."""
+
+    def __init__(self, url: str, password: str):
+        self.url = url
+        token = httpx.post(f"{url}/auth/token", json={"username": "admin", "password": password}, timeout=30)
+        token.raise_for_status()
+        self.client = httpx.Client(base_url=f"{url}/api/v2", timeout=30,
+                                   headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+
+    def get(self, path: str, **params):
+        response = self.client.get(path, params=params)
+        response.raise_for_status()
+        return response.json()
+
+    def send(self, method: str, path: str, body: dict):
+        response = self.client.request(method, path, json=body)
+        assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text[:500]}"
+        return response.json()
+
+    def unpause(self, dag_id: str) -> None:
+        self.send("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.get(f"/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
+
+    def wait_for(self, what: str, check, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = check()
+            if found:
+                return found
+            time.sleep(1)
+        raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+    def wait_for_success(self, dag_id: str, run_id: str, timeout: float = 180) -> dict:
+        def finished():
+            run = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")
+            return run if run["state"] in ("success", "failed") else None
+
+        run = self.wait_for(f"{dag_id} run {run_id} to finish", finished, timeout)
+        assert run["state"] == "success", f"{dag_id} run {run_id} ended {run['state']}"
+        return run
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str):
+        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")["value"]
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory, kafka_config, schema_registry_url):
+    home = tmp_path_factory.mktemp("airflow-services")
+    suffix = uuid.uuid4().hex[:8]
+    declared = ["ad_events_raw", "ad_events_error", "ingest_checkpoints", "ad_events_retry", "ad_events_retry_2",
+                "ad_events_retry_3", "ad_events_parked", "analytics-dlq", "analytics-parked"]
+    topics = {name: f"svc_{name.replace('-', '_')}_{suffix}" for name in declared}
+    provision_sandbox(AdminClient(kafka_config), SchemaRegistryClient({"url": schema_registry_url}), topics)
+
+    config_dir = home / "config"
+    shutil.copytree(ROOT / "include" / "config", config_dir)
+    ingest = yaml.safe_load((config_dir / "ingest.yaml").read_text())
+    ingest.update(source_uri=str(home / "data" / "train_sample.csv.gz"), staging_uri=str(home / "staging"),
+                  topics={"raw": topics["ad_events_raw"], "dlq": topics["ad_events_error"],
+                          "checkpoints": topics["ingest_checkpoints"]},
+                  generate_if_missing={"rows": 4_800, "seed": 5, "fault_rate": 0.002},
+                  partition_wait={"timeout_s": 60, "poke_interval_s": 5})
+    (config_dir / "ingest.yaml").write_text(yaml.safe_dump(ingest))
+    dlq = yaml.safe_load((config_dir / "dlq.yaml").read_text())
+    dlq["archive_uri"] = str(home / "archive")
+    for spec in dlq["dlqs"]:
+        spec["topic"] = topics[spec["topic"]]
+        spec["parked_topic"] = topics[spec["parked_topic"]]
+        spec["group_id"] = f"svc-reprocess-{spec['name']}-{suffix}"
+        if "repaired_topic" in spec:
+            spec["repaired_topic"] = topics[spec["repaired_topic"]]
+        spec["retry_topics"] = [topics[t] for t in spec.get("retry_topics", [])]
+    (config_dir / "dlq.yaml").write_text(yaml.safe_dump(dlq))
+
+    port = _free_port()
+    watch = {"bootstrap.servers": kafka_config["bootstrap.servers"], "group.id": f"svc-watch-{suffix}",
+             "enable.auto.commit": "false", "auto.offset.reset": "earliest"}
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+           "AIRFLOW_API_PORT": str(port), "AIRFLOW_PARALLELISM": "6", "AVAZU_CONFIG_DIR": str(config_dir),
+           "AVAZU_DLQ_TOPICS": f"{topics['ad_events_error']},{topics['analytics-dlq']}",
+           "AIRFLOW_CONN_KAFKA_DLQ_WATCH": json.dumps({"conn_type": "kafka", "extra": watch}),
+           "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
+    migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    began = time.monotonic()
+    start = subprocess.run([sys.executable, "-m", "devstack.airflow", "start"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert start.returncode == 0, start.stdout + start.stderr
+    started_in = time.monotonic() - began
+    password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+    api = Api(f"http://127.0.0.1:{port}", password)
+    yield {"api": api, "topics": topics, "home": home, "started_in": started_in, "env": env}
+    began = time.monotonic()
+    stop = subprocess.run([sys.executable, "-m", "devstack.airflow", "stop"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    stopped_in = time.monotonic() - began
+    print(f"Airflow services: started in {started_in:.1f} s, stopped in {stopped_in:.1f} s")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    marker = f"DEVSTACK_SERVICE=".encode()
+    left = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                environ = (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if str(home).encode() in environ and marker in environ:
+                left.append(proc.name)
+    assert not left, f"processes left behind: {left}"
+
+
+def test_every_dag_is_listed_without_import_errors(services):
+    api = services["api"]
+    listed = api.wait_for("the dag-processor to parse every DAG file",
+                          lambda: (ids := sorted(d["dag_id"] for d in api.get("/dags", limit=100)["dags"])) == DAG_IDS
+                          and ids, timeout=90)
+    assert listed == DAG_IDS
+    assert api.get("/importErrors")["total_entries"] == 0
+    health = httpx.get(f"{api.url}/api/v2/monitor/health", timeout=10).json()
+    assert all(health[k]["status"] == "healthy" for k in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+
+
+def test_a_triggered_smoke_run_succeeds(services):
+    api = services["api"]
+    api.wait_for("kafka_smoke to be parsed", lambda: any(d["dag_id"] == "kafka_smoke" for d in api.get("/dags")["dags"]), 90)
+    api.unpause("kafka_smoke")
+    run = api.send("POST", "/dags/kafka_smoke/dagRuns",
+                   {"logical_date": None, "conf": {"topic": f"svc_smoke_{uuid.uuid4().hex[:8]}", "records": 200}})
+    api.wait_for_success("kafka_smoke", run["dag_run_id"])
+    result = api.xcom("kafka_smoke", run["dag_run_id"], "avro_roundtrip")
+    assert result["matched"] == result["produced"] == 200
+
+
+def test_new_dead_letters_start_a_reprocessing_run_within_60_s(services, kafka_config):
+    api, topics = services["api"], services["topics"]
+    api.wait_for("dlq_reprocessing to be parsed",
+                 lambda: any(d["dag_id"] == "dlq_reprocessing" for d in api.get("/dags")["dags"]), 90)
+    api.unpause("dlq_reprocessing")
+    before = {r["dag_run_id"] for r in api.runs("dlq_reprocessing")}
+    producer = Producer(kafka_config)
+    producer.produce(topics["analytics-dlq"], value=b'{"user_id": "u9"}', headers=[
+        ("dlq.error.class", b"MissingField"), ("dlq.error.message", b"web event has no 'page'"),
+        ("dlq.source.topic", b"web-events"), ("dlq.source.partition", b"0"), ("dlq.source.offset", b"7")])
+    assert producer.flush(30) == 0
+    produced = time.monotonic()
+    run = api.wait_for("an asset-triggered dlq_reprocessing run", lambda: next(
+        (r for r in api.runs("dlq_reprocessing") if r["dag_run_id"] not in before
+         and r["run_type"] == "asset_triggered"), None), timeout=60)
+    started_after = time.monotonic() - produced
+    print(f"the dead letter started run {run['dag_run_id']} after {started_after:.1f} s")
+    api.wait_for_success("dlq_reprocessing", run["dag_run_id"])
+    parked = read_topic(kafka_config, topics["analytics-parked"])
+    assert len(parked) == 1 and dict(parked[0].headers)["dlq.outcome"] == b"parked"
+
+
+def test_unpaused_hourly_ingestion_runs_its_replay_hour_green(services):
+    api = services["api"]
+    api.wait_for("avazu_hourly_ingest to be parsed",
+                 lambda: any(d["dag_id"] == "avazu_hourly_ingest" for d in api.get("/dags")["dags"]), 90)
+    api.unpause("avazu_hourly_ingest")
+    run = api.wait_for("a scheduled avazu_hourly_ingest run",
+                       lambda: next((r for r in api.runs("avazu_hourly_ingest") if r["run_type"] == "scheduled"), None),
+                       timeout=90)
+    api.wait_for_success("avazu_hourly_ingest", run["dag_run_id"], timeout=300)
+    plan = api.xcom("avazu_hourly_ingest", run["dag_run_id"], "resolve_hour")
+    result = api.xcom("avazu_hourly_ingest", run["dag_run_id"], "ingest_hour")
+    assert plan["mode"] == "replay" and result["hour"] == plan["hour"]
+    assert result["complete"] and result["rows_read"] == result["partition_rows"] > 0
+    staged = api.xcom("avazu_hourly_ingest", run["dag_run_id"], "stage_source")
+    assert staged["hours"] == 240  # the generated default source covers every Avazu hour
+
+
+def test_a_scheduler_backfill_ingests_two_avazu_hours(services, kafka_config):
+    api, topics = services["api"], services["topics"]
+    api.wait_for("avazu_hourly_ingest to be parsed",
+                 lambda: any(d["dag_id"] == "avazu_hourly_ingest" for d in api.get("/dags")["dags"]), 90)
+    api.send("POST", "/backfills", {"dag_id": "avazu_hourly_ingest", "from_date": "2014-10-21T00:00:00Z",
+                                    "to_date": "2014-10-21T01:00:00Z", "max_active_runs": 2,
+                                    "reprocess_behavior": "failed", "dag_run_conf": {}})
+    runs = api.wait_for("two backfill runs", lambda: (found := [r for r in api.runs("avazu_hourly_ingest")
+                                                                 if r["run_type"] == "backfill"]) and len(found) == 2
+                        and found, timeout=90)
+    results = []
+    for run in runs:
+        api.wait_for_success("avazu_hourly_ingest", run["dag_run_id"], timeout=300)
+        results.append(api.xcom("avazu_hourly_ingest", run["dag_run_id"], "ingest_hour"))
+    assert sorted(r["hour"] for r in results) == [14102100, 14102101]
+    assert all(r["complete"] and r["hour_rows_read"] == r["partition_rows"] for r in results)
+    # In Kafka: each hour's checkpoint says complete with the rows the run read.
+    from include.ingest.checkpoint import CheckpointCodec, load_checkpoint_schema
+
+    registry = SchemaRegistryClient({"url": os.environ["SCHEMA_REGISTRY_URL"]})
+    codec = CheckpointCodec(load_checkpoint_schema(), 0, lambda i: registry.get_schema(i).schema_str)
+    latest = {}
+    for record in read_topic(kafka_config, topics["ingest_checkpoints"]):
+        checkpoint = codec.decode(record.value)
+        latest[checkpoint.hour] = checkpoint
+    for r in results:
+        assert latest[r["hour"]].complete and latest[r["hour"]].rows_read == r["hour_rows_read"]
