@@ -280,10 +280,13 @@ class StreamProcessor:
                                              dt.datetime.now(dt.timezone.utc))
         self._produce(self.dlq_topic, OutputRecord(record.key, record.value, headers))
         checkpoint.dead_lettered += 1
+        # One line per dead letter: the seed's notice when there is one (why and where are in the
+        # record's dlq.* headers and the counts in the progress lines), else the details.
         if self.dead_letter_notice:
             log.warning(self.dead_letter_notice)
-        log.info("%s: dead-lettered %s to %s: %s: %s", self.name, where, self.dlq_topic,
-                 type(error).__name__, error)
+        else:
+            log.info("%s: dead-lettered %s to %s: %s: %s", self.name, where, self.dlq_topic,
+                     type(error).__name__, error)
 
     def _produce(self, topic: str, output: OutputRecord) -> None:
         if output.partition is not None and output.partition >= self._partition_counts.get(topic, 0):

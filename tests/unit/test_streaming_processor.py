@@ -274,3 +274,11 @@ def test_progress_lines_report_counts_lag_and_rate(broker, caplog):
     lines = [r.getMessage() for r in caplog.records if " lag " in r.getMessage()]
     assert lines and all("records/s" in line for line in lines)
     assert lines[-1].startswith("words: 5 in, 4 out, 1 dead-lettered, lag 0,")
+
+
+def test_a_dead_letter_is_one_line_in_the_task_log(broker, caplog):
+    notice = "[DLQ] 처리 실패 이벤트를 analytics-dlq 토픽으로 전송합니다."
+    with caplog.at_level(logging.INFO, logger="include.streaming"):
+        _processor(dead_letter_notice=notice).run(idle_timeout=0.05)
+    assert [r.getMessage() for r in caplog.records if "dead-lettered in[" in r.getMessage() or r.getMessage() == notice] \
+        == [notice]
