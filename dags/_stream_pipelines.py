@@ -7,6 +7,7 @@ counts and limits from its own DAG's params.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from airflow.sdk import Param, task
@@ -16,15 +17,18 @@ from include.streaming import topics
 from include.streaming.analytics import DLQ_NOTICE
 from kafka_pipeline.operators.stream import StreamProcessorOperator
 
+# A deployment that runs its own copy of the stream pipelines beside the declared one (a sandbox)
+# gives every stream topic and consumer group this suffix.
+STREAM_SUFFIX = os.environ.get("AVAZU_STREAM_SUFFIX", "")
 # Param name -> the declared topic it defaults to (include/config/topics.yaml).
-STREAM_TOPIC_DEFAULTS = {
+STREAM_TOPIC_DEFAULTS = {name: topic + STREAM_SUFFIX for name, topic in {
     "web_events_topic": topics.WEB_EVENTS,
     "purchase_events_topic": topics.PURCHASE_EVENTS,
     "analytics_events_topic": topics.ANALYTICS_EVENTS,
     "analytics_dlq_topic": topics.ANALYTICS_DLQ,
     "input_topic": topics.INPUT_TOPIC,
     "output_topic": topics.OUTPUT_TOPIC,
-}
+}.items()}
 
 
 # What each topic param is for, in the trigger form.

@@ -12,9 +12,11 @@ the next run's instance fences the previous one and resumes from its committed o
 
 from __future__ import annotations
 
+import os
+
 import pendulum
 from airflow.sdk import Param, dag
-from _stream_pipelines import analytics_processor, stream_topic_params, uppercase_processor
+from _stream_pipelines import STREAM_SUFFIX, analytics_processor, stream_topic_params, uppercase_processor
 
 
 DEFAULT_ARGS = {
@@ -37,11 +39,13 @@ DEFAULT_ARGS = {
     tags=["streaming", "kafka", "always-on", "seed-003", "seed-004"],
     params={
         **stream_topic_params(),
-        "analytics_group": Param("stream-analytics", type="string",
+        "analytics_group": Param(f"stream-analytics{STREAM_SUFFIX}", type="string",
                                  description="Consumer group of the analytics processor."),
-        "uppercase_group": Param("stream-uppercase", type="string",
+        "uppercase_group": Param(f"stream-uppercase{STREAM_SUFFIX}", type="string",
                                  description="Consumer group of the upper-case processor."),
-        "max_runtime": Param(3600, type="integer", minimum=10, maximum=86_400,
+        # AVAZU_STREAM_MAX_RUNTIME: a deployment's own default (read when the file is parsed, no I/O).
+        "max_runtime": Param(int(os.environ.get("AVAZU_STREAM_MAX_RUNTIME", "3600")), type="integer",
+                             minimum=10, maximum=86_400,
                              description="Seconds each run processes before the next run takes over."),
     },
     doc_md=__doc__,

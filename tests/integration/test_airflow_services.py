@@ -93,6 +93,11 @@ def services(tmp_path_factory, kafka_config, schema_registry_url):
     declared = ["ad_events_raw", "ad_events_error", "ingest_checkpoints", "ad_events_retry", "ad_events_retry_2",
                 "ad_events_retry_3", "ad_events_parked", "analytics-dlq", "analytics-parked"]
     topics = {name: f"svc_{name.replace('-', '_')}_{suffix}" for name in declared}
+    # The stream pipelines' sandbox: every stream topic and group with the suffix (AVAZU_STREAM_SUFFIX).
+    stream_suffix = f"-svc-{suffix}"
+    for name in ("web-events", "purchase-events", "analytics-events", "input-topic", "output-topic"):
+        topics[name] = name + stream_suffix
+    topics["analytics-dlq"] = "analytics-dlq" + stream_suffix
     provision_sandbox(AdminClient(kafka_config), SchemaRegistryClient({"url": schema_registry_url}), topics)
 
     config_dir = home / "config"
@@ -122,6 +127,7 @@ def services(tmp_path_factory, kafka_config, schema_registry_url):
            "AIRFLOW_API_PORT": str(port), "AIRFLOW_PARALLELISM": "6", "AVAZU_CONFIG_DIR": str(config_dir),
            "AVAZU_DLQ_TOPICS": f"{topics['ad_events_error']},{topics['analytics-dlq']}",
            "AIRFLOW_CONN_KAFKA_DLQ_WATCH": json.dumps({"conn_type": "kafka", "extra": watch}),
+           "AVAZU_STREAM_SUFFIX": stream_suffix, "AVAZU_STREAM_MAX_RUNTIME": "20",
            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
     migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
@@ -134,6 +140,7 @@ def services(tmp_path_factory, kafka_config, schema_registry_url):
     password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
     api = Api(f"http://127.0.0.1:{port}", password)
     yield {"api": api, "topics": topics, "home": home, "started_in": started_in, "env": env}
+    # Stopped while the always-on processors run (see the last test): they stop on SIGTERM and commit.
     began = time.monotonic()
     stop = subprocess.run([sys.executable, "-m", "devstack.airflow", "stop"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
@@ -151,6 +158,10 @@ def services(tmp_path_factory, kafka_config, schema_registry_url):
             if str(home).encode() in environ and marker in environ:
                 left.append(proc.name)
     assert not left, f"processes left behind: {left}"
+    assert stopped_in < 60
+    stopped = [line for log in (home / "logs").rglob("attempt=*.log") if "stream_processors" in str(log)
+               for line in log.read_text().splitlines() if "stopped (" in line]
+    assert any("stopped (SIGTERM)" in line or "stopped (task killed)" in line for line in stopped), stopped[-4:]
 
 
 def test_every_dag_is_listed_without_import_errors(services):
@@ -332,3 +343,28 @@ def test_a_person_logs_in_and_sees_every_dag_in_the_ui(services):
         assert shot.read_bytes()[:4] == b"\x89PNG"
     finally:
         browser.close()
+
+
+def test_the_always_on_processors_run_after_run_and_stop_cleanly(services, kafka_config):
+    """@continuous: a run ends after max_runtime (20 s here) and the scheduler starts the next at once;
+    the fixture's stop then ends the running one, which commits and closes (checked there)."""
+    api, topics = services["api"], services["topics"]
+    api.wait_for("stream_processors to be parsed",
+                 lambda: any(d["dag_id"] == "stream_processors" for d in api.get("/dags")["dags"]), 90)
+    producer = Producer(kafka_config)
+    for word in ("hello", "airflow"):
+        producer.produce(topics["input-topic"], value=word.encode())
+    assert producer.flush(30) == 0
+    api.unpause("stream_processors")
+    first = api.wait_for("a first run that ends", lambda: next(
+        (r for r in api.runs("stream_processors") if r["state"] == "success"), None), timeout=150)
+    counts = api.xcom("stream_processors", first["dag_run_id"], "uppercase_processor")
+    assert counts["stop_reason"] == "max_runtime" and counts["records_in"] == 2
+    api.wait_for("the next run to start", lambda: any(
+        r["state"] == "running" and r["dag_run_id"] != first["dag_run_id"] for r in api.runs("stream_processors")), 60)
+    out = sorted(r.value.decode() for r in read_topic(kafka_config, topics["output-topic"]))
+    assert out == ["AIRFLOW", "HELLO"]
+    # Let the second run's processors take their partitions before the services stop.
+    api.wait_for("the second run's processors to run", lambda: [
+        t for t in api.get("/dags/stream_processors/dagRuns/~/taskInstances", limit=100)["task_instances"]
+        if t["state"] == "running"], 60)
