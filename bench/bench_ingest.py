@@ -56,9 +56,10 @@ def _kafka_config() -> dict:
 
 
 def _registry():
-    from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return SchemaRegistryClient({"url": os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7")})
+    from include.kafka.registry import registry_client
+
+    return registry_client(os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7"))
 
 
 def _settings(options: dict):

@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 
 from confluent_kafka import Consumer, KafkaError, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
-from confluent_kafka.schema_registry import SchemaRegistryClient  # noqa: E402
 
 from include.kafka.wire import AvroDecoder  # noqa: E402
 from include.streaming import StreamProcessor, TransformContext  # noqa: E402
@@ -51,6 +50,7 @@ from include.streaming.simulators import (  # noqa: E402
     web_events,
 )
 from include.streaming.topics import ensure_topics  # noqa: E402
+from include.kafka.registry import registry_client  # noqa: E402
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 REGISTRY = os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7")
@@ -93,7 +93,7 @@ class TimedTransform:
 
 
 def build_transform(topics: Topics) -> Callable[[InputRecord], Any]:
-    registry = SchemaRegistryClient({"url": REGISTRY})
+    registry = registry_client(REGISTRY)
     context = TransformContext([topics.web, topics.purchase], topics.analytics, topics.dlq, registry)
     return analytics_transform(context, topics.web, topics.purchase)
 
@@ -186,7 +186,7 @@ def latency(run: str, contender: str, rate: float, seconds: float) -> dict[str, 
         command = [sys.executable, __file__, "naive-worker", "--run", run, "--contender", contender]
     worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    registry = SchemaRegistryClient({"url": REGISTRY})
+    registry = registry_client(REGISTRY)
     decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
     consumed_at: dict[tuple[str, int, int], float] = {}
     reading = threading.Event()

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from include.kafka.registry import registry_client
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -91,14 +93,13 @@ def _fail(message: str) -> None:
 
 
 def _preflight() -> None:
-    from confluent_kafka.schema_registry import SchemaRegistryClient
 
     from include.kafka.reachability import ServiceUnreachable, check_broker, check_registry
 
     try:
         check_broker({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]}, timeout=10)
         url = os.environ["SCHEMA_REGISTRY_URL"]
-        check_registry(SchemaRegistryClient({"url": url}), url)
+        check_registry(registry_client(url), url)
     except ServiceUnreachable as error:
         _fail(str(error))
 

@@ -69,9 +69,9 @@ def schema_registry_url(local_stack) -> str:
 
 @pytest.fixture
 def registry_client(schema_registry_url):
-    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from include.kafka.registry import registry_client as client
 
-    return SchemaRegistryClient({"url": schema_registry_url})
+    return client(schema_registry_url)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from include.crash_points import kill_hook_from_env
 from include.dlq.config import DEFAULT_CONFIG_PATH, load_dlq_config
 from include.dlq.reprocessor import PHASES, DlqReprocessor
 from include.errors import PipelineError
+from include.kafka.registry import registry_client
 
 KILL_AT_ENV = "AVAZU_DLQ_KILL_AT"
 
@@ -50,10 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.archive:
             config = dataclasses.replace(config, archive_uri=args.archive)
         spec = config.dlq(args.dlq).sandboxed(dict(t.split("=", 1) for t in args.topic), args.group)
-        from confluent_kafka.schema_registry import SchemaRegistryClient
 
         result = DlqReprocessor(spec, config, kafka_config={"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]},
-                                registry=SchemaRegistryClient({"url": os.environ["SCHEMA_REGISTRY_URL"]}),
+                                registry=registry_client(os.environ["SCHEMA_REGISTRY_URL"]),
                                 phase_hook=kill_hook_from_env(KILL_AT_ENV, PHASES)).run()
     except PipelineError as error:
         parser.exit(75 if error.retriable else 1, f"error: {error}\n")

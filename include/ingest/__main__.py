@@ -27,14 +27,14 @@ from include.ingest.envelope import Origin
 from include.ingest.ingestor import PHASES, HourlyIngestor
 from include.ingest.staging import find_partition, partition_manifest_uri, stage_source
 from include.ingest.topics import provision_ingest_topics
+from include.kafka.registry import registry_client
 
 KILL_AT_ENV = "AVAZU_INGEST_KILL_AT"
 
 
 def _registry():
-    from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return SchemaRegistryClient({"url": os.environ["SCHEMA_REGISTRY_URL"]})
+    return registry_client(os.environ["SCHEMA_REGISTRY_URL"])
 
 
 def main(argv: list[str] | None = None) -> int:

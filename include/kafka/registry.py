@@ -11,6 +11,17 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from include.errors import PermanentError
 from include.kafka.reachability import ServiceUnreachable
 
+# Seconds one registry request may take. The client's own default is to wait forever, and a
+# response lost on the way would hang a task; a timeout is retried by the client like any
+# transport error, then ends as ServiceUnreachable.
+REQUEST_TIMEOUT_S = 30
+
+
+def registry_client(url: str, **settings: Any) -> SchemaRegistryClient:
+    """A Schema Registry client for ``url`` with the project's request timeout (``settings`` override)."""
+    return SchemaRegistryClient({"url": url, "timeout": REQUEST_TIMEOUT_S, **settings})
+
+
 # The registry's error codes for a subject it does not have, and a schema a subject does not hold.
 SUBJECT_NOT_FOUND = 40401
 SCHEMA_NOT_FOUND = 40403

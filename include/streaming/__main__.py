@@ -23,6 +23,7 @@ from include.streaming.analytics import DLQ_NOTICE, analytics_transform
 from include.streaming.processor import ProcessorFailed, StreamProcessor
 from include.streaming.records import Transform, TransformContext
 from include.streaming.words import uppercase_transform
+from include.kafka.registry import registry_client
 
 
 def paced(transform: Transform, max_rate: float) -> Transform:
@@ -80,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     registry = None
     if args.processor == "analytics":
-        from confluent_kafka.schema_registry import SchemaRegistryClient
 
-        registry = SchemaRegistryClient({"url": args.registry_url})
+        registry = registry_client(args.registry_url)
     context = TransformContext(args.input, args.output, args.dlq, registry)
     if args.processor == "analytics":
         transform = analytics_transform(context, args.web_topic, args.purchase_topic)

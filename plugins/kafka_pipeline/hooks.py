@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include.kafka.reachability import ClusterInfo, check_broker, check_registry
+from include.kafka.registry import REQUEST_TIMEOUT_S
 
 
 class KafkaClusterHook(KafkaBaseHook):
@@ -75,7 +76,8 @@ class SchemaRegistryHook(BaseHook):
 
     def get_conn(self) -> SchemaRegistryClient:
         conn = self.get_connection(self.schema_registry_conn_id)
-        config: dict[str, Any] = {"url": self.url}
+        # The project's request timeout unless the connection's extra sets one (see include.kafka.registry).
+        config: dict[str, Any] = {"url": self.url, "timeout": REQUEST_TIMEOUT_S}
         if conn.login:
             config["basic.auth.user.info"] = f"{conn.login}:{conn.password or ''}"
         config.update(conn.extra_dejson or {})

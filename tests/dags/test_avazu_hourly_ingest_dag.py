@@ -8,7 +8,6 @@ from pathlib import Path
 import pendulum
 import pytest
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.ingest.hours import replay_hour
@@ -16,6 +15,7 @@ from include.ingest.staging import find_partition
 from include.ingest.config import IngestTopics
 from include.ingest.topics import provision_ingest_topics
 from include.kafka.reader import read_topic
+from include.kafka.registry import registry_client
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "avazu_hourly_ingest.py"
 
@@ -58,7 +58,7 @@ def test_backfill_and_replay_runs_ingest_their_hours_once(airflow_db, local_stac
     source = tmp_path / "train.csv.gz"
     truth = generate(GeneratorSpec(5_000, hours=2, seed=31, fault_rates={kind: 0.002 for kind in FaultKind}), source)
     topics = IngestTopics(unique_name("raw"), unique_name("dlq"), unique_name("ckpt"))
-    provision_ingest_topics(AdminClient(kafka_config), SchemaRegistryClient({"url": schema_registry_url}), topics)
+    provision_ingest_topics(AdminClient(kafka_config), registry_client(schema_registry_url), topics)
     conf = {"source_uri": str(source), "staging_uri": str(tmp_path / "staging"), "chunk_rows": 1_000,
             "raw_topic": topics.raw, "dlq_topic": topics.dlq, "checkpoint_topic": topics.checkpoints}
     dag = _dag()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.dlq.config import load_dlq_config
@@ -15,6 +14,7 @@ from include.ingest.staging import find_partition, stage_source
 from include.ingest.topics import provision_ingest_topics
 from include.kafka.reader import read_topic
 from include.kafka_admin.sandbox import provision_sandbox
+from include.kafka.registry import registry_client
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "dlq_reprocessing.py"
 
@@ -56,7 +56,7 @@ def test_a_run_reprocesses_the_dlq_and_a_second_finds_nothing_new(airflow_db, ka
     source = tmp_path / "train.csv"
     truth = generate(GeneratorSpec(3_000, hours=1, seed=77, fault_rates={kind: 0.004 for kind in FaultKind}), source)
     stage_source(str(source), str(tmp_path / "staging"))
-    registry = SchemaRegistryClient({"url": schema_registry_url})
+    registry = registry_client(schema_registry_url)
     topics = IngestTopics(unique_name("raw"), unique_name("dlq"), unique_name("ckpt"))
     provision_ingest_topics(AdminClient(kafka_config), registry, topics)
     copies = {"ad_events_retry": unique_name("r1"), "ad_events_retry_2": unique_name("r2"),

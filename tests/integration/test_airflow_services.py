@@ -23,9 +23,9 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include.kafka.reader import read_topic
+from include.kafka.registry import registry_client
 from include.kafka_admin.sandbox import provision_sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +98,7 @@ def services(tmp_path_factory, kafka_config, schema_registry_url):
     for name in ("web-events", "purchase-events", "analytics-events", "input-topic", "output-topic"):
         topics[name] = name + stream_suffix
     topics["analytics-dlq"] = "analytics-dlq" + stream_suffix
-    provision_sandbox(AdminClient(kafka_config), SchemaRegistryClient({"url": schema_registry_url}), topics)
+    provision_sandbox(AdminClient(kafka_config), registry_client(schema_registry_url), topics)
 
     config_dir = home / "config"
     shutil.copytree(ROOT / "include" / "config", config_dir)
@@ -147,7 +147,7 @@ def services(tmp_path_factory, kafka_config, schema_registry_url):
     stopped_in = time.monotonic() - began
     print(f"Airflow services: started in {started_in:.1f} s, stopped in {stopped_in:.1f} s")
     assert stop.returncode == 0, stop.stdout + stop.stderr
-    marker = f"DEVSTACK_SERVICE=".encode()
+    marker = b"DEVSTACK_SERVICE="
     left = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -244,7 +244,7 @@ def test_a_scheduler_backfill_ingests_two_avazu_hours(services, kafka_config):
     # In Kafka: each hour's checkpoint says complete with the rows the run read.
     from include.ingest.checkpoint import CheckpointCodec, load_checkpoint_schema
 
-    registry = SchemaRegistryClient({"url": os.environ["SCHEMA_REGISTRY_URL"]})
+    registry = registry_client(os.environ["SCHEMA_REGISTRY_URL"])
     codec = CheckpointCodec(load_checkpoint_schema(), 0, lambda i: registry.get_schema(i).schema_str)
     latest = {}
     for record in read_topic(kafka_config, topics["ingest_checkpoints"]):

@@ -32,6 +32,7 @@ from include.kafka.headers import DLQ_HEADER_PREFIX
 from include.kafka.reader import read_topic
 from include.kafka.wire import AvroDecoder
 from include.kafka_admin.sandbox import provision_sandbox
+from include.kafka.registry import registry_client
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = 14102100
@@ -97,7 +98,7 @@ def dead_letters(tmp_path, kafka_config, schema_registry_url, unique_name):
     source = tmp_path / "train.csv"
     truth = generate(GeneratorSpec(5_000, hours=1, seed=1212, fault_rates={kind: 0.004 for kind in FaultKind}), source)
     stage_source(str(source), str(tmp_path / "staging"))
-    registry = SchemaRegistryClient({"url": schema_registry_url})
+    registry = registry_client(schema_registry_url)
     admin = AdminClient(kafka_config)
     ingest_topics = IngestTopics(unique_name("raw"), unique_name("dlq"), unique_name("ckpt"))
     provision_ingest_topics(admin, registry, ingest_topics)
@@ -265,7 +266,7 @@ def test_a_killed_run_and_its_retry_leave_exactly_one_outcome_per_dead_letter(de
 
 def test_stream_dead_letters_are_parked_and_archived_as_they_were_sent(kafka_config, schema_registry_url,
                                                                       unique_name, tmp_path):
-    registry = SchemaRegistryClient({"url": schema_registry_url})
+    registry = registry_client(schema_registry_url)
     admin = AdminClient(kafka_config)
     dlq, parked = unique_name("analytics-dlq"), unique_name("analytics-parked")
     provision_sandbox(admin, registry, {"analytics-dlq": dlq, "analytics-parked": parked})
@@ -299,7 +300,7 @@ def test_a_10_mb_line_no_longer_blocks_its_hour(tmp_path, kafka_config, schema_r
     giant = b"1" * (10 * 1024 * 1024)
     source.write_bytes(b"\n".join([*lines[:1500], giant, *lines[1500:]]))
     stage_source(str(source), str(tmp_path / "staging"))
-    registry = SchemaRegistryClient({"url": schema_registry_url})
+    registry = registry_client(schema_registry_url)
     topics = IngestTopics(unique_name("raw"), unique_name("dlq"), unique_name("ckpt"))
     provision_ingest_topics(AdminClient(kafka_config), registry, topics)
     config = load_ingest_config().with_topics(topics).replace("test", chunk_rows=1_000)

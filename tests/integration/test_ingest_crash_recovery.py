@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import read_all
@@ -34,6 +33,7 @@ from include.ingest.topics import provision_ingest_topics
 from include.kafka.errors import ProducerFenced
 from include.kafka.reader import read_topic
 from include.kafka.wire import AvroDecoder
+from include.kafka.registry import registry_client
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ def setup(tmp_path, kafka_config, schema_registry_url, unique_name):
     truth = generate(GeneratorSpec(12_000, hours=1, seed=404, fault_rates={kind: 0.002 for kind in FaultKind}), source)
     staging = tmp_path / "staging"
     stage_source(str(source), str(staging))
-    registry = SchemaRegistryClient({"url": schema_registry_url})
+    registry = registry_client(schema_registry_url)
     topics = IngestTopics(unique_name("raw"), unique_name("dlq"), unique_name("ckpt"))
     provision_ingest_topics(AdminClient(kafka_config), registry, topics)
     good, _, _ = read_all(str(source))

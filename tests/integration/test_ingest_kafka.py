@@ -14,7 +14,6 @@ from collections import Counter
 import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import read_all
@@ -29,6 +28,7 @@ from include.ingest.config import IngestTopics
 from include.ingest.topics import provision_ingest_topics
 from include.kafka.reader import read_topic
 from include.kafka.wire import AvroDecoder, split_header
+from include.kafka.registry import registry_client
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ ORIGIN = Origin("avazu_hourly_ingest", "manual__test", "ingest_hour", 1)
 
 @pytest.fixture(scope="module")
 def registry(schema_registry_url):
-    return SchemaRegistryClient({"url": schema_registry_url})
+    return registry_client(schema_registry_url)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include import storage
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
@@ -18,6 +17,7 @@ from include.ingest.staging import MANIFEST_NAME, find_partition, stage_source
 from include.ingest.config import IngestTopics
 from include.ingest.topics import provision_ingest_topics
 from include.kafka.reader import read_topic
+from include.kafka.registry import registry_client
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def test_a_local_source_staged_to_s3_ingests_from_there(bucket, tmp_path, kafka_
     truth = generate(GeneratorSpec(3_000, hours=1, seed=9, fault_rates={FaultKind.BAD_HOUR: 0.01}), local)
     staging = f"s3://{bucket}/staging"
     stage_source(str(local), staging)
-    registry = SchemaRegistryClient({"url": schema_registry_url})
+    registry = registry_client(schema_registry_url)
     topics = IngestTopics(unique_name("raw"), unique_name("dlq"), unique_name("ckpt"))
     provision_ingest_topics(AdminClient(kafka_config), registry, topics)
     partition = find_partition(staging, 14102100)

@@ -7,9 +7,9 @@ import socket
 import time
 
 import pytest
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include.kafka.reachability import ServiceUnreachable, check_broker, check_registry
+from include.kafka.registry import registry_client
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_broker_not_reachable(closed_port):
 def test_registry_not_reachable(closed_port):
     url = f"http://127.0.0.1:{closed_port}"
     with pytest.raises(ServiceUnreachable) as info:
-        check_registry(SchemaRegistryClient({"url": url, "max.retries": 0}), url)
+        check_registry(registry_client(url, **{"max.retries": 0}), url)
     assert f"the Schema Registry at {url} did not answer" in str(info.value)
     assert "\n" not in str(info.value)
 
