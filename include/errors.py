@@ -33,8 +33,3 @@ class RetriableError(PipelineError):
     """A service did not answer or a call timed out; the same work may pass on another try."""
 
     retriable = True
-
-
-def is_retriable(error: BaseException) -> bool:
-    """True for a :class:`RetriableError`; any other exception (a bug, an unknown failure) is not."""
-    return isinstance(error, RetriableError)

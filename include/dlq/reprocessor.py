@@ -282,7 +282,7 @@ class DlqReprocessor:
                 txn.first_offsets.setdefault(tp, letter.offset)
                 txn.offsets[tp] = letter.offset + 1
                 if txn.records >= self.config.batch_records:
-                    self._commit(producer, consumer, txn, result)
+                    self._commit(producer, consumer, txn, codecs, result)
                     txn = None
                 if time.monotonic() - last_log >= self.config.progress_every_s:
                     last_log = time.monotonic()
@@ -290,7 +290,7 @@ class DlqReprocessor:
                     log.info("DLQ %s: %s records handled, %s records/s", spec.name, f"{done:,}",
                              f"{done / (last_log - started):,.0f}")
             if txn is not None:
-                self._commit(producer, consumer, txn, result)
+                self._commit(producer, consumer, txn, codecs, result)
                 txn = None
         except TransactionFailed:
             raise  # aborted already
@@ -309,10 +309,10 @@ class DlqReprocessor:
         self.phase_hook(PHASE_AFTER_BEGIN, self._transactions)
         return _Transaction(self._transactions)
 
-    def _commit(self, producer: TransactionalProducer, consumer: Consumer, txn: _Transaction,
+    def _commit(self, producer: TransactionalProducer, consumer: Consumer, txn: _Transaction, codecs: _Codecs,
                 result: ReprocessResult) -> None:
         """Archive the parked records, then commit the outcomes with the consumed offsets."""
-        archived = self._archive(txn)
+        archived = self._archive(txn, codecs)
         positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in txn.offsets.items()]
         try:
             producer.send_offsets(positions, consumer.consumer_group_metadata())
@@ -396,7 +396,7 @@ class DlqReprocessor:
 
     # -- the archive --------------------------------------------------------------------------
 
-    def _archive(self, txn: _Transaction) -> list[str]:
+    def _archive(self, txn: _Transaction, codecs: _Codecs) -> list[str]:
         """One Avro container per consumed partition of the transaction, named by its first offset.
 
         Written before the commit, so nothing is committed that is not archived; a retry after a
@@ -404,7 +404,6 @@ class DlqReprocessor:
         nothing this time removes what an aborted attempt may have left under its name.
         """
         written = []
-        schema = fastavro.parse_schema(load_dlq_schema())
         for (topic, partition), first in txn.first_offsets.items():
             uri = archive_uri(self.config.archive_uri, self.spec.name, topic, partition, first)
             envelopes = txn.parked.get((topic, partition))
@@ -412,7 +411,7 @@ class DlqReprocessor:
                 storage.delete(uri)
                 continue
             buffer = io.BytesIO()
-            fastavro.writer(buffer, schema, envelopes, codec="deflate", metadata={
+            fastavro.writer(buffer, codecs.parsed_envelope, envelopes, codec="deflate", metadata={
                 "dlq.topic": topic, "dlq.partition": str(partition), "dlq.first_offset": str(first),
                 "dlq.next_offset": str(txn.offsets[(topic, partition)]),
                 "dlq.sha256": hashlib.sha256(b"".join(e["raw"] for e in envelopes)).hexdigest(),
