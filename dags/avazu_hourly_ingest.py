@@ -12,7 +12,8 @@ resolve_hour -> stage_source -> wait_for_partition -> ingest_hour
   the hour and the path it looked at.
 * ingest_hour writes the hour's rows to ad_events_raw and its bad rows to ad_events_error in
   chunks, one transaction per chunk with the hour's checkpoint; a retry resumes after the last
-  committed chunk and a finished hour writes nothing again unless ``reingest`` is set.
+  committed chunk and a finished hour writes nothing again unless ``reingest`` is set. Each
+  successful run updates the ``avazu_ingested_hours`` asset, which starts a pipeline_health run.
 
 Backfill the data set's ten days with
 ``airflow backfill create --dag-id avazu_hourly_ingest --from-date 2014-10-21T00:00:00+00:00
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from kafka_pipeline.assets import INGESTED_HOURS
 from kafka_pipeline.failures import fails_cleanly
 from kafka_pipeline.operators.ingest import (
     AvazuHourPartitionSensor,
@@ -104,7 +106,8 @@ def avazu_hourly_ingest():
         task_id="wait_for_partition", staging_uri=plan["staging_uri"], hour=plan["hour"],
         wait_timeout_s=plan["partition_wait_timeout_s"], poke_interval_s=plan["partition_poke_interval_s"])
     ingest = IngestAvazuHourOperator(
-        task_id="ingest_hour", hour=plan["hour"], config=plan["config"], reingest=plan["reingest"])
+        task_id="ingest_hour", hour=plan["hour"], config=plan["config"], reingest=plan["reingest"],
+        outlets=[INGESTED_HOURS])
 
     stage >> wait >> ingest
 

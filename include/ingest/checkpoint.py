@@ -149,3 +149,19 @@ def read_latest_checkpoint(consumer: Consumer, topic: str, key: str, codec: Chec
             latest = message.value()
     return None if latest is None else codec.decode(latest)
 
+
+
+def read_checkpoints(consumer: Consumer, topic: str, decoder: AvroDecoder, raw_topic: str | None = None,
+                     timeout: float = 120.0) -> dict[str, Checkpoint]:
+    """The latest committed checkpoint of every key on ``topic`` (of ``raw_topic``'s hours only, when given).
+
+    Create ``consumer`` with :func:`include.kafka.reader.reader_config`; ``decoder`` reads with the
+    checkpoint schema (:func:`load_checkpoint_schema`) as its reader schema.
+    """
+    prefix = f"{raw_topic}/".encode() if raw_topic else b""
+    latest: dict[bytes, bytes] = {}
+    for message in read_to_end(consumer, [topic], timeout=timeout, batch=10_000):
+        key = message.key()
+        if key is not None and key.startswith(prefix) and message.value() is not None:
+            latest[key] = message.value()
+    return {key.decode(): Checkpoint.from_record(decoder.decode(value)) for key, value in latest.items()}

@@ -53,11 +53,12 @@ def reader_config(kafka_config: dict[str, Any], group_id: str, *, committed_only
 
 
 def read_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool = False, commit: bool = True,
-                timeout: float = 60.0, batch: int = 1000) -> Iterator[Message]:
+                timeout: float = 60.0, batch: int = 1000, since_ms: int | None = None) -> Iterator[Message]:
     """Yield every record up to the end of each partition of ``topics`` (see the module doc).
 
     Create ``consumer`` with :func:`reader_config`. ``commit=False`` leaves the offsets of a
-    ``from_committed`` read to the caller (a transaction sends them with its output). Raises :class:`ReadTimedOut` naming the
+    ``from_committed`` read to the caller (a transaction sends them with its output). ``since_ms``
+    starts a read from the start at the first record with a timestamp at or after it. Raises :class:`ReadTimedOut` naming the
     partitions not read to their end, :class:`TopicsMissing` for a topic that does not exist and
     :class:`KafkaFatalError` for a fatal consumer error; other consumer errors are retried by the
     client and logged.
@@ -73,7 +74,7 @@ def read_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool =
 
         consumer.subscribe(topics, on_assign=on_assign)
     else:
-        assignment = _from_low_watermarks(consumer, topics)
+        assignment = _from_low_watermarks(consumer, topics, since_ms)
         pending.update((tp.topic, tp.partition) for tp in assignment)
         known = True
         if not assignment:
@@ -111,8 +112,8 @@ def read_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool =
             consumer.unassign()
 
 
-def _from_low_watermarks(consumer: Consumer, topics: list[str]) -> list[TopicPartition]:
-    """Every partition of ``topics`` that holds records, at its low watermark."""
+def _from_low_watermarks(consumer: Consumer, topics: list[str], since_ms: int | None = None) -> list[TopicPartition]:
+    """Every partition of ``topics`` that holds records, at its low watermark (or its first record since ``since_ms``)."""
     assignment = []
     for topic in topics:
         try:
@@ -126,6 +127,15 @@ def _from_low_watermarks(consumer: Consumer, topics: list[str]) -> list[TopicPar
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             if high > low:
                 assignment.append(TopicPartition(topic, partition, low))
+    if since_ms is not None and assignment:
+        try:
+            found = consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, since_ms) for tp in assignment],
+                                               timeout=10)
+        except KafkaException as error:
+            raise KafkaUnavailable(f"the broker did not look up offsets by time in {', '.join(topics)}: "
+                                   f"{error.args[0]}") from None
+        # -1: no record that recent; nothing to read there.
+        assignment = [tp for tp in found if tp.offset >= 0]
     return assignment
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator, BaseSensorOperator
+from airflow.sdk import Asset, BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
 from include.avazu.generator import GeneratorSpec
@@ -147,4 +147,9 @@ class IngestAvazuHourOperator(BaseOperator):
             reingest=as_bool(self.reingest),
             request_id=ti.run_id,
         )
-        return ingestor.run().as_dict()
+        result = ingestor.run()
+        # The run's figures travel with the asset event its outlets get (pipeline_health times them).
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra = result.run_summary()
+        return result.as_dict()

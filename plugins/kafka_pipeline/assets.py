@@ -1,0 +1,9 @@
+"""Assets shared by more than one DAG: defined once, so the producer and the consumers name the same one."""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+# Updated by every successful ingest_hour run (dags/avazu_hourly_ingest.py); its event's extra
+# carries what the run did (hour, rows read, rows/s, seconds), which pipeline_health times.
+INGESTED_HOURS = Asset(name="avazu_ingested_hours", uri="kafka://ingestion/ad_events_raw")
