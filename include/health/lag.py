@@ -35,9 +35,10 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
     Consumer,
+    ConsumerGroupTopicPartitions,
     IsolationLevel,
+    KafkaError,
     KafkaException,
     TopicPartition,
 )
@@ -61,7 +62,7 @@ class LagSample:
 
     at: float  # when (Unix seconds)
     committed: int  # the group's committed offset (-1: none yet)
-    end: int  # the last stable offset (read_committed end)
+    end: int  # the last stable offset (read_committed end), less commit markers nothing follows
     start: int  # the log start offset
     lag_seconds: float  # age of the oldest record not consumed (0 when caught up)
     state: str  # the group's state (STABLE, EMPTY, ...)
@@ -147,11 +148,16 @@ def sample_groups(admin: AdminClient, kafka_config: dict[str, Any], limits: LagL
     for key, offset in sorted(committed.items(), key=lambda item: item[0].text()):
         tp = (key.topic, key.partition)
         position = max(offset, starts[tp])
-        stamp = stamps.get((key.topic, key.partition, position))
+        end = ends[tp]
+        stamp = stamps.get((key.topic, key.partition, position), 0.0)
+        if stamp is None:
+            # Only commit markers follow the committed offset (a transactional producer's last
+            # offset is its marker): that is no lag, however the offsets differ.
+            end, stamp = position, None
         group = described[key.group]
         samples[key] = LagSample(
-            at=at, committed=offset, end=ends[tp], start=starts[tp],
-            lag_seconds=max(0.0, at - stamp) if stamp is not None else 0.0,
+            at=at, committed=offset, end=end, start=starts[tp],
+            lag_seconds=max(0.0, at - stamp) if stamp else 0.0,
             state=getattr(group.state, "name", str(group.state)), members=len(group.members))
     return samples
 
@@ -166,24 +172,33 @@ def _list_offsets(admin: AdminClient, partitions: list[tuple[str, int]], spec, t
 
 
 def oldest_waiting_timestamps(kafka_config: dict[str, Any], positions: set[tuple[str, int, int]],
-                              timeout: float = 30.0) -> dict[tuple[str, int, int], float]:
-    """The timestamp (Unix seconds) of the first committed record at or after each (topic, partition, offset)."""
+                              timeout: float = 30.0) -> dict[tuple[str, int, int], float | None]:
+    """The timestamp (Unix seconds) of the first committed record at or after each (topic, partition, offset).
+
+    None where there is none: only transaction markers (or aborted records) lie between the
+    offset and the end, so nothing waits there.
+    """
     if not positions:
         return {}
     consumer = Consumer(reader_config(kafka_config, f"pipeline-health-lag-{uuid.uuid4().hex}"))
-    found: dict[tuple[str, int, int], float] = {}
+    found: dict[tuple[str, int, int], float | None] = {}
     wanted = {(t, p): o for t, p, o in positions}
     try:
         consumer.assign([TopicPartition(t, p, o) for (t, p), o in wanted.items()])
         deadline = time.monotonic() + timeout
         while wanted and time.monotonic() < deadline:
             for message in consumer.consume(num_messages=len(wanted), timeout=0.5):
-                if message.error() is not None:
-                    continue
                 tp = (message.topic(), message.partition())
-                if tp in wanted:
+                if tp not in wanted:
+                    continue
+                error = message.error()
+                if error is None:
                     found[(*tp, wanted.pop(tp))] = message.timestamp()[1] / 1000.0
-                    consumer.pause([TopicPartition(*tp)])
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    found[(*tp, wanted.pop(tp))] = None
+                else:
+                    continue
+                consumer.pause([TopicPartition(*tp)])
     finally:
         consumer.close()
     return found
