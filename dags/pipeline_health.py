@@ -19,7 +19,7 @@ the run's verdict: it fails (upstream failed) unless every check passed.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 from kafka_pipeline.assets import INGESTED_HOURS
 from kafka_pipeline.operators.health import PipelineCheckOperator, PipelineHealthReportOperator
 
@@ -39,10 +39,16 @@ AFTER_LAG = {"trigger_rule": "all_done", "inlets": [INGESTED_HOURS]}
     max_active_runs=1,
     default_args={"owner": "data-engineering", "retries": 2, "retry_delay": pendulum.duration(seconds=20)},
     tags=["kafka", "monitoring", "health"],
+    params={
+        "staging_uri": Param("", type="string",
+                             description="Where the ingested hours were staged (the reconciliation reads their manifests); "
+                                         "empty: include/config/ingest.yaml's."),
+    },
     doc_md=__doc__,
 )
 def pipeline_health():
-    checks = {name: PipelineCheckOperator(task_id=name, check=name, **(AFTER_LAG if name == "throughput" else {}))
+    checks = {name: PipelineCheckOperator(task_id=name, check=name, staging_uri="{{ params.staging_uri }}",
+                                         **(AFTER_LAG if name == "throughput" else {}))
               for name in CHECKS}
     checks["consumer_lag"] >> checks["throughput"]
 

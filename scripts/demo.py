@@ -84,6 +84,8 @@ STEPS = [
              {"web_events": 300, "purchase_events": 300, "bad_ratio": 0.1, "idle_timeout": 5, "max_runtime": 120}),
     DemoStep("dlq_reprocessing", "repair, retry or park the dead letters of ad_events_error and analytics-dlq"),
     DemoStep("dlq_reprocessing", "again: every dead letter has its outcome, so nothing is new"),
+    DemoStep("pipeline_health", "lag, DLQ ratio, reconciliation, throughput, drift and broker checks; report and metrics",
+             {"staging_uri": DEMO_STAGING}),
 ]
 
 
@@ -134,6 +136,19 @@ def _task_results(dag_id: str, logical_date: dt.datetime) -> tuple[str, dict[str
 
 
 def _describe(value: object) -> str:
+    if isinstance(value, dict) and "report" in value and "checks" in value:
+        # pipeline_health's report: the check table, where the report is and where the metrics went.
+        from include.health.report import summary_table
+        from include.health.outcome import CheckOutcome
+
+        table = summary_table([CheckOutcome(c["check"], c["status"] == "pass", c["summary"]) for c in value["checks"]],
+                              value["missing"])
+        pushed = (f"{value['series_pushed']} series pushed to the Pushgateway at {value['pushgateway']}"
+                  if value["pushgateway"] else "no Pushgateway configured: nothing pushed")
+        return ("\n".join(f"{'':8}{line}" for line in table.splitlines()).lstrip()
+                + f"\n{'':8}report: {value['report']['html']} (also {value['report']['markdown']})\n{'':8}{pushed}")
+    if isinstance(value, dict) and set(value) == {"check", "status", "summary"}:
+        return f"{value['status']}"
     if isinstance(value, dict) and "by_reason" in value and "repaired" in value:
         # A DLQ reprocessing result: the outcome counts, then the table by reason.
         lines = [f"DLQ {value['dlq']}: {value['consumed']:,} consumed = {value['repaired']:,} repaired + "
@@ -222,6 +237,10 @@ def main() -> None:
         print(f"[prepare] {preparation.what}: {preparation.run()}", flush=True)
     results = [run_step(number, step, logs) for number, step in enumerate(STEPS, start=1)]
     _print_ingested_hours(results)
+    prometheus = os.environ.get("PROMETHEUS_URL")
+    if prometheus:
+        print(f"Prometheus: {prometheus} (try the query avazu_pipeline_check_ok, or "
+              "sum by (topic) (kafka_server_brokertopicmetrics_messagesin_total))")
     print("Demo finished: every step succeeded.")
 
 

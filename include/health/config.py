@@ -45,7 +45,7 @@ class ReconciliationSettings:
 class ThroughputLimits:
     recent_runs: int = 12
     ingest_min_rows_per_s: float = 20_000.0
-    ingest_min_rows: int = 50_000
+    ingest_min_rows: int = 10_000
     processor_min_records_per_s: float = 50.0
 
 

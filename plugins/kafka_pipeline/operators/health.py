@@ -29,15 +29,18 @@ class PipelineCheckOperator(BaseOperator):
     runs are the events of the task's inlets (the ingest DAG's asset), newest first.
 
     :param check: the check's name
+    :param staging_uri: where the ingested hours were staged; empty: include/config/ingest.yaml's (templated)
     """
 
-    template_fields: Sequence[str] = ("check",)
+    template_fields: Sequence[str] = ("check", "staging_uri")
     ui_color = "#e4ecf7"
 
-    def __init__(self, *, check: str, kafka_config_id: str = KafkaClusterHook.default_conn_name,
+    def __init__(self, *, check: str, staging_uri: str | None = None,
+                 kafka_config_id: str = KafkaClusterHook.default_conn_name,
                  schema_registry_conn_id: str = SchemaRegistryHook.default_conn_name, **kwargs: Any):
         super().__init__(**kwargs)
         self.check = check
+        self.staging_uri = staging_uri
         self.kafka_config_id = kafka_config_id
         self.schema_registry_conn_id = schema_registry_conn_id
 
@@ -50,7 +53,8 @@ class PipelineCheckOperator(BaseOperator):
             kafka.ensure_reachable()
         inputs = HealthInputs(config=config, kafka_config=kafka.client_config(),
                               registry=SchemaRegistryHook(self.schema_registry_conn_id).get_conn(),
-                              ingest=load_ingest_config(), catalog=load_catalog(), runs=runs, log=self.log)
+                              ingest=load_ingest_config().with_overrides({"staging_uri": self.staging_uri}),
+                              catalog=load_catalog(), runs=runs, log=self.log)
         outcome = run_check(self.check, inputs)
         context["ti"].xcom_push(key=OUTCOME_KEY, value=outcome.as_dict())
         outcome.raise_if_failed()
