@@ -15,6 +15,9 @@ from include.avazu.lines import AvazuInputError, CorruptInputError, HeaderMismat
 from include.dlq.config import DlqConfigError
 from include.dlq.reprocessor import ReprocessingMismatch, TransactionFailed
 from include.eda.sampling import SamplingConfigError
+from include.health.config import HealthConfigError
+from include.health.metrics import PushgatewayUnavailable
+from include.health.outcome import CheckFailed
 from include.encoding.batch import RowCodecUnavailable
 from include.encoding.rows import SchemaMismatchError
 from include.errors import PermanentError, PipelineError, RetriableError
@@ -59,6 +62,10 @@ KINDS = {
     IngestConfigError: PERMANENT,
     SamplingConfigError: PERMANENT,
     DlqConfigError: PERMANENT,
+    HealthConfigError: PERMANENT,
+    # A finding of a health check: retrying a minute later does not make it go away.
+    CheckFailed: PERMANENT,
+    PushgatewayUnavailable: RETRIABLE,
     ReprocessingMismatch: PERMANENT,
     DeclarationError: PERMANENT,
     HourMappingError: PERMANENT,
