@@ -16,10 +16,11 @@ topic and in the DLQ and compares them with the rows the staged manifest says th
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer
 
@@ -28,15 +29,35 @@ from include.ingest.checkpoint import Checkpoint, load_checkpoint_schema, read_c
 from include.ingest.staging import find_partition
 from include.kafka.headers import DLQ_HEADER_PREFIX, GENERATION_HEADER, INGEST_HOUR_HEADER
 from include.kafka.reader import read_to_end, reader_config
-from include.kafka.wire import AvroDecoder, load_schema
+from include.kafka.wire import AvroDecoder, int_field_reader, load_schema
 from include.paths import SCHEMAS_DIR
 
 if TYPE_CHECKING:
     from include.health.checks import HealthInputs
 
-# Only the hour is read out of a raw record: fastavro skips the other fields.
+# When a raw record's layout cannot be stepped over (include.kafka.wire.int_field_reader), only its
+# hour is read out of it, fastavro skipping the other fields.
 _HOUR_ONLY = {**{k: v for k, v in load_schema(SCHEMAS_DIR / "ad_event.avsc").items() if k != "fields"},
               "fields": [{"name": "hour", "type": "int"}]}
+
+
+class HourReader:
+    """The ``hour`` of a raw record's payload, without decoding the rest where its schema allows."""
+
+    def __init__(self, fetch_schema):
+        self._fetch = fetch_schema
+        self._decoder = AvroDecoder(fetch_schema, reader_schema=_HOUR_ONLY)
+        self._readers: dict[int, Any] = {}
+
+    def __call__(self, payload: bytes) -> int:
+        schema_id = int.from_bytes(payload[1:5], "big")
+        reader = self._readers.get(schema_id)
+        if reader is None:
+            raw = self._fetch(schema_id)
+            reader = int_field_reader(json.loads(raw) if isinstance(raw, str) else raw, "hour") or (
+                lambda value: self._decoder.decode(value)["hour"])
+            self._readers[schema_id] = reader
+        return reader(payload)
 
 
 def hour_checkpoints(inputs: HealthInputs) -> dict[int, Checkpoint]:
@@ -150,7 +171,7 @@ def check_reconciliation(inputs: HealthInputs) -> CheckOutcome:
 def count_hour_records(inputs: HealthInputs, since_ms: int, hours: set[int]):
     """Records per (hour, generation) in the raw topic and the DLQ written since ``since_ms``, and repaired rows per hour."""
     topics = inputs.ingest.topics
-    decoder = AvroDecoder(inputs.fetch_schema, reader_schema=_HOUR_ONLY)
+    hour_of = HourReader(inputs.fetch_schema)
     raw: Counter = Counter()
     repaired: Counter = Counter()
     dlq: Counter = Counter()
@@ -161,14 +182,14 @@ def count_hour_records(inputs: HealthInputs, since_ms: int, hours: set[int]):
             read += 1
             headers = message.headers()
             if headers is None:  # generation 0, written by the ingestion
-                raw[(decoder.decode(message.value())["hour"], 0)] += 1
+                raw[(hour_of(message.value()), 0)] += 1
                 continue
             names = dict(headers)
             if any(name.startswith(DLQ_HEADER_PREFIX) for name in names):
-                repaired[decoder.decode(message.value())["hour"]] += 1
+                repaired[hour_of(message.value())] += 1
                 continue
             generation = int(names.get(GENERATION_HEADER, b"0") or 0)
-            raw[(decoder.decode(message.value())["hour"], generation)] += 1
+            raw[(hour_of(message.value()), generation)] += 1
         for message in read_to_end(consumer, [topics.dlq], timeout=600, batch=10_000, since_ms=since_ms):
             read += 1
             names = dict(message.headers() or ())

@@ -103,3 +103,60 @@ class AvroDecoder:
         schema_id, body = split_header(payload)
         writer = self.schema_for(schema_id)
         return fastavro.schemaless_reader(io.BytesIO(body), writer, self._reader)
+
+
+# Avro primitives whose encoding can be stepped over without a schema library: how many bytes
+# they take is in the first bytes (a zig-zag varint length) or fixed.
+_FIXED_SIZES = {"boolean": 1, "float": 4, "double": 8}
+_VARINTS = {"int", "long"}
+_LENGTH_PREFIXED = {"string", "bytes"}
+
+
+def _primitive(field_type: Any) -> str | None:
+    if isinstance(field_type, dict) and "logicalType" not in field_type:
+        field_type = field_type.get("type")
+    return field_type if isinstance(field_type, str) else None
+
+
+def int_field_reader(writer_schema: dict[str, Any], name: str) -> Callable[[bytes], int] | None:
+    """A reader of one int/long field of a wire-format payload that decodes nothing else, or None.
+
+    Only for a record whose fields before ``name`` are all primitives (strings, numbers, booleans):
+    those are stepped over by their lengths, which is about ten times faster than decoding the
+    record. Any other layout gives None: decode it with :class:`AvroDecoder` instead.
+    """
+    steps: list[str] = []
+    for column in writer_schema.get("fields", []):
+        kind = _primitive(column["type"])
+        if column["name"] == name:
+            if kind not in _VARINTS:
+                return None
+            break
+        if kind not in _VARINTS | _LENGTH_PREFIXED | set(_FIXED_SIZES):
+            return None
+        steps.append(kind)
+    else:
+        return None
+
+    def varint(data: bytes, at: int) -> tuple[int, int]:
+        shift = result = 0
+        while True:
+            byte = data[at]
+            at += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return (result >> 1) ^ -(result & 1), at
+            shift += 7
+
+    def read(payload: bytes) -> int:
+        at = 5  # the wire header: magic byte and schema id
+        for kind in steps:
+            if kind in _FIXED_SIZES:
+                at += _FIXED_SIZES[kind]
+            else:
+                value, at = varint(payload, at)
+                if kind in _LENGTH_PREFIXED:
+                    at += value
+        return varint(payload, at)[0]
+
+    return read

@@ -119,6 +119,10 @@ def services(tmp_path_factory, kafka_config, schema_registry_url):
             spec["repaired_topic"] = topics[spec["repaired_topic"]]
         spec["retry_topics"] = [topics[t] for t in spec.get("retry_topics", [])]
     (config_dir / "dlq.yaml").write_text(yaml.safe_dump(dlq))
+    health = yaml.safe_load((config_dir / "health.yaml").read_text())
+    health.update(report_uri=str(home / "reports"), state_uri=str(home / "reports" / "state.json"))
+    health["lag"]["groups"] = [f"svc-reprocess-*-{suffix}"]
+    (config_dir / "health.yaml").write_text(yaml.safe_dump(health))
 
     port = _free_port()
     watch = {"bootstrap.servers": kafka_config["bootstrap.servers"], "group.id": f"svc-watch-{suffix}",
@@ -210,8 +214,10 @@ def test_new_dead_letters_start_a_reprocessing_run_within_60_s(services, kafka_c
 
 def test_unpaused_hourly_ingestion_runs_its_replay_hour_green(services):
     api = services["api"]
-    api.wait_for("avazu_hourly_ingest to be parsed",
-                 lambda: any(d["dag_id"] == "avazu_hourly_ingest" for d in api.get("/dags")["dags"]), 90)
+    api.wait_for("avazu_hourly_ingest and pipeline_health to be parsed",
+                 lambda: {"avazu_hourly_ingest", "pipeline_health"} <= {d["dag_id"] for d in api.get("/dags")["dags"]}, 90)
+    # pipeline_health runs after every ingestion run (the next test looks at the one this run starts).
+    api.unpause("pipeline_health")
     api.unpause("avazu_hourly_ingest")
     run = api.wait_for("a scheduled avazu_hourly_ingest run",
                        lambda: next((r for r in api.runs("avazu_hourly_ingest") if r["run_type"] == "scheduled"), None),
@@ -223,6 +229,24 @@ def test_unpaused_hourly_ingestion_runs_its_replay_hour_green(services):
     assert result["complete"] and result["rows_read"] == result["partition_rows"] > 0
     staged = api.xcom("avazu_hourly_ingest", run["dag_run_id"], "stage_source")
     assert staged["hours"] == 240  # the generated default source covers every Avazu hour
+
+
+def test_an_ingestion_run_starts_a_pipeline_health_run_whose_report_is_written(services):
+    api = services["api"]
+    run = api.wait_for("an asset-triggered pipeline_health run",
+                       lambda: next((r for r in api.runs("pipeline_health") if r["run_type"] == "asset_triggered"), None),
+                       timeout=120)
+    api.wait_for("the run to finish", lambda: api.get(f"/dags/pipeline_health/dagRuns/{run['dag_run_id']}")["state"]
+                 in ("success", "failed"), timeout=300)
+    report = api.xcom("pipeline_health", run["dag_run_id"], "report")
+    assert len(report["checks"]) == 7 and report["missing"] == []
+    assert Path(report["report"]["html"]).is_file()
+    assert str(services["home"] / "reports") in report["report"]["html"]
+    # The ingestion run that started it reached its throughput check through the asset event.
+    ingest_run = next(r for r in api.runs("avazu_hourly_ingest") if r["run_type"] == "scheduled")
+    hour = api.xcom("avazu_hourly_ingest", ingest_run["dag_run_id"], "ingest_hour")["hour"]
+    assert f"| ingestion | hour {hour} (ingest) |" in Path(report["report"]["markdown"]).read_text()
+    print("pipeline_health checks in the services run:", {c["check"]: c["status"] for c in report["checks"]})
 
 
 def test_a_scheduler_backfill_ingests_two_avazu_hours(services, kafka_config):

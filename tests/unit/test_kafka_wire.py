@@ -50,3 +50,25 @@ def test_load_schema_names_the_file(tmp_path):
         load_schema(bad)
     with pytest.raises(WireFormatError, match="does not exist"):
         load_schema(tmp_path / "missing.avsc")
+
+
+def test_an_int_field_is_read_by_stepping_over_the_primitives_before_it_exactly_as_fastavro_decodes_it():
+    from include.kafka.wire import AvroDecoder, AvroEncoder, int_field_reader
+
+    schema = {"type": "record", "name": "R", "fields": [
+        {"name": "id", "type": "string"}, {"name": "blob", "type": "bytes"}, {"name": "ok", "type": "boolean"},
+        {"name": "ratio", "type": "float"}, {"name": "weight", "type": "double"}, {"name": "n", "type": "long"},
+        {"name": "hour", "type": "int"}, {"name": "tail", "type": ["null", "string"], "default": None}]}
+    encoder, decoder = AvroEncoder(schema, 7), AvroDecoder(lambda i: schema)
+    read = int_field_reader(schema, "hour")
+    for record in ({"id": "", "blob": b"", "ok": False, "ratio": 0.0, "weight": 0.0, "n": 0, "hour": 0, "tail": None},
+                   {"id": "é" * 300, "blob": b"\x00" * 200, "ok": True, "ratio": 1.5, "weight": -2.25,
+                    "n": -(2**62), "hour": 14103023, "tail": "x"},
+                   {"id": "x", "blob": b"y", "ok": True, "ratio": 3.0, "weight": 1e300, "n": 2**62, "hour": -5,
+                    "tail": None}):
+        payload = encoder.encode(record)
+        assert read(payload) == decoder.decode(payload)["hour"] == record["hour"]
+    # A union (or any non-primitive) before the field: no stepping over, the caller decodes instead.
+    unioned = {**schema, "fields": [schema["fields"][-1], *schema["fields"][:-1]]}
+    assert int_field_reader(unioned, "hour") is None
+    assert int_field_reader(schema, "id") is None and int_field_reader(schema, "missing") is None
