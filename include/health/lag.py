@@ -29,6 +29,7 @@ when it holds for the newest ``breach_samples`` samples, so one slow moment is n
 from __future__ import annotations
 
 import fnmatch
+import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -51,6 +52,8 @@ from include.kafka.reader import reader_config
 
 if TYPE_CHECKING:
     from include.health.checks import HealthInputs
+
+log = logging.getLogger(__name__)
 
 # Group states in which no consumer is a member (a STOP rather than a STALL).
 _MEMBERLESS = {"EMPTY", "DEAD"}
@@ -140,6 +143,7 @@ def sample_groups(admin: AdminClient, kafka_config: dict[str, Any], limits: LagL
     partitions = sorted({(k.topic, k.partition) for k in committed})
     ends = _list_offsets(admin, partitions, OffsetSpec.latest(), timeout)
     starts = _list_offsets(admin, partitions, OffsetSpec.earliest(), timeout)
+    committed = {k: o for k, o in committed.items() if (k.topic, k.partition) in ends and (k.topic, k.partition) in starts}
     at = time.time() if now is None else now
     waiting = {(k.topic, k.partition, max(offset, starts[(k.topic, k.partition)]))
                for k, offset in committed.items() if ends[(k.topic, k.partition)] > max(offset, starts[(k.topic, k.partition)])}
@@ -163,12 +167,21 @@ def sample_groups(admin: AdminClient, kafka_config: dict[str, Any], limits: LagL
 
 
 def _list_offsets(admin: AdminClient, partitions: list[tuple[str, int]], spec, timeout: float) -> dict[tuple[str, int], int]:
+    """Offsets of ``partitions``; a partition whose topic was deleted (a group's leftover offsets) is left out."""
     if not partitions:
         return {}
     request = {TopicPartition(t, p): spec for t, p in partitions}
     futures = admin.list_offsets(request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout)
-    return {(tp.topic, tp.partition): _result(f, f"listing the offsets of {tp.topic}[{tp.partition}]").offset
-            for tp, f in futures.items()}
+    found = {}
+    for tp, future in futures.items():
+        try:
+            found[(tp.topic, tp.partition)] = future.result().offset
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise KafkaUnavailable(f"listing the offsets of {tp.topic}[{tp.partition}] failed: "
+                                       f"{error.args[0].str()}") from None
+            log.info("offsets committed on %s[%s], which no longer exists: not watched", tp.topic, tp.partition)
+    return found
 
 
 def oldest_waiting_timestamps(kafka_config: dict[str, Any], positions: set[tuple[str, int, int]],

@@ -49,10 +49,11 @@ class PipelineCheckOperator(BaseOperator):
         config = load_health_config()
         runs = _recent_runs(context, self.inlets, config.throughput.recent_runs)
         kafka = KafkaClusterHook(self.kafka_config_id)
+        registry = SchemaRegistryHook(self.schema_registry_conn_id)
         if self.check != "brokers":  # an unreachable broker is the brokers check's finding
             kafka.ensure_reachable()
-        inputs = HealthInputs(config=config, kafka_config=kafka.client_config(),
-                              registry=SchemaRegistryHook(self.schema_registry_conn_id).get_conn(),
+            registry.ensure_reachable()
+        inputs = HealthInputs(config=config, kafka_config=kafka.client_config(), registry=registry.get_conn(),
                               ingest=load_ingest_config().with_overrides({"staging_uri": self.staging_uri}),
                               catalog=load_catalog(), runs=runs, log=self.log)
         outcome = run_check(self.check, inputs)
