@@ -11,8 +11,9 @@ from devstack.stack import SERVICE_TYPES, Stack, StackError
 
 PORT_VARIABLES = """\
 ports and places (environment variables, all optional):
-  KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  SCHEMA_REGISTRY_PORT=8081
-  SCHEMA_REGISTRY_MANAGEMENT_PORT=8091  S3_PORT=9000
+  KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  KAFKA_METRICS_PORT=7071 (the broker's JMX exporter)
+  SCHEMA_REGISTRY_PORT=8081  SCHEMA_REGISTRY_MANAGEMENT_PORT=8091  S3_PORT=9000
+  PUSHGATEWAY_PORT=9091  PROMETHEUS_PORT=9090
   DEVSTACK_HOME=<project>/.devstack (state, logs)  DEVSTACK_CACHE=~/.cache/avazu-kafka-devstack (jars)
   KAFKA_JAVA_HOME / REGISTRY_JAVA_HOME (a JDK to use instead of the newest one found)
 """
@@ -30,7 +31,8 @@ def _print_status(stack: Stack, names: list[str] | None) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devstack",
-        description="The local Kafka + Schema Registry + S3 stack, as processes on loopback.",
+        description="The local Kafka + Schema Registry + S3 + Prometheus stack, as processes on "
+                    "loopback.",
         epilog=PORT_VARIABLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

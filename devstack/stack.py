@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import string
 import subprocess
 import sys
 import tarfile
@@ -54,6 +55,10 @@ class StackSettings:
         default_factory=lambda: _env_int("SCHEMA_REGISTRY_MANAGEMENT_PORT", 8091)
     )
     s3_port: int = field(default_factory=lambda: _env_int("S3_PORT", 9000))
+    # The broker's JMX exporter agent serves /metrics here for Prometheus to scrape.
+    kafka_metrics_port: int = field(default_factory=lambda: _env_int("KAFKA_METRICS_PORT", 7071))
+    prometheus_port: int = field(default_factory=lambda: _env_int("PROMETHEUS_PORT", 9090))
+    pushgateway_port: int = field(default_factory=lambda: _env_int("PUSHGATEWAY_PORT", 9091))
     kafka_heap: str = field(default_factory=lambda: os.environ.get("KAFKA_HEAP", "1g"))
     registry_heap: str = field(default_factory=lambda: os.environ.get("SCHEMA_REGISTRY_HEAP", "512m"))
     # The jars cache is shared by every checkout on this machine unless told otherwise, so a
@@ -242,9 +247,12 @@ class Service:
             pass
         try:
             state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+            tasks = len(os.listdir(f"/proc/{pid}/task"))
         except OSError:
             return False
-        return state != "Z"
+        # A zombie main thread while other threads still exit: the process still holds its
+        # sockets (the JMX agent's port is only closed then), so it is not gone yet.
+        return state != "Z" or tasks > 1
 
 
 def _proc_state(pid: int) -> tuple[str, str]:
@@ -259,6 +267,10 @@ class KafkaBroker(Service):
     name = "kafka"
     start_timeout = 90.0
     pom = DEVSTACK_DIR / "kafka" / "pom.xml"
+    # Prometheus's JMX exporter, as a java agent in the broker's JVM. Its own pom and cache folder,
+    # so machines whose Kafka jars are already cached fetch only the agent.
+    agent_pom = DEVSTACK_DIR / "kafka" / "jmx-exporter.pom.xml"
+    agent_rules = DEVSTACK_DIR / "kafka" / "jmx-exporter.yml"
 
     @property
     def version(self) -> str:
@@ -269,17 +281,32 @@ class KafkaBroker(Service):
         return self.settings.cache / f"kafka-{self.version}" / "libs"
 
     @property
+    def agent_version(self) -> str:
+        return _pom_property(self.agent_pom, "jmx-exporter.version")
+
+    @property
+    def agent_jar(self) -> Path:
+        return (self.settings.cache / f"jmx-exporter-{self.agent_version}"
+                / f"jmx_prometheus_javaagent-{self.agent_version}.jar")
+
+    @property
     def data_dir(self) -> Path:
         return self.settings.home / "kafka" / "data"
 
     def ports(self) -> list[int]:
-        return [self.settings.kafka_port, self.settings.kafka_controller_port]
+        s = self.settings
+        return [s.kafka_port, s.kafka_controller_port, s.kafka_metrics_port]
 
     def endpoint(self) -> str:
         return f"{self.settings.host}:{self.settings.kafka_port}"
 
+    def metrics_endpoint(self) -> str:
+        return f"{self.settings.host}:{self.settings.kafka_metrics_port}"
+
     def _port_hint(self, port: int) -> str:
-        return "KAFKA_PORT" if port == self.settings.kafka_port else "KAFKA_CONTROLLER_PORT"
+        s = self.settings
+        return {s.kafka_port: "KAFKA_PORT", s.kafka_controller_port: "KAFKA_CONTROLLER_PORT",
+                s.kafka_metrics_port: "KAFKA_METRICS_PORT"}[port]
 
     def _java(self) -> str:
         java = find_java(17, os.environ.get("KAFKA_JAVA_HOME"))
@@ -349,6 +376,12 @@ class KafkaBroker(Service):
         java = self._java()
         _maven_fetch(self.pom, self.libs, self.settings.logs / "fetch-kafka.log",
                      f"Apache Kafka {self.version}")
+        _maven_fetch(self.agent_pom, self.agent_jar.parent,
+                     self.settings.logs / "fetch-jmx-exporter.log",
+                     f"Prometheus's JMX exporter {self.agent_version}")
+        if not self.agent_jar.is_file():
+            raise StackError(f"fetching the JMX exporter left no {self.agent_jar.name} in "
+                             f"{self.agent_jar.parent}; delete that folder and start again")
         config = self._write_config()
         if (self.data_dir / "meta.properties").exists():
             return
@@ -372,9 +405,12 @@ class KafkaBroker(Service):
         ]
 
     def command(self) -> tuple[list[str], dict[str, str]]:
+        # The agent only in the broker's JVM (not in the storage format's, which would take the
+        # port too); it is a shaded jar loaded by -javaagent, so it stays off Kafka's classpath.
+        agent = f"-javaagent:{self.agent_jar}={self.metrics_endpoint()}:{self.agent_rules}"
         argv = [
-            self._java(), f"-Xms256m", f"-Xmx{self.settings.kafka_heap}",
-            "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            self._java(), "-Xms256m", f"-Xmx{self.settings.kafka_heap}",
+            "-XX:+UseG1GC", "-Djava.awt.headless=true", agent,
             *self._jvm_flags(), "kafka.Kafka", str(self.settings.home / "kafka" / "server.properties"),
         ]
         return argv, {}
@@ -490,8 +526,124 @@ class S3Endpoint(Service):
         return probes.http_ok(f"{self.endpoint()}/")
 
 
+def _debian_binary(name: str, package: str, what: str) -> str:
+    """The path of a program that a Debian package installs, or a StackError saying how to get it."""
+    path = shutil.which(name)
+    if path is None:
+        raise StackError(
+            f"{what} but {name} is not installed (not on PATH); install Debian's package "
+            f"(apt-get install {package})"
+        )
+    return path
+
+
+class Pushgateway(Service):
+    """Prometheus's Pushgateway (Debian's), where batch jobs such as the pipeline health check push."""
+
+    name = "pushgateway"
+    start_timeout = 30.0
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.home / "pushgateway"
+
+    def ports(self) -> list[int]:
+        return [self.settings.pushgateway_port]
+
+    def endpoint(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.pushgateway_port}"
+
+    def _port_hint(self, port: int) -> str:
+        return "PUSHGATEWAY_PORT"
+
+    def _binary(self) -> str:
+        return _debian_binary("prometheus-pushgateway", "prometheus-pushgateway",
+                              "Prometheus's Pushgateway is needed for the pipeline's pushed "
+                              "health metrics")
+
+    def prepare(self) -> None:
+        self._binary()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [
+            self._binary(),
+            f"--web.listen-address={self.settings.host}:{self.settings.pushgateway_port}",
+            # Pushed groups survive a restart, as the last successful health check must.
+            f"--persistence.file={self.state_dir / 'metrics'}",
+            "--persistence.interval=30s",
+        ], {}
+
+    def answers(self) -> bool:
+        return probes.http_ok(f"{self.endpoint()}/-/ready")
+
+
+class Prometheus(Service):
+    """Prometheus (Debian's): scrapes the broker's JMX agent and the Pushgateway, evaluates alerts."""
+
+    name = "prometheus"
+    start_timeout = 60.0
+    config_template = DEVSTACK_DIR / "prometheus" / "prometheus.yml"
+    alert_rules = DEVSTACK_DIR / "prometheus" / "alerts.yml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.home / "prometheus"
+
+    @property
+    def config_file(self) -> Path:
+        return self.state_dir / "prometheus.yml"
+
+    def ports(self) -> list[int]:
+        return [self.settings.prometheus_port]
+
+    def endpoint(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.prometheus_port}"
+
+    def _port_hint(self, port: int) -> str:
+        return "PROMETHEUS_PORT"
+
+    def _binary(self) -> str:
+        return _debian_binary("prometheus", "prometheus",
+                              "Prometheus is needed for the metric checks")
+
+    def write_config(self, path: Path | None = None) -> Path:
+        """The template with this stack's addresses filled in, at path (default: the state folder)."""
+        s = self.settings
+        path = path or self.config_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = string.Template(self.config_template.read_text()).substitute(
+            kafka_metrics=f"{s.host}:{s.kafka_metrics_port}",
+            pushgateway=f"{s.host}:{s.pushgateway_port}",
+            prometheus=f"{s.host}:{s.prometheus_port}",
+            alert_rules=str(self.alert_rules),
+        )
+        path.write_text(text)
+        return path
+
+    def prepare(self) -> None:
+        self._binary()
+        (self.state_dir / "data").mkdir(parents=True, exist_ok=True)
+        self.write_config()
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [
+            self._binary(),
+            f"--config.file={self.config_file}",
+            f"--storage.tsdb.path={self.state_dir / 'data'}",
+            # A laptop's stack: a week of history is plenty.
+            "--storage.tsdb.retention.time=7d",
+            f"--web.listen-address={self.settings.host}:{self.settings.prometheus_port}",
+            # POST /-/reload picks up an edited alerts.yml without a restart.
+            "--web.enable-lifecycle",
+        ], {}
+
+    def answers(self) -> bool:
+        return probes.http_ok(f"{self.endpoint()}/-/ready")
+
+
 SERVICE_TYPES: dict[str, type[Service]] = {
-    cls.name: cls for cls in (KafkaBroker, SchemaRegistry, S3Endpoint)
+    cls.name: cls for cls in (KafkaBroker, SchemaRegistry, S3Endpoint, Pushgateway, Prometheus)
 }
 
 
@@ -568,4 +720,6 @@ class Stack:
             "KAFKA_BOOTSTRAP_SERVERS": self.services["kafka"].endpoint(),
             "SCHEMA_REGISTRY_URL": self.services["schema-registry"].endpoint(),
             "S3_ENDPOINT_URL": self.services["s3"].endpoint(),
+            "PROMETHEUS_URL": self.services["prometheus"].endpoint(),
+            "PUSHGATEWAY_URL": self.services["pushgateway"].endpoint(),
         }

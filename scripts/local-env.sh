@@ -22,6 +22,8 @@ esac
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
 export SCHEMA_REGISTRY_URL="${SCHEMA_REGISTRY_URL:-http://127.0.0.1:${SCHEMA_REGISTRY_PORT:-8081}/apis/ccompat/v7}"
 export S3_ENDPOINT_URL="${S3_ENDPOINT_URL:-http://127.0.0.1:${S3_PORT:-9000}}"
+export PROMETHEUS_URL="${PROMETHEUS_URL:-http://127.0.0.1:${PROMETHEUS_PORT:-9090}}"
+export PUSHGATEWAY_URL="${PUSHGATEWAY_URL:-http://127.0.0.1:${PUSHGATEWAY_PORT:-9091}}"
 
 # The same connection ids exist in docker-compose.airflow.yml, so DAG code never knows where it runs.
 # kafka_default follows the Kafka provider's convention: librdkafka settings as the extra JSON.

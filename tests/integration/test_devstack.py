@@ -1,50 +1,77 @@
 """The stack entry point itself, on a second, isolated Kafka with its own home and ports.
 
-The jar cache is shared with the main stack, so these tests never fetch; they start a real broker.
+The jar cache is shared with the main stack, so these tests never fetch; they start a real broker
+(and, for the metrics, a Pushgateway and a Prometheus of their own).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
 from devstack import Stack, StackError, StackSettings
-from devstack.probes import kafka_answers, port_in_use
+from devstack.probes import http_json, kafka_answers, port_in_use
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports below the kernel's ephemeral range.
+
+    A port handed out for port 0 is ephemeral: between this pick and the stack binding it (and
+    across a restart) any other process on the machine may get it for a listener of its own.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = random.sample(range(20000, low), 200) if low > 21000 else []
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    while len(ports) < count:  # a machine whose ephemeral range starts low
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            if sock.getsockname()[1] not in ports:
+                ports.append(sock.getsockname()[1])
+    return ports
 
 
 @pytest.fixture
 def isolated(tmp_path, local_stack):
     """Settings for a stack of our own; local_stack makes sure the jar cache is filled."""
+    ports = iter(_free_ports(8))
     settings = StackSettings(
-        home=tmp_path / "devstack", kafka_port=_free_port(), kafka_controller_port=_free_port(),
-        registry_port=_free_port(), registry_management_port=_free_port(), s3_port=_free_port(),
+        home=tmp_path / "devstack", kafka_port=next(ports), kafka_controller_port=next(ports),
+        registry_port=next(ports), registry_management_port=next(ports), s3_port=next(ports),
+        kafka_metrics_port=next(ports), prometheus_port=next(ports), pushgateway_port=next(ports),
     )
     stack = Stack(settings)
     yield stack
     stack.stop()
 
 
-def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
+def _cli(stack: Stack, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
     s = stack.settings
     env = {**os.environ, "DEVSTACK_HOME": str(s.home), "KAFKA_PORT": str(s.kafka_port),
            "KAFKA_CONTROLLER_PORT": str(s.kafka_controller_port), "S3_PORT": str(s.s3_port),
            "SCHEMA_REGISTRY_PORT": str(s.registry_port),
-           "SCHEMA_REGISTRY_MANAGEMENT_PORT": str(s.registry_management_port)}
+           "SCHEMA_REGISTRY_MANAGEMENT_PORT": str(s.registry_management_port),
+           "KAFKA_METRICS_PORT": str(s.kafka_metrics_port), "PROMETHEUS_PORT": str(s.prometheus_port),
+           "PUSHGATEWAY_PORT": str(s.pushgateway_port), **extra_env}
     return subprocess.run([sys.executable, "-m", "devstack", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -109,4 +136,124 @@ def test_java_missing_is_one_clear_sentence(isolated, monkeypatch, tmp_path):
 def test_unknown_service_is_refused(isolated):
     result = _cli(isolated, "start", "zookeeper")
     assert result.returncode == 1
-    assert "unknown service zookeeper; choose from kafka, schema-registry, s3" in result.stderr
+    assert ("unknown service zookeeper; choose from kafka, schema-registry, s3, pushgateway, "
+            "prometheus") in result.stderr
+
+
+def _query(prometheus: str, promql: str) -> dict[tuple, float]:
+    """An instant PromQL query: {sorted label items without __name__: value}."""
+    answer = http_json(f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': promql})}")
+    if not answer or answer.get("status") != "success":
+        return {}
+    return {tuple(sorted((k, v) for k, v in row["metric"].items() if k != "__name__")):
+            float(row["value"][1]) for row in answer["data"]["result"]}
+
+
+def _wait_for(what: str, check, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(1)
+
+
+def test_prometheus_sees_the_brokers_jmx_metrics_the_pushed_ones_and_the_alert_rules(isolated,
+                                                                                    unique_name):
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    isolated.start(["kafka", "pushgateway", "prometheus"], echo=lambda line: None)
+    env = isolated.environment()
+    prometheus, bootstrap = env["PROMETHEUS_URL"], env["KAFKA_BOOTSTRAP_SERVERS"]
+
+    topic = unique_name("metrics")
+    # The broker never auto-creates topics. (The client must outlive its futures.)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    created = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    for future in created.values():
+        future.result(timeout=30)
+    produced = 7
+    delivered: list = []
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(produced):
+        producer.produce(topic, value=f"record {i}".encode(),
+                         on_delivery=lambda err, msg: delivered.append(err))
+        producer.poll(0)
+    assert producer.flush(30) == 0, "records still in the producer's queue after 30 s"
+    assert delivered == [None] * produced
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("g"),
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    consumed = 0
+    deadline = time.monotonic() + 30
+    while consumed < produced and time.monotonic() < deadline:
+        message = consumer.poll(1)
+        consumed += bool(message is not None and not message.error())
+    consumer.close()
+    assert consumed == produced
+
+    registry = CollectorRegistry()
+    Gauge("avazu_pipeline_check_ok", "1 when the check passed", ["check"],
+          registry=registry).labels(check="devstack_test").set(1)
+    push_to_gateway(urllib.parse.urlsplit(env["PUSHGATEWAY_URL"]).netloc, job="pipeline_health",
+                    registry=registry)
+
+    topic_messages = f'kafka_server_brokertopicmetrics_messagesin_total{{topic="{topic}"}}'
+    _wait_for(f"{topic_messages} == {produced}",
+              lambda: list(_query(prometheus, topic_messages).values()) == [produced])
+    # honor_labels: the pushed job label is kept, not replaced by the scrape's job="pushgateway".
+    pushed = _wait_for("the pushed gauge in Prometheus", lambda: _query(
+        prometheus, 'avazu_pipeline_check_ok{job="pipeline_health", check="devstack_test"}'))
+    assert list(pushed.values()) == [1.0]
+    for name in ("kafka_server_brokertopicmetrics_bytesin_total",
+                 "kafka_server_brokertopicmetrics_bytesout_total"):
+        # A scrape from before the consumer's fetches has no bytes out yet.
+        _wait_for(f"{name} of the topic", lambda: _query(prometheus, f'{name}{{topic="{topic}"}} > 0'))
+    for name, expected in (("kafka_server_replicamanager_underreplicatedpartitions", 0),
+                           ("kafka_server_replicamanager_offlinereplicacount", 0),
+                           ("kafka_controller_kafkacontroller_offlinepartitionscount", 0),
+                           ("kafka_controller_kafkacontroller_activecontrollercount", 1)):
+        assert list(_query(prometheus, name).values()) == [expected], name
+    idle_fraction = "kafka_server_kafkarequesthandlerpool_requesthandleravgidlepercent"
+    idle = list(_query(prometheus, idle_fraction).values())
+    assert len(idle) == 1 and 0 <= idle[0] <= 1
+
+    groups = http_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
+    (group,) = [g for g in groups if g["name"] == "avazu-pipeline"]
+    alerts = {rule["name"] for rule in group["rules"]}
+    assert {"AvazuPipelineHealthStale", "AvazuDlqRatioHigh", "KafkaUnderReplicatedPartitions"} <= alerts
+    assert all(rule["health"] == "ok" for rule in group["rules"])
+    targets = http_json(f"{prometheus}/api/v1/targets")["data"]["activeTargets"]
+    health = {target["labels"]["job"]: target["health"] for target in targets}
+    assert health == {"kafka": "up", "pushgateway": "up", "prometheus": "up"}
+
+
+def test_prometheus_missing_is_one_clear_sentence(isolated, monkeypatch):
+    import devstack.stack
+
+    real_which = devstack.stack.shutil.which
+
+    def which(name, *args, **kwargs):
+        return None if name == "prometheus" else real_which(name, *args, **kwargs)
+
+    monkeypatch.setattr(devstack.stack.shutil, "which", which)
+    with pytest.raises(StackError) as raised:
+        isolated.start(["prometheus"], echo=lambda line: None)
+    assert str(raised.value) == (
+        "Prometheus is needed for the metric checks but prometheus is not installed (not on "
+        "PATH); install Debian's package (apt-get install prometheus)")
+    assert not port_in_use(isolated.settings.prometheus_port)
+
+
+def test_pushgateway_missing_is_one_clear_sentence_from_the_cli(isolated, tmp_path):
+    result = _cli(isolated, "start", "pushgateway", PATH=str(tmp_path / "empty-path"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "devstack: Prometheus's Pushgateway is needed for the pipeline's pushed health metrics but "
+        "prometheus-pushgateway is not installed (not on PATH); install Debian's package "
+        "(apt-get install prometheus-pushgateway)"
+    ]

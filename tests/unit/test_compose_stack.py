@@ -23,8 +23,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 REQUIREMENTS = ROOT / "requirements.txt"
 LOCAL_ENV = ROOT / "scripts" / "local-env.sh"
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 
-ONE_SHOT = {"airflow-init", "minio-init"}
+ONE_SHOT = {"airflow-init", "minio-init", "jmx-agent-init"}
 AIRFLOW_SERVICES = {
     "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
     "airflow-triggerer",
@@ -79,6 +80,20 @@ def _published(service: dict) -> list[tuple[str, int, int]]:
         ip, port, container = ["", *parts] if len(parts) == 2 else parts
         result.append((ip, int(port), int(container)))
     return result
+
+
+def _binds(service: dict) -> dict[str, str]:
+    """{container path: source} of every volume, with a bind mount's source relative to the project."""
+    mounts = {}
+    for entry in service.get("volumes", []):
+        source, target = entry.split(":")[:2]
+        mounts[target] = source
+    return mounts
+
+
+def _flags(command: list[str]) -> dict[str, str]:
+    """`--name=value` arguments as {name: value}."""
+    return dict(arg[2:].split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
 
 
 def _listeners(value: str) -> dict[str, tuple[str, int]]:
@@ -337,7 +352,7 @@ def test_published_host_ports_do_not_collide(services):
         for _, host_port, _ in _published(service):
             assert host_port not in seen, f"{name} and {seen.get(host_port)} both publish {host_port}"
             seen[host_port] = name
-    assert {9092, 8081, 9000, 8080} <= seen.keys()
+    assert {9092, 8081, 9000, 8080, 9090, 9091} <= seen.keys()
 
 
 def test_airflow_commands_exist_in_the_installed_cli(services, airflow_cli):
@@ -422,3 +437,92 @@ def test_ui_password_file_is_written_by_init_where_the_api_server_reads_it(servi
     # The same named volume in both containers (a bind mount would need a host folder).
     assert mounted_at("airflow-init") == mounted_at("airflow-apiserver")
     assert mounted_at("airflow-apiserver") in volumes
+
+
+@pytest.fixture(scope="module")
+def compose_prometheus(services) -> dict:
+    """The Prometheus config the prometheus service reads, from the repository file mounted there."""
+    source = _binds(services["prometheus"])[PROMETHEUS_CONFIG]
+    return yaml.safe_load((ROOT / source).read_text())
+
+
+def _scrape_target(config: dict, job: str) -> tuple[str, int]:
+    (scrape,) = [entry for entry in config["scrape_configs"] if entry["job_name"] == job]
+    (target,) = scrape["static_configs"][0]["targets"]
+    host, _, port = target.rpartition(":")
+    return host, int(port)
+
+
+def test_prometheus_and_pushgateway_run_official_images_on_the_repositorys_files(services):
+    from devstack.stack import Prometheus
+
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", services["prometheus"]["image"])
+    assert re.fullmatch(r"prom/pushgateway:v\d+\.\d+\.\d+", services["pushgateway"]["image"])
+    prometheus = services["prometheus"]
+    mounts = _binds(prometheus)
+    for target, source in mounts.items():
+        if source.startswith("./"):
+            assert (ROOT / source).is_file(), f"prometheus mounts {source}, which is not in the repository"
+    assert _flags(prometheus["command"])["config.file"] == PROMETHEUS_CONFIG
+    assert (ROOT / mounts[PROMETHEUS_CONFIG]).name == "prometheus.compose.yml"
+    # The same alert rules as the local stack's Prometheus, where the compose config looks for them.
+    config = yaml.safe_load((ROOT / mounts[PROMETHEUS_CONFIG]).read_text())
+    (rules,) = config["rule_files"]
+    assert (ROOT / mounts[rules]).resolve() == Prometheus.alert_rules
+    assert _flags(prometheus["command"])["storage.tsdb.path"] in mounts
+
+
+def test_prometheus_scrapes_the_brokers_agent_and_the_pushgateway(services, compose_prometheus):
+    from devstack.stack import KafkaBroker
+
+    kafka = services["kafka"]
+    match = re.fullmatch(r"-javaagent:(?P<jar>[^=]+)=(?P<port>\d+):(?P<rules>\S+)",
+                         kafka["environment"]["KAFKA_OPTS"])
+    assert match, "KAFKA_OPTS does not load the JMX exporter agent as jar=port:rules"
+    assert _scrape_target(compose_prometheus, "kafka") == ("kafka", int(match["port"]))
+    kafka_mounts = _binds(kafka)
+    # The broker reads the rules devstack's broker uses, and the jar jmx-agent-init put in the volume.
+    assert (ROOT / kafka_mounts[match["rules"]]).resolve() == KafkaBroker.agent_rules
+    jar = Path(match["jar"])
+    volume = kafka_mounts[str(jar.parent)]
+    init_mounts = _binds(services["jmx-agent-init"])
+    assert init_mounts[str(jar.parent)] == volume
+    assert volume in yaml.safe_load(COMPOSE_FILE.read_text())["volumes"]
+    # The broker's own tool JVM in the healthcheck must not load the agent a second time.
+    assert services["kafka"]["healthcheck"]["test"][1].startswith("KAFKA_OPTS= ")
+
+    pushgateway = services["pushgateway"]
+    port = int(_flags(pushgateway["command"])["web.listen-address"].rpartition(":")[2])
+    assert _scrape_target(compose_prometheus, "pushgateway") == ("pushgateway", port)
+    (scrape,) = [e for e in compose_prometheus["scrape_configs"] if e["job_name"] == "pushgateway"]
+    assert scrape["honor_labels"] is True, "pushed series must keep their own job label"
+
+
+def test_jmx_agent_init_fetches_the_jar_kafka_loads_from_devstacks_pom(services):
+    from devstack.stack import KafkaBroker
+
+    init = services["jmx-agent-init"]
+    mounts = _binds(init)
+    (pom_target,) = [target for target, source in mounts.items()
+                     if source.startswith("./") and (ROOT / source).resolve() == KafkaBroker.agent_pom]
+    script = _interpolate(init["command"][0])
+    assert f"-f {pom_target} " in script
+    jar = Path(re.search(r"-javaagent:([^=]+)=", services["kafka"]["environment"]["KAFKA_OPTS"])[1])
+    assert f"-DoutputDirectory={jar.parent}" in script
+    # Without its version the jar is named after the artifact.
+    artifact = re.search(r"<artifactId>(jmx_prometheus_javaagent)</artifactId>",
+                         KafkaBroker.agent_pom.read_text())
+    assert artifact and jar.name == f"{artifact[1]}.jar" and "-Dmdep.stripVersion=true" in script
+    assert f"test -s {jar}" in script, "the job must fail when it left no jar"
+
+
+def test_monitoring_urls_are_the_local_envs_pointed_at_the_containers(services, airflow_env):
+    exported = set(re.findall(r"^export (\w+)=", LOCAL_ENV.read_text(), re.MULTILINE))
+    for variable, service in (("PROMETHEUS_URL", "prometheus"), ("PUSHGATEWAY_URL", "pushgateway")):
+        assert variable in exported, f"scripts/local-env.sh does not export {variable}"
+        url = urlsplit(airflow_env[variable])
+        assert url.hostname == service and url.hostname in services, variable
+        listen = _flags(services[service]["command"])["web.listen-address"]
+        assert url.port == int(listen.rpartition(":")[2]), variable
+        assert url.port in {container for _, _, container in _published(services[service])}
+        assert f"localhost:{url.port}/-/ready" in " ".join(services[service]["healthcheck"]["test"])
