@@ -141,12 +141,12 @@ def _describe(value: object) -> str:
         from include.health.report import summary_table
         from include.health.outcome import CheckOutcome
 
-        table = summary_table([CheckOutcome(c["check"], c["status"] == "pass", c["summary"]) for c in value["checks"]],
-                              value["missing"])
+        table = summary_table([CheckOutcome(c["check"], c["status"] == "pass", c["summary"], elapsed_s=c["seconds"])
+                               for c in value["checks"]], value["missing"])
         pushed = (f"{value['series_pushed']} series pushed to the Pushgateway at {value['pushgateway']}"
                   if value["pushgateway"] else "no Pushgateway configured: nothing pushed")
-        return ("\n".join(f"{'':8}{line}" for line in table.splitlines()).lstrip()
-                + f"\n{'':8}report: {value['report']['html']} (also {value['report']['markdown']})\n{'':8}{pushed}")
+        return "\n".join(["the checks:", *(f"{'':8}{line.rstrip()}" for line in table.splitlines()),
+                          f"{'':8}report: {value['report']['html']}", f"{'':8}{pushed}"])
     if isinstance(value, dict) and set(value) == {"check", "status", "summary"}:
         return f"{value['status']}"
     if isinstance(value, dict) and "by_reason" in value and "repaired" in value:

@@ -51,21 +51,28 @@ def _run_folder_name(run_id: str) -> str:
 
 
 def plot_lag(outcomes: list[CheckOutcome]) -> bytes | None:
+    """Lag over time per group: records summed over its partitions, seconds of its worst partition."""
     lag = next((o.series.get("lag") for o in outcomes if o.check == "consumer_lag"), None)
     if not lag:
         return None
+    groups: dict[str, dict[float, list[dict]]] = {}
+    for key, points in lag.items():
+        group = key.split("|", 1)[0]
+        for point in points:
+            groups.setdefault(group, {}).setdefault(point["at"], []).append(point)
     fig, (records, seconds) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    for key, points in sorted(lag.items()):
-        times = [dt.datetime.fromtimestamp(p["at"], dt.timezone.utc) for p in points]
-        label = key.replace("|", " ").replace(" ", " / ", 1)
-        records.plot(times, [p["lag"] for p in points], marker="o", label=label)
-        seconds.plot(times, [p["lag_seconds"] for p in points], marker="o", label=label)
-    records.set_ylabel("lag (records)")
-    seconds.set_ylabel("lag (seconds)")
+    for group, by_time in sorted(groups.items()):
+        times = sorted(by_time)
+        moments = [dt.datetime.fromtimestamp(t, dt.timezone.utc) for t in times]
+        records.plot(moments, [sum(p["lag"] for p in by_time[t]) for t in times], marker="o", label=group)
+        seconds.plot(moments, [max(p["lag_seconds"] for p in by_time[t]) for t in times], marker="o", label=group)
+    for axis, label in ((records, "lag (records, all partitions)"), (seconds, "lag (seconds, worst partition)")):
+        axis.set_ylabel(label)
+        bottom, top = axis.get_ylim()
+        axis.set_ylim(0, max(top, 1))
     seconds.set_xlabel("sample time (UTC)")
-    records.set_title("Consumer lag per group and partition")
-    if len(lag) <= 12:
-        records.legend(fontsize=7, loc="upper left")
+    records.set_title("Consumer lag per group")
+    records.legend(fontsize=7, loc="upper left")
     fig.autofmt_xdate()
     return _png(fig)
 
@@ -163,6 +170,7 @@ img {{ max-width: 100%; border: 1px solid #ddd; }}
 def write_report(outcomes: list[CheckOutcome], report_uri: str, run_id: str, *, missing: list[str] = (),
                  dlq_threshold: float | None = None, generated_at: dt.datetime | None = None) -> ReportLocation:
     """Write the run's report and plots under ``report_uri`` (a folder or s3:// prefix); returns where."""
+    report_uri = storage.resolve_local(report_uri)
     when = (generated_at or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     title = f"Pipeline health - {when} ({run_id})"
     folder_name = _run_folder_name(run_id)

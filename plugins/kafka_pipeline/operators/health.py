@@ -117,5 +117,5 @@ class PipelineHealthReportOperator(BaseOperator):
             self.log.warning("no Pushgateway configured (PUSHGATEWAY_URL): the metrics were not pushed")
         failed = [o.check for o in outcomes if not o.ok]
         return {"report": location.as_dict(), "failed": failed, "missing": missing, "series_pushed": pushed,
-                "pushgateway": url, "checks": [{"check": o.check, "status": o.status, "summary": o.summary}
-                                               for o in outcomes]}
+                "pushgateway": url, "checks": [{"check": o.check, "status": o.status, "summary": o.summary,
+                                                "seconds": o.elapsed_s} for o in outcomes]}
