@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 import socket
 import struct
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -66,3 +68,29 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
             return response.status == 200
     except (OSError, urllib.error.URLError):
         return False
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports below the kernel's ephemeral range, for a stack of its own (tests).
+
+    A port handed out for port 0 is ephemeral: between this pick and the stack binding it (and
+    across a restart) any other process on the machine may get it for a listener of its own.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = random.sample(range(20000, low), 200) if low > 21000 else []
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    while len(ports) < count:  # a machine whose ephemeral range starts low
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            if sock.getsockname()[1] not in ports:
+                ports.append(sock.getsockname()[1])
+    return ports

@@ -26,7 +26,9 @@ def check_throughput(inputs: HealthInputs) -> CheckOutcome:
     limits = inputs.config.throughput
     rows, problems, metrics = [], [], []
     ingest_rates = []
-    for run in inputs.runs[:limits.recent_runs]:
+    # Runs into other raw topics (a sandbox, another deployment) are not this pipeline's.
+    runs = [run for run in inputs.runs if run.get("raw_topic", inputs.ingest.topics.raw) == inputs.ingest.topics.raw]
+    for run in runs[:limits.recent_runs]:
         rows_read, per_s = int(run.get("rows_read", 0)), float(run.get("rows_per_s", 0.0))
         judged = rows_read >= limits.ingest_min_rows
         slow = judged and per_s < limits.ingest_min_rows_per_s

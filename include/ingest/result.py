@@ -57,7 +57,8 @@ class IngestResult:
 
     def run_summary(self) -> dict[str, Any]:
         """What the run did in a few figures (the extra of the asset event pipeline_health times)."""
-        return {"hour": self.hour, "source_id": self.source_id, "action": self.action, "generation": self.generation,
+        return {"hour": self.hour, "source_id": self.source_id, "raw_topic": self.topics.get("raw", ""),
+                "action": self.action, "generation": self.generation,
                 "rows_read": self.rows_read, "rows_dead_lettered": self.rows_dead_lettered,
                 "rows_per_s": round(self.rows_per_s, 1), "duration_s": round(self.duration_s, 3),
                 "complete": self.complete}

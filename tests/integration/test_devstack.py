@@ -7,7 +7,6 @@ The jar cache is shared with the main stack, so these tests never fetch; they st
 from __future__ import annotations
 
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -18,42 +17,16 @@ from pathlib import Path
 import pytest
 
 from devstack import Stack, StackError, StackSettings
-from devstack.probes import http_json, kafka_answers, port_in_use
+from devstack.probes import free_ports, http_json, kafka_answers, port_in_use
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct free ports below the kernel's ephemeral range.
-
-    A port handed out for port 0 is ephemeral: between this pick and the stack binding it (and
-    across a restart) any other process on the machine may get it for a listener of its own.
-    """
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    candidates = random.sample(range(20000, low), 200) if low > 21000 else []
-    ports: list[int] = []
-    for port in candidates:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    while len(ports) < count:  # a machine whose ephemeral range starts low
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            if sock.getsockname()[1] not in ports:
-                ports.append(sock.getsockname()[1])
-    return ports
-
-
 @pytest.fixture
 def isolated(tmp_path, local_stack):
     """Settings for a stack of our own; local_stack makes sure the jar cache is filled."""
-    ports = iter(_free_ports(8))
+    ports = iter(free_ports(8))
     settings = StackSettings(
         home=tmp_path / "devstack", kafka_port=next(ports), kafka_controller_port=next(ports),
         registry_port=next(ports), registry_management_port=next(ports), s3_port=next(ports),

@@ -246,9 +246,11 @@ def test_isr_below_min_insync_and_a_stopped_broker_fail_the_broker_check(pipelin
 
     # A broker of its own, started and then stopped: the check names the address it could not reach.
     from devstack import Stack, StackSettings
-    from tests.integration.test_devstack import _free_port
+    from devstack.probes import free_ports
 
-    settings = StackSettings(home=tmp_path / "devstack", kafka_port=_free_port(), kafka_controller_port=_free_port())
+    kafka_port, controller_port, metrics_port = free_ports(3)
+    settings = StackSettings(home=tmp_path / "devstack", kafka_port=kafka_port, kafka_controller_port=controller_port,
+                             kafka_metrics_port=metrics_port)
     stack = Stack(settings)
     stack.start(["kafka"], echo=lambda line: None)
     address = stack.services["kafka"].endpoint()
