@@ -60,8 +60,12 @@ class HourReader:
         return reader(payload)
 
 
-def hour_checkpoints(inputs: HealthInputs) -> dict[int, Checkpoint]:
-    """The latest checkpoint of every hour ingested into the raw topic, by hour (read once per run)."""
+def hour_checkpoints(inputs: HealthInputs) -> dict[int, list[Checkpoint]]:
+    """The latest checkpoint of every source of every hour ingested into the raw topic (read once per run).
+
+    One source per raw topic is the rule; a second one (a demo file, then the real one) writes the
+    same hours again, and each source's checkpoint accounts for its own rows.
+    """
     cached = inputs.cache.get("checkpoints")
     if cached is None:
         topics = inputs.ingest.topics
@@ -71,10 +75,9 @@ def hour_checkpoints(inputs: HealthInputs) -> dict[int, Checkpoint]:
             found = read_checkpoints(consumer, topics.checkpoints, decoder, raw_topic=topics.raw)
         finally:
             consumer.close()
-        # One source per raw topic in practice; with several, the newest checkpoint of the hour wins.
         cached = {}
         for checkpoint in sorted(found.values(), key=lambda c: c.updated_at):
-            cached[checkpoint.hour] = checkpoint
+            cached.setdefault(checkpoint.hour, []).append(checkpoint)
         inputs.cache["checkpoints"] = cached
     return cached
 
@@ -84,40 +87,43 @@ def check_dlq_ratio(inputs: HealthInputs) -> CheckOutcome:
     limits, topics = inputs.config.dlq, inputs.ingest.topics
     checkpoints = hour_checkpoints(inputs)
     since = _lookback_start(inputs)
-    rows, problems, worst = [], [], 0.0
-    for hour, cp in sorted(checkpoints.items()):
-        ratio = cp.rows_dead_lettered / cp.rows_read if cp.rows_read else 0.0
-        recent = cp.updated_at >= since
-        judged = recent and cp.rows_read >= limits.min_rows
-        top = ", ".join(f"{reason} {count:,}" for reason, count in Counter(cp.dead_lettered_by_reason).most_common(2))
-        verdict = "-" if not judged else ("OVER" if ratio > limits.max_ratio else "ok")
+    rows, problems, series, worst = [], [], [], 0.0
+    for hour, cps in sorted(checkpoints.items()):
+        read = sum(cp.rows_read for cp in cps)
+        dead = sum(cp.rows_dead_lettered for cp in cps)
+        reasons = Counter()
+        for cp in cps:
+            reasons.update(cp.dead_lettered_by_reason)
+        ratio = dead / read if read else 0.0
+        judged = any(cp.updated_at >= since for cp in cps) and read >= limits.min_rows
+        top = ", ".join(f"{reason} {count:,}" for reason, count in reasons.most_common(2))
         if judged:
             worst = max(worst, ratio)
-        if judged and ratio > limits.max_ratio:
-            problems.append(f"hour {hour} dead-lettered {cp.rows_dead_lettered:,} of its {cp.rows_read:,} rows "
-                            f"({ratio:.2%}, limit {limits.max_ratio:.2%}; most: {top or 'none'})")
-        rows.append({"hour": hour, "rows_read": cp.rows_read, "dead_lettered": cp.rows_dead_lettered,
-                     "ratio": f"{ratio:.3%}", "verdict": verdict, "top_reasons": top})
-    series = {"dlq_ratio": [{"hour": r["hour"], "ratio": checkpoints[r["hour"]].rows_dead_lettered
-                             / max(1, checkpoints[r["hour"]].rows_read)} for r in rows]}
+            if ratio > limits.max_ratio:
+                problems.append(f"hour {hour} dead-lettered {dead:,} of its {read:,} rows "
+                                f"({ratio:.2%}, limit {limits.max_ratio:.2%}; most: {top or 'none'})")
+        rows.append({"hour": hour, "sources": len(cps), "rows_read": read, "dead_lettered": dead,
+                     "ratio": f"{ratio:.3%}", "verdict": "-" if not judged else ("OVER" if ratio > limits.max_ratio else "ok"),
+                     "top_reasons": top})
+        series.append({"hour": hour, "ratio": ratio})
     metrics = [Metric("dlq_ratio_worst", worst, help="Highest DLQ ratio of the hours checked in the lookback"),
                Metric("dlq_ratio_threshold", limits.max_ratio, help="The DLQ ratio an hour may not exceed")]
     judged = sum(1 for r in rows if r["verdict"] != "-")
     if problems:
         summary = (f"{len(problems)} of {judged} recent hour(s) are over the DLQ ratio: {first_problems(problems)}; "
                    f"look at {topics.dlq} (header {INGEST_HOUR_HEADER}) and the hour's ingest_hour task log")
-        return CheckOutcome("dlq_ratio", False, summary, _DLQ_COLUMNS, rows, metrics, series)
+        return CheckOutcome("dlq_ratio", False, summary, _DLQ_COLUMNS, rows, metrics, {"dlq_ratio": series})
     if not checkpoints:
         return CheckOutcome("dlq_ratio", True, f"no hour has been ingested into {topics.raw} yet",
-                            _DLQ_COLUMNS, rows, metrics, series)
+                            _DLQ_COLUMNS, rows, metrics, {"dlq_ratio": series})
     return CheckOutcome("dlq_ratio", True, f"{judged} recent hour(s) judged, worst DLQ ratio {worst:.3%} "
                         f"(limit {limits.max_ratio:.2%}); {len(rows)} hour(s) in {topics.checkpoints}",
-                        _DLQ_COLUMNS, rows, metrics, series)
+                        _DLQ_COLUMNS, rows, metrics, {"dlq_ratio": series})
 
 
-_DLQ_COLUMNS = ["hour", "rows_read", "dead_lettered", "ratio", "verdict", "top_reasons"]
-_RECONCILE_COLUMNS = ["hour", "generation", "staged_rows", "raw", "dlq", "difference", "other_generations",
-                      "repaired", "verdict"]
+_DLQ_COLUMNS = ["hour", "sources", "rows_read", "dead_lettered", "ratio", "verdict", "top_reasons"]
+_RECONCILE_COLUMNS = ["hour", "generation", "sources", "expected", "raw", "dlq", "difference", "other_generations",
+                      "repaired", "staged", "verdict"]
 
 
 def _lookback_start(inputs: HealthInputs) -> dt.datetime:
@@ -126,46 +132,67 @@ def _lookback_start(inputs: HealthInputs) -> dt.datetime:
 
 
 def check_reconciliation(inputs: HealthInputs) -> CheckOutcome:
-    """Staged rows of each recent complete hour = its records in the raw topic + the DLQ, counted in Kafka."""
+    """Rows of each recent complete hour = its records in the raw topic + the DLQ, counted in Kafka.
+
+    The rows an hour should have are its sources' rows read (each source's latest complete
+    checkpoint), and where the hour's staged manifest is found (the config's staging), the
+    manifest's rows must be what its source's checkpoint read.
+    """
     settings, topics = inputs.config.reconciliation, inputs.ingest.topics
     since = _lookback_start(inputs)
-    hours = {h: cp for h, cp in hour_checkpoints(inputs).items() if cp.complete and cp.updated_at >= since}
-    if not hours:
+    recent = {h: [cp for cp in cps if cp.complete] for h, cps in hour_checkpoints(inputs).items()
+              if any(cp.complete and cp.updated_at >= since for cp in cps)}
+    if not recent:
         return CheckOutcome("reconciliation", True,
                             f"no hour of {topics.raw} completed in the last {settings.lookback_hours} h", _RECONCILE_COLUMNS)
-    scan_from = min(cp.updated_at for cp in hours.values()).timestamp() - settings.scan_margin_s
-    raw, repaired, dlq = count_hour_records(inputs, int(scan_from * 1000), set(hours))
+    scan_from = min(cp.updated_at for cps in recent.values() for cp in cps if cp.updated_at >= since)
+    scan_from = scan_from - dt.timedelta(seconds=settings.scan_margin_s)
+    raw, repaired, dlq = count_hour_records(inputs, int(scan_from.timestamp() * 1000), set(recent))
     rows, problems = [], []
-    for hour, cp in sorted(hours.items()):
-        partition = find_partition(inputs.ingest.staging_uri, hour)
-        in_raw, in_dlq = raw.get((hour, cp.generation), 0), dlq.get((hour, cp.generation), 0)
-        others = sum(n for (h, g), n in raw.items() if h == hour and g != cp.generation)
-        if partition is None or partition.source_id != cp.source_id:
-            rows.append({"hour": hour, "generation": cp.generation, "staged_rows": "not staged", "raw": in_raw,
-                         "dlq": in_dlq, "difference": "", "other_generations": others,
-                         "repaired": repaired.get(hour, 0), "verdict": "-"})
-            continue
-        difference = in_raw + in_dlq - partition.rows
-        verdict = "ok" if difference == 0 else ("MISSING" if difference < 0 else "EXTRA")
-        if difference:
-            what = f"{-difference:,} missing" if difference < 0 else f"{difference:,} more than staged (duplicated?)"
-            problems.append(f"hour {hour} generation {cp.generation}: staged {partition.rows:,} rows but Kafka holds "
-                            f"{in_raw + in_dlq:,} ({in_raw:,} in {topics.raw} + {in_dlq:,} in {topics.dlq}), {what}")
-        rows.append({"hour": hour, "generation": cp.generation, "staged_rows": partition.rows, "raw": in_raw,
-                     "dlq": in_dlq, "difference": f"{difference:+,}", "other_generations": others,
-                     "repaired": repaired.get(hour, 0), "verdict": verdict})
-    metrics = [Metric("reconciliation_difference_rows", float(sum(abs(int(r["difference"].replace(",", "")))
-                                                                  for r in rows if r["difference"])),
-                      help="Rows by which the recent hours' records in Kafka differ from the staged rows")]
+    for hour, cps in sorted(recent.items()):
+        # Checkpoints written before the scan started account for records the scan did not read.
+        cps = [cp for cp in cps if cp.updated_at >= scan_from]
+        expected: Counter = Counter()
+        for cp in cps:
+            expected[cp.generation] += cp.rows_read
+        staged = _staged_rows(inputs, hour, cps, problems)
+        for generation, rows_expected in sorted(expected.items()):
+            in_raw, in_dlq = raw.get((hour, generation), 0), dlq.get((hour, generation), 0)
+            difference = in_raw + in_dlq - rows_expected
+            if difference:
+                what = f"{-difference:,} missing" if difference < 0 else f"{difference:,} more than ingested (duplicated?)"
+                sources = f" from {len(cps)} sources" if len(cps) > 1 else ""
+                problems.append(f"hour {hour} generation {generation}: {rows_expected:,} rows ingested{sources} "
+                                f"({staged}) but Kafka holds {in_raw + in_dlq:,} ({in_raw:,} in {topics.raw} + "
+                                f"{in_dlq:,} in {topics.dlq}), {what}")
+            others = sum(n for (h, g), n in raw.items() if h == hour and g not in expected)
+            rows.append({"hour": hour, "generation": generation, "sources": len(cps), "expected": rows_expected,
+                         "raw": in_raw, "dlq": in_dlq, "difference": difference, "other_generations": others,
+                         "repaired": repaired.get(hour, 0), "staged": staged,
+                         "verdict": "ok" if difference == 0 else ("MISSING" if difference < 0 else "EXTRA")})
+    metrics = [Metric("reconciliation_difference_rows", float(sum(abs(r["difference"]) for r in rows)),
+                      help="Rows by which the recent hours' records in Kafka differ from the rows ingested")]
     if problems:
-        summary = (f"{len(problems)} of {len(rows)} recent hour(s) do not reconcile: {first_problems(problems)}; "
+        summary = (f"{len(problems)} problem(s) in {len(rows)} recent hour(s): {first_problems(problems)}; "
                    f"look at the hours' ingest_hour task logs and at {topics.raw} (deleted records, or a producer "
                    "writing outside the ingestion)")
         return CheckOutcome("reconciliation", False, summary, _RECONCILE_COLUMNS, rows, metrics)
-    checked = sum(1 for r in rows if r["verdict"] == "ok")
     total = sum(r["raw"] + r["dlq"] for r in rows)
-    return CheckOutcome("reconciliation", True, f"{checked} recent hour(s) reconcile: {total:,} records in "
-                        f"{topics.raw} + {topics.dlq} = their staged rows", _RECONCILE_COLUMNS, rows, metrics)
+    return CheckOutcome("reconciliation", True, f"{len(rows)} recent hour(s) reconcile: {total:,} records in "
+                        f"{topics.raw} + {topics.dlq} = the rows ingested", _RECONCILE_COLUMNS, rows, metrics)
+
+
+def _staged_rows(inputs: HealthInputs, hour: int, cps: list[Checkpoint], problems: list[str]) -> str:
+    """Whether the hour's staged manifest agrees with its source's checkpoint (a problem when not)."""
+    partition = find_partition(inputs.ingest.staging_uri, hour)
+    ours = [cp for cp in cps if partition is not None and cp.source_id == partition.source_id]
+    if not ours:
+        return "staged elsewhere"
+    if ours[0].rows_read != partition.rows:
+        problems.append(f"hour {hour}: the staged manifest {partition.manifest_uri} has {partition.rows:,} rows "
+                        f"but its ingestion read {ours[0].rows_read:,}")
+        return f"manifest {partition.rows:,} rows"
+    return f"manifest {partition.rows:,} rows"
 
 
 def count_hour_records(inputs: HealthInputs, since_ms: int, hours: set[int]):

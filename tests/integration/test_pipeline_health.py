@@ -106,7 +106,8 @@ def test_every_check_passes_on_a_healthy_pipeline_and_the_report_shows_them(pipe
     assert {r["partition"] for r in lag_rows} == {0, 1, 2} and {r["lag"] for r in lag_rows} == {0}
     reconciled = {r["hour"]: r for r in by_name["reconciliation"].rows}
     for hour, result in pipeline.results.items():
-        assert reconciled[hour]["staged_rows"] == result.rows_read
+        assert reconciled[hour]["expected"] == result.rows_read
+        assert reconciled[hour]["staged"] == f"manifest {result.rows_read:,} rows"
         assert reconciled[hour]["raw"] == result.rows_produced and reconciled[hour]["dlq"] == result.rows_dead_lettered
     assert {r["hour"] for r in by_name["dlq_ratio"].rows} == set(HOURS)
     assert sum(1 for r in by_name["throughput"].rows if r["job"] == "ingestion") == len(HOURS)
@@ -197,8 +198,9 @@ def test_an_hour_with_records_deleted_or_doubled_does_not_reconcile(pipeline, ka
     assert producer.flush(30) == 0
     outcome = pipeline.check("reconciliation")
     assert not outcome.ok
-    assert (f"hour {hour} generation 0: staged {staged:,} rows but Kafka holds {staged + len(doubled):,}") in outcome.summary
-    assert f"{len(doubled):,} more than staged (duplicated?)" in outcome.summary
+    assert (f"hour {hour} generation 0: {staged:,} rows ingested (manifest {staged:,} rows) but Kafka holds "
+            f"{staged + len(doubled):,}") in outcome.summary
+    assert f"{len(doubled):,} more than ingested (duplicated?)" in outcome.summary
 
     # Retention (or a hand) deleting the start of a partition: the hours there go missing.
     on_zero = [r for r in read_topic(kafka_config, pipeline.topics.raw) if r.partition == 0]
@@ -206,7 +208,24 @@ def test_an_hour_with_records_deleted_or_doubled_does_not_reconcile(pipeline, ka
     lost = sum(1 for r in on_zero if r.offset < cut and _hour_of(pipeline, r.value) == HOURS[0])
     _delete_records(kafka_config, pipeline.topics.raw, 0, cut)
     outcome = pipeline.check("reconciliation")
-    assert f"hour {HOURS[0]} generation 0: staged" in outcome.summary and f"{lost:,} missing" in outcome.summary
+    assert f"hour {HOURS[0]} generation 0: {pipeline.results[HOURS[0]].rows_read:,} rows ingested" in outcome.summary
+    assert f"{lost:,} missing" in outcome.summary
+
+
+def test_an_hour_ingested_from_a_second_source_reconciles_with_both_sources_rows(pipeline, kafka_config, registry,
+                                                                                   tmp_path):
+    # A demo file first, the real file later: both write hour 14102100; each checkpoint accounts for its rows.
+    other = tmp_path / "other.csv.gz"
+    generate(GeneratorSpec(1_500, hours=1, seed=99, fault_rates={FaultKind.BAD_HOUR: 0.01}), other)
+    stage_source(str(other), str(tmp_path / "other-staging"))
+    second = HourlyIngestor(find_partition(str(tmp_path / "other-staging"), HOURS[0]),
+                            config=pipeline.inputs.ingest.replace("second source", staging_uri=str(tmp_path / "other-staging")),
+                            kafka_config=kafka_config, registry=registry, origin=ORIGIN).run()
+    outcome = pipeline.check("reconciliation")
+    assert outcome.ok, outcome.summary
+    row = next(r for r in outcome.rows if r["hour"] == HOURS[0])
+    assert row["sources"] == 2 and row["expected"] == pipeline.results[HOURS[0]].rows_read + second.rows_read
+    assert row["raw"] + row["dlq"] == row["expected"]
 
 
 def test_a_topic_config_changed_by_hand_is_drift(pipeline, kafka_config):
