@@ -24,6 +24,7 @@ class LagLimits:
     exclude: tuple[str, ...] = ()
     max_records: int = 100_000
     max_seconds: float = 900.0
+    stall_after_s: float = 900.0
     window_samples: int = 12
     breach_samples: int = 3
     max_sample_age_s: float = 86_400.0
@@ -107,6 +108,7 @@ def parse_health_config(document: Any, source: str) -> HealthConfig:
             exclude=_patterns(f"{where}.exclude", lag.get("exclude", [])),
             max_records=_CHECK.whole(f"{where}.max_records", lag.get("max_records", d_lag.max_records), 0),
             max_seconds=_CHECK.seconds(f"{where}.max_seconds", lag.get("max_seconds", d_lag.max_seconds)),
+            stall_after_s=_CHECK.seconds(f"{where}.stall_after_s", lag.get("stall_after_s", d_lag.stall_after_s)),
             window_samples=window,
             breach_samples=breach,
             max_sample_age_s=_CHECK.seconds(f"{where}.max_sample_age_s",

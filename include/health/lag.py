@@ -16,8 +16,9 @@ one reading, and the statuses follow Burrow's names:
 
 * ``OK``: caught up, or committing and not in breach (an idle, caught-up group is OK: no false STOP);
 * ``WARN``: committing, but the lag grew over the whole window (it falls behind);
-* ``STALL``: records wait and the committed offset has not moved, while the group has members;
-* ``STOP``: records wait and the committed offset has not moved, and the group has no member;
+* ``STALL``: records wait and the committed offset has not moved for ``stall_after_s``, while the
+  group has members;
+* ``STOP``: the same, and the group has no member;
 * ``REWIND``: the committed offset went back (a reset): reported, not failed;
 * ``LOST``: the committed offset is below the log start: retention deleted records the group never
   read. That fails at once.
@@ -223,7 +224,7 @@ def judge(window: list[LagSample], limits: LagLimits) -> Verdict:
     if latest.lost:
         return Verdict("LOST", True, True, f"its committed offset {latest.committed:,} is below the log start "
                                             f"{latest.start:,}: {latest.lost:,} records were deleted by retention before it read them")
-    verdicts = [_sample_verdict(window[i - 1] if i else None, window[i], limits) for i in range(len(window))]
+    verdicts = [_sample_verdict(window[:i + 1], limits) for i in range(len(window))]
     status, breach, reason = verdicts[-1]
     newest = verdicts[-limits.breach_samples:]
     failing = len(newest) >= limits.breach_samples and all(b for _, b, _ in newest)
@@ -233,7 +234,10 @@ def judge(window: list[LagSample], limits: LagLimits) -> Verdict:
     return Verdict(status, breach, failing, reason)
 
 
-def _sample_verdict(previous: LagSample | None, sample: LagSample, limits: LagLimits) -> tuple[str, bool, str]:
+def _sample_verdict(window: list[LagSample], limits: LagLimits) -> tuple[str, bool, str]:
+    """The status of the window's newest sample, given the samples before it."""
+    sample = window[-1]
+    previous = window[-2] if len(window) > 1 else None
     if previous is not None and sample.committed < previous.committed:
         return "REWIND", False, f"its committed offset went back from {previous.committed:,} to {sample.committed:,}"
     if sample.lag == 0:
@@ -243,15 +247,26 @@ def _sample_verdict(previous: LagSample | None, sample: LagSample, limits: LagLi
         over.append(f"{sample.lag:,} records behind (limit {limits.max_records:,})")
     if sample.lag_seconds > limits.max_seconds:
         over.append(f"its oldest waiting record is {sample.lag_seconds:,.0f} s old (limit {limits.max_seconds:,.0f} s)")
-    if previous is not None and sample.committed == previous.committed:
-        waited = sample.at - previous.at
+    # How long the committed offset has stood still: since the oldest sample of the run of samples
+    # with this offset. A consumer that commits in batches or runs on a schedule stands still
+    # between its runs; only a standstill longer than stall_after_s is a STALL or a STOP.
+    still_since = sample
+    for earlier in reversed(window[:-1]):
+        if earlier.committed != sample.committed:
+            break
+        still_since = earlier
+    still = sample.at - still_since.at
+    if previous is not None and still >= limits.stall_after_s:
         if sample.state in _MEMBERLESS or sample.members == 0:
             return "STOP", True, (f"it has no member (state {sample.state}) and its committed offset "
-                                  f"{sample.committed:,} has not moved for {waited:,.0f} s while {sample.lag:,} records wait")
+                                  f"{sample.committed:,} has not moved for {still:,.0f} s while {sample.lag:,} records wait")
         return "STALL", True, (f"it has {sample.members} member(s) (state {sample.state}) but its committed offset "
-                               f"{sample.committed:,} has not moved for {waited:,.0f} s while {sample.lag:,} records wait")
+                               f"{sample.committed:,} has not moved for {still:,.0f} s while {sample.lag:,} records wait")
     if over:
         return "OK", True, "; ".join(over)
+    if previous is not None and still > 0:
+        return "OK", False, (f"{sample.lag:,} records behind; committed offset still for {still:,.0f} s "
+                             f"(a STALL or STOP after {limits.stall_after_s:,.0f} s)")
     return "OK", False, f"{sample.lag:,} records behind and committing"
 
 
@@ -262,11 +277,15 @@ def window_after(window: list[LagSample], sample: LagSample, limits: LagLimits) 
 
 
 def consumption_rate(window: list[LagSample]) -> float | None:
-    """Records per second the group consumed between its last two samples, while records waited."""
+    """Records per second the group consumed between its last two samples, while records waited.
+
+    None unless it was consuming: records waited and its committed offset moved (a group standing
+    still is the lag check's STALL or STOP, not a slow one).
+    """
     if len(window) < 2:
         return None
     a, b = window[-2], window[-1]
-    if b.at <= a.at or a.lag == 0 or b.committed < a.committed:
+    if b.at <= a.at or a.lag == 0 or b.committed <= a.committed:
         return None
     return (b.committed - a.committed) / (b.at - a.at)
 

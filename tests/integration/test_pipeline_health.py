@@ -86,7 +86,9 @@ def pipeline(staging, kafka_config, registry, tmp_path):
     results = {hour: HourlyIngestor(find_partition(staging, hour), config=ingest, kafka_config=kafka_config,
                                     registry=registry, origin=ORIGIN).run() for hour in HOURS}
     config = load_health_config().replace(
-        lag={"groups": (f"health-{suffix}-*",), "exclude": (), "breach_samples": 2, "window_samples": 6},
+        # A standstill counts at once here: the tests sample seconds apart, not an hour.
+        lag={"groups": (f"health-{suffix}-*",), "exclude": (), "breach_samples": 2, "window_samples": 6,
+             "stall_after_s": 0.0},
         dlq={"max_ratio": 0.05, "min_rows": 100},
         throughput={"ingest_min_rows": 100, "ingest_min_rows_per_s": 1.0, "processor_min_records_per_s": 0.0},
         report_uri=str(tmp_path / "reports"), state_uri=str(tmp_path / "state.json"))

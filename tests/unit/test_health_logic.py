@@ -12,7 +12,7 @@ from include.health.report import render_markdown, summary_table
 from include.health.state import HealthState
 from include.health.lag import PartitionKey
 
-LIMITS = LagLimits(max_records=1000, max_seconds=60, window_samples=5, breach_samples=2)
+LIMITS = LagLimits(max_records=1000, max_seconds=60, stall_after_s=10, window_samples=5, breach_samples=2)
 
 
 def _sample(at, committed, end, *, start=0, lag_s=0.0, state="STABLE", members=1):
@@ -34,6 +34,14 @@ def test_still_offsets_with_records_waiting_stall_with_members_and_stop_without(
                _sample(20, 10, 20, state="EMPTY", members=0)]
     verdict = judge(stopped, LIMITS)
     assert verdict.status == "STOP" and verdict.failing and "no member (state EMPTY)" in verdict.reason
+
+
+def test_a_standstill_shorter_than_stall_after_s_is_a_consumer_between_its_batches_not_a_stall():
+    window = [_sample(0, 10, 20), _sample(4, 10, 25), _sample(8, 10, 30)]
+    verdict = judge(window, LIMITS)
+    assert (verdict.status, verdict.breach) == ("OK", False)
+    assert "committed offset still for 8 s (a STALL or STOP after 10 s)" in verdict.reason
+    assert consumption_rate(window) is None  # standing still is not slow consuming
 
 
 def test_one_sample_over_a_limit_is_a_breach_but_not_yet_a_failure():
