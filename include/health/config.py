@@ -48,6 +48,7 @@ class ThroughputLimits:
     ingest_min_rows_per_s: float = 20_000.0
     ingest_min_rows: int = 10_000
     processor_min_records_per_s: float = 50.0
+    processor_groups: tuple[str, ...] = ("stream-*",)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ def parse_health_config(document: Any, source: str) -> HealthConfig:
             processor_min_records_per_s=_CHECK.seconds(
                 f"{source}: throughput.processor_min_records_per_s",
                 speed.get("processor_min_records_per_s", d_speed.processor_min_records_per_s)),
+            processor_groups=_patterns(f"{source}: throughput.processor_groups",
+                                       speed.get("processor_groups", list(d_speed.processor_groups))),
         ),
         broker=BrokerLimits(
             min_brokers=_CHECK.whole(f"{source}: broker.min_brokers", broker.get("min_brokers", 1), 1, 1000)),

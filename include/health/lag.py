@@ -279,13 +279,14 @@ def window_after(window: list[LagSample], sample: LagSample, limits: LagLimits) 
 def consumption_rate(window: list[LagSample]) -> float | None:
     """Records per second the group consumed between its last two samples, while records waited.
 
-    None unless it was consuming: records waited and its committed offset moved (a group standing
-    still is the lag check's STALL or STOP, not a slow one).
+    None unless that is its speed: records waited at both samples (a group that caught up in
+    between could have gone faster) and its committed offset moved (a group standing still is the
+    lag check's STALL or STOP, not a slow one).
     """
     if len(window) < 2:
         return None
     a, b = window[-2], window[-1]
-    if b.at <= a.at or a.lag == 0 or b.committed <= a.committed:
+    if b.at <= a.at or a.lag == 0 or b.lag == 0 or b.committed <= a.committed:
         return None
     return (b.committed - a.committed) / (b.at - a.at)
 

@@ -3,13 +3,15 @@
 * Ingestion: each ingest_hour run tells pipeline_health what it did through the asset event it
   emits (rows read, rows/s, seconds); runs with fewer than ``ingest_min_rows`` rows are too short
   to time and are listed but not judged.
-* Stream processors: the records their groups committed per second between the last two lag
-  samples (include.health.lag), judged only while records were waiting: an idle processor is not
-  a slow one.
+* Stream processors: the records their groups (``processor_groups``: the always-on processors,
+  not consumers that run on a schedule) committed per second between the last two lag samples
+  (include.health.lag), judged only while records were waiting at both: an idle processor, or one
+  that caught up in between, is not a slow one.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from typing import TYPE_CHECKING
 
 from include.health.lag import consumption_rate
@@ -46,6 +48,8 @@ def check_throughput(inputs: HealthInputs) -> CheckOutcome:
                               "Rows per second of the newest timed ingestion run"))
     by_group: dict[str, list[float]] = {}
     for key, window in load_state(inputs.config.state_uri).windows.items():
+        if not any(fnmatch.fnmatchcase(key.group, pattern) for pattern in limits.processor_groups):
+            continue
         rate = consumption_rate(window)
         if rate is not None:
             by_group.setdefault(key.group, []).append(rate)
