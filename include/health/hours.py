@@ -1,8 +1,9 @@
 """The ingested hours, checked from Kafka: the DLQ ratio of each, and whether its records add up.
 
-Both read the ingestion's own checkpoints (the latest of every hour, read_committed). The
-reconciliation does not trust the run's counters alone: it counts the hour's records in the raw
-topic and in the DLQ and compares them with the rows the staged manifest says the hour has.
+Both read the ingestion's own checkpoints (the latest of every source of every hour,
+read_committed). The reconciliation does not trust the runs' counters alone: it counts the hour's
+records in the raw topic and in the DLQ and compares them with the rows the hour's ingestion read,
+which must also be the rows of the hour's staged manifest where that is found.
 
 * A raw record belongs to the hour in its ``hour`` field; its generation is its
   ``ingest.generation`` header (none: generation 0). Rows the DLQ reprocessing repaired into the
@@ -29,7 +30,7 @@ from include.ingest.checkpoint import Checkpoint, load_checkpoint_schema, read_c
 from include.ingest.staging import find_partition
 from include.kafka.headers import DLQ_HEADER_PREFIX, GENERATION_HEADER, INGEST_HOUR_HEADER
 from include.kafka.reader import read_to_end, reader_config
-from include.kafka.wire import AvroDecoder, int_field_reader, load_schema
+from include.kafka.wire import AvroDecoder, int_field_reader, load_schema, split_header
 from include.paths import SCHEMAS_DIR
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class HourReader:
         self._readers: dict[int, Any] = {}
 
     def __call__(self, payload: bytes) -> int:
-        schema_id = int.from_bytes(payload[1:5], "big")
+        schema_id = split_header(payload)[0]
         reader = self._readers.get(schema_id)
         if reader is None:
             raw = self._fetch(schema_id)

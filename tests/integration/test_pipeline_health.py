@@ -311,10 +311,9 @@ def _group(pipeline: Pipeline, name: str) -> str:
 
 
 def _hour_of(pipeline: Pipeline, value: bytes) -> int:
-    from include.health.hours import _HOUR_ONLY
     from include.kafka.wire import AvroDecoder
 
-    return AvroDecoder(pipeline.inputs.fetch_schema, reader_schema=_HOUR_ONLY).decode(value)["hour"]
+    return AvroDecoder(pipeline.inputs.fetch_schema).decode(value)["hour"]
 
 
 def _create_topic(kafka_config, topic: str, partitions: int = 3, config: dict | None = None) -> None:
