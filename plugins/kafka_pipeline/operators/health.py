@@ -8,7 +8,7 @@ from typing import Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from include.health.checks import HealthInputs, run_check
+from include.health.checks import CHECKS, DESCRIPTIONS, HealthInputs, run_check
 from include.health.config import load_health_config
 from include.health.metrics import push_metrics
 from include.health.outcome import CheckOutcome
@@ -38,6 +38,9 @@ class PipelineCheckOperator(BaseOperator):
     def __init__(self, *, check: str, staging_uri: str | None = None,
                  kafka_config_id: str = KafkaClusterHook.default_conn_name,
                  schema_registry_conn_id: str = SchemaRegistryHook.default_conn_name, **kwargs: Any):
+        if check not in CHECKS:
+            raise ValueError(f"unknown health check {check!r}; the checks are {', '.join(CHECKS)}")
+        kwargs.setdefault("doc_md", f"Health check `{check}`: {DESCRIPTIONS[check]} (include/health).")
         super().__init__(**kwargs)
         self.check = check
         self.staging_uri = staging_uri
