@@ -255,6 +255,15 @@ class Service:
         return state != "Z" or tasks > 1
 
 
+def _cluster_id() -> str:
+    """A random KRaft cluster id, as Kafka's Uuid.randomUuid() makes them: one that does not start
+    with "-", which the storage tool's command line would take for an option (about 1 in 64)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _proc_state(pid: int) -> tuple[str, str]:
     """A process's state letter and its start time (clock ticks after boot), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
@@ -386,7 +395,7 @@ class KafkaBroker(Service):
         if (self.data_dir / "meta.properties").exists():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = _cluster_id()
         log = self.settings.logs / "kafka-format.log"
         with log.open("w") as out:
             result = subprocess.run(
