@@ -205,20 +205,13 @@ def test_prometheus_sees_the_brokers_jmx_metrics_the_pushed_ones_and_the_alert_r
     assert health == {"kafka": "up", "pushgateway": "up", "prometheus": "up"}
 
 
-def test_prometheus_missing_is_one_clear_sentence(isolated, monkeypatch):
-    import devstack.stack
-
-    real_which = devstack.stack.shutil.which
-
-    def which(name, *args, **kwargs):
-        return None if name == "prometheus" else real_which(name, *args, **kwargs)
-
-    monkeypatch.setattr(devstack.stack.shutil, "which", which)
-    with pytest.raises(StackError) as raised:
-        isolated.start(["prometheus"], echo=lambda line: None)
-    assert str(raised.value) == (
-        "Prometheus is needed for the metric checks but prometheus is not installed (not on "
-        "PATH); install Debian's package (apt-get install prometheus)")
+def test_prometheus_missing_is_one_clear_sentence(isolated, tmp_path):
+    # A PATH without Debian's binaries: what a machine without the package sees.
+    result = _cli(isolated, "start", "prometheus", PATH=str(tmp_path / "empty-path"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "devstack: Prometheus is needed for the metric checks but prometheus is not installed (not on "
+        "PATH); install Debian's package (apt-get install prometheus)"]
     assert not port_in_use(isolated.settings.prometheus_port)
 
 
