@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer
 
 from include.health.outcome import CheckOutcome, Metric, first_problems
-from include.ingest.checkpoint import Checkpoint, load_checkpoint_schema, read_checkpoints
+from include.ingest.checkpoint import Checkpoint, checkpoint_keys_of, load_checkpoint_schema, read_checkpoints
 from include.ingest.staging import find_partition
 from include.kafka.headers import DLQ_HEADER_PREFIX, GENERATION_HEADER, INGEST_HOUR_HEADER
 from include.kafka.reader import read_to_end, reader_config
@@ -73,7 +73,10 @@ def hour_checkpoints(inputs: HealthInputs) -> dict[int, list[Checkpoint]]:
         consumer = Consumer(reader_config(inputs.kafka_config, f"pipeline-health-{uuid.uuid4().hex}"))
         decoder = AvroDecoder(inputs.fetch_schema, reader_schema=load_checkpoint_schema())
         try:
-            found = read_checkpoints(consumer, topics.checkpoints, decoder, raw_topic=topics.raw)
+            prefix = checkpoint_keys_of(topics.raw)
+            found = read_checkpoints(consumer, topics.checkpoints,
+                                     lambda payload: Checkpoint.from_record(decoder.decode(payload)),
+                                     keep=lambda key: key.startswith(prefix), batch=10_000)
         finally:
             consumer.close()
         cached = {}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from confluent_kafka import Consumer
 
@@ -42,6 +42,11 @@ def checkpoint_key(raw_topic: str, source_id: str, hour: int) -> str:
     Topic names cannot contain ``/``, so the key is unambiguous.
     """
     return f"{raw_topic}/{source_id}/{hour}"
+
+
+def checkpoint_keys_of(raw_topic: str) -> bytes:
+    """The start every checkpoint key of ``raw_topic``'s hours has (see :func:`checkpoint_key`)."""
+    return f"{raw_topic}/".encode()
 
 
 def transactional_id(raw_topic: str, source_id: str, hour: int, prefix: str = "avazu-ingest") -> str:
@@ -135,33 +140,31 @@ class CheckpointCodec:
         return Checkpoint.from_record(self._decoder.decode(payload))
 
 
-def read_latest_checkpoint(consumer: Consumer, topic: str, key: str, codec: CheckpointCodec,
-                           timeout: float = 60.0) -> Checkpoint | None:
-    """The last committed checkpoint of ``key`` on ``topic``, reading every partition to its end.
+def read_checkpoints(consumer: Consumer, topic: str, decode: Callable[[bytes], Checkpoint], *,
+                     keep: Callable[[bytes], bool] = lambda key: True, timeout: float = 120.0,
+                     batch: int = 1000) -> dict[str, Checkpoint]:
+    """The last committed checkpoint of every key on ``topic`` that ``keep`` takes, reading every partition to its end.
 
     Create ``consumer`` with :func:`include.kafka.reader.reader_config`; it is assigned (no group
-    offsets are read or committed).
+    offsets are read or committed). ``decode`` turns a payload into a checkpoint (e.g.
+    :meth:`CheckpointCodec.decode`); only the last payload of each key is decoded, and a tombstone
+    removes its key.
     """
-    wanted = key.encode()
-    latest: bytes | None = None
-    for message in read_to_end(consumer, [topic], timeout=timeout):
-        if message.key() == wanted:
-            latest = message.value()
-    return None if latest is None else codec.decode(latest)
-
-
-
-def read_checkpoints(consumer: Consumer, topic: str, decoder: AvroDecoder, raw_topic: str | None = None,
-                     timeout: float = 120.0) -> dict[str, Checkpoint]:
-    """The latest committed checkpoint of every key on ``topic`` (of ``raw_topic``'s hours only, when given).
-
-    Create ``consumer`` with :func:`include.kafka.reader.reader_config`; ``decoder`` reads with the
-    checkpoint schema (:func:`load_checkpoint_schema`) as its reader schema.
-    """
-    prefix = f"{raw_topic}/".encode() if raw_topic else b""
     latest: dict[bytes, bytes] = {}
-    for message in read_to_end(consumer, [topic], timeout=timeout, batch=10_000):
+    for message in read_to_end(consumer, [topic], timeout=timeout, batch=batch):
         key = message.key()
-        if key is not None and key.startswith(prefix) and message.value() is not None:
+        if key is None or not keep(key):
+            continue
+        if message.value() is None:
+            latest.pop(key, None)
+        else:
             latest[key] = message.value()
-    return {key.decode(): Checkpoint.from_record(decoder.decode(value)) for key, value in latest.items()}
+    return {key.decode(): decode(value) for key, value in latest.items()}
+
+
+def read_latest_checkpoint(consumer: Consumer, topic: str, key: str, codec: CheckpointCodec,
+                           timeout: float = 60.0) -> Checkpoint | None:
+    """The last committed checkpoint of ``key`` on ``topic`` (see :func:`read_checkpoints`), or None."""
+    wanted = key.encode()
+    return read_checkpoints(consumer, topic, codec.decode, keep=lambda found: found == wanted,
+                            timeout=timeout).get(key)
