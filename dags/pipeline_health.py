@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from include.health.checks import CHECKS as HEALTH_CHECKS
 from kafka_pipeline.assets import INGESTED_HOURS
 from kafka_pipeline.operators.health import PipelineCheckOperator, PipelineHealthReportOperator
 
-CHECKS = ["consumer_lag", "dlq_ratio", "reconciliation", "throughput", "topic_drift", "registry_drift", "brokers"]
+CHECKS = list(HEALTH_CHECKS)
 # Throughput reads the lag window this run's lag check has just added to, and runs either way; it
 # times the ingestion runs from the asset's events.
 AFTER_LAG = {"trigger_rule": "all_done", "inlets": [INGESTED_HOURS]}

@@ -54,24 +54,28 @@ class HealthInputs:
         return self.registry.get_schema(schema_id).schema_str
 
 
-CHECKS: dict[str, Callable[[HealthInputs], CheckOutcome]] = {
-    "consumer_lag": check_consumer_lag,
-    "dlq_ratio": check_dlq_ratio,
-    "reconciliation": check_reconciliation,
-    "throughput": check_throughput,
-    "topic_drift": check_topic_drift,
-    "registry_drift": check_registry_drift,
-    "brokers": check_brokers,
-}
+@dataclass(frozen=True)
+class HealthCheck:
+    """One check: the function that runs it, and what it compares (task docs, the report)."""
 
-DESCRIPTIONS = {
-    "consumer_lag": "consumer lag per group and partition (records, seconds, status over a window)",
-    "dlq_ratio": "dead-lettered share of each ingested hour, from the checkpoints",
-    "reconciliation": "staged rows of each recent hour = its records in the raw topic + the DLQ",
-    "throughput": "rows/s of recent ingestion runs and records/s of the stream processors",
-    "topic_drift": "declared topic configs and partitions against the cluster",
-    "registry_drift": "declared subjects, latest versions and levels against the registry",
-    "brokers": "offline and under-replicated partitions, ISR below min.insync, controller",
+    run: Callable[[HealthInputs], CheckOutcome]
+    description: str
+
+
+# The checks by name, in the order the DAG and the report list them.
+CHECKS: dict[str, HealthCheck] = {
+    "consumer_lag": HealthCheck(
+        check_consumer_lag, "consumer lag per group and partition (records, seconds, status over a window)"),
+    "dlq_ratio": HealthCheck(check_dlq_ratio, "dead-lettered share of each ingested hour, from the checkpoints"),
+    "reconciliation": HealthCheck(
+        check_reconciliation, "rows ingested of each recent hour = its records in the raw topic + the DLQ"),
+    "throughput": HealthCheck(
+        check_throughput, "rows/s of recent ingestion runs and records/s of the always-on stream processors"),
+    "topic_drift": HealthCheck(check_topic_drift, "declared topic configs and partitions against the cluster"),
+    "registry_drift": HealthCheck(
+        check_registry_drift, "declared subjects, latest versions and levels against the registry"),
+    "brokers": HealthCheck(
+        check_brokers, "offline and under-replicated partitions, ISR below min.insync, controller"),
 }
 
 
@@ -80,7 +84,7 @@ def run_check(name: str, inputs: HealthInputs) -> CheckOutcome:
     from include.kafka_admin.topics import format_table
 
     began = time.monotonic()
-    outcome = CHECKS[name](inputs)
+    outcome = CHECKS[name].run(inputs)
     outcome.elapsed_s = round(time.monotonic() - began, 3)
     inputs.log.info("%s: %s (%.1f s): %s", name, outcome.status, outcome.elapsed_s, outcome.summary)
     if outcome.rows:

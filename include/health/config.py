@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,11 @@ class HealthConfig:
 _CHECK = Checks(HealthConfigError)
 _SECTIONS = {"lag": LagLimits, "dlq": DlqLimits, "reconciliation": ReconciliationSettings,
              "throughput": ThroughputLimits, "broker": BrokerLimits}
+
+
+def matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``name`` (a group id) matches any of the shell-style ``patterns`` of a settings list."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def _patterns(where: str, value: Any) -> tuple[str, ...]:

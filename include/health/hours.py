@@ -28,7 +28,7 @@ from confluent_kafka import Consumer
 from include.health.outcome import CheckOutcome, Metric, first_problems
 from include.ingest.checkpoint import Checkpoint, checkpoint_keys_of, load_checkpoint_schema, read_checkpoints
 from include.ingest.staging import find_partition
-from include.kafka.headers import DLQ_HEADER_PREFIX, GENERATION_HEADER, INGEST_HOUR_HEADER
+from include.kafka.headers import DLQ_HEADER_PREFIX, INGEST_HOUR_HEADER, generation_of
 from include.kafka.reader import read_to_end, reader_config
 from include.kafka.wire import AvroDecoder, int_field_reader, load_schema, split_header
 from include.paths import SCHEMAS_DIR
@@ -195,7 +195,6 @@ def _staged_rows(inputs: HealthInputs, hour: int, cps: list[Checkpoint], problem
     if ours[0].rows_read != partition.rows:
         problems.append(f"hour {hour}: the staged manifest {partition.manifest_uri} has {partition.rows:,} rows "
                         f"but its ingestion read {ours[0].rows_read:,}")
-        return f"manifest {partition.rows:,} rows"
     return f"manifest {partition.rows:,} rows"
 
 
@@ -219,14 +218,13 @@ def count_hour_records(inputs: HealthInputs, since_ms: int, hours: set[int]):
             if any(name.startswith(DLQ_HEADER_PREFIX) for name in names):
                 repaired[hour_of(message.value())] += 1
                 continue
-            generation = int(names.get(GENERATION_HEADER, b"0") or 0)
-            raw[(hour_of(message.value()), generation)] += 1
+            raw[(hour_of(message.value()), generation_of(names))] += 1
         for message in read_to_end(consumer, [topics.dlq], timeout=600, batch=10_000, since_ms=since_ms):
             read += 1
             names = dict(message.headers() or ())
             hour = names.get(INGEST_HOUR_HEADER)
             if hour is not None:
-                dlq[(int(hour), int(names.get(GENERATION_HEADER, b"0") or 0))] += 1
+                dlq[(int(hour), generation_of(names))] += 1
     finally:
         consumer.close()
     inputs.log.info("counted %s records of %s and %s in %.1f s", f"{read:,}", topics.raw, topics.dlq,

@@ -29,7 +29,6 @@ when it holds for the newest ``breach_samples`` samples, so one slow moment is n
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import time
 import uuid
@@ -46,7 +45,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from include.health.config import LagLimits
+from include.health.config import LagLimits, matches
 from include.health.outcome import CheckOutcome, Metric, first_problems
 from include.kafka.errors import KafkaUnavailable
 from include.kafka.reader import reader_config
@@ -114,8 +113,7 @@ class Verdict:
 
 
 def watched(group: str, limits: LagLimits) -> bool:
-    return (any(fnmatch.fnmatchcase(group, p) for p in limits.groups)
-            and not any(fnmatch.fnmatchcase(group, p) for p in limits.exclude))
+    return matches(group, limits.groups) and not matches(group, limits.exclude)
 
 
 def _result(future, what: str):
@@ -146,13 +144,15 @@ def sample_groups(admin: AdminClient, kafka_config: dict[str, Any], limits: LagL
     starts = _list_offsets(admin, partitions, OffsetSpec.earliest(), timeout)
     committed = {k: o for k, o in committed.items() if (k.topic, k.partition) in ends and (k.topic, k.partition) in starts}
     at = time.time() if now is None else now
-    waiting = {(k.topic, k.partition, max(offset, starts[(k.topic, k.partition)]))
-               for k, offset in committed.items() if ends[(k.topic, k.partition)] > max(offset, starts[(k.topic, k.partition)])}
+    # Where each group reads next: its committed offset, or the log start when retention passed it.
+    positions = {k: max(offset, starts[(k.topic, k.partition)]) for k, offset in committed.items()}
+    waiting = {(k.topic, k.partition, position) for k, position in positions.items()
+               if ends[(k.topic, k.partition)] > position}
     stamps = oldest_waiting_timestamps(kafka_config, waiting, timeout=timeout)
     samples = {}
     for key, offset in sorted(committed.items(), key=lambda item: item[0].text()):
         tp = (key.topic, key.partition)
-        position = max(offset, starts[tp])
+        position = positions[key]
         end = ends[tp]
         stamp = stamps.get((key.topic, key.partition, position), 0.0)
         if stamp is None:
@@ -224,9 +224,10 @@ def judge(window: list[LagSample], limits: LagLimits) -> Verdict:
     if latest.lost:
         return Verdict("LOST", True, True, f"its committed offset {latest.committed:,} is below the log start "
                                             f"{latest.start:,}: {latest.lost:,} records were deleted by retention before it read them")
-    verdicts = [_sample_verdict(window[:i + 1], limits) for i in range(len(window))]
-    status, breach, reason = verdicts[-1]
-    newest = verdicts[-limits.breach_samples:]
+    # Only the newest breach_samples samples decide whether the breach held.
+    newest = [_sample_verdict(window[:i + 1], limits)
+              for i in range(max(0, len(window) - limits.breach_samples), len(window))]
+    status, breach, reason = newest[-1]
     failing = len(newest) >= limits.breach_samples and all(b for _, b, _ in newest)
     if not breach and status == "OK" and len(window) >= 3 and all(
             b.lag > a.lag and b.committed > a.committed for a, b in zip(window, window[1:])):

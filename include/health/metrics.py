@@ -52,13 +52,14 @@ def build_registry(outcomes: list[CheckOutcome], missing: list[str] = (), now: f
 def push_metrics(url: str, outcomes: list[CheckOutcome], missing: list[str] = (), *, job: str = JOB,
                  now: float | None = None, timeout: float = 10.0) -> int:
     """Push the run's figures (and, when every check passed, the last-success time); returns how many series."""
+    now = time.time() if now is None else now
     registry = build_registry(outcomes, missing, now)
     try:
         push_to_gateway(url, job=job, registry=registry, timeout=timeout)
         if outcomes and not missing and all(o.ok for o in outcomes):
             success = CollectorRegistry()
             Gauge(PREFIX + "last_success_timestamp_seconds", "When every check of pipeline_health last passed",
-                  registry=success).set(time.time() if now is None else now)
+                  registry=success).set(now)
             push_to_gateway(url, job=job, registry=success, grouping_key={"outcome": "success"}, timeout=timeout)
     except (URLError, OSError) as error:
         raise PushgatewayUnavailable(f"the Pushgateway at {url} did not take the metrics: "

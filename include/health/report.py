@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from include import storage  # noqa: E402
-from include.health.checks import DESCRIPTIONS  # noqa: E402
+from include.health.checks import CHECKS  # noqa: E402
 from include.health.outcome import CheckOutcome  # noqa: E402
 from include.kafka_admin.topics import format_table  # noqa: E402
 
@@ -115,13 +115,17 @@ def render_markdown(outcomes: list[CheckOutcome], title: str, images: dict[str, 
     for name, path in images.items():
         parts += ["", f"![{name}]({path})"]
     for o in outcomes:
-        parts += ["", f"## {o.check}: {o.status}", "", f"*{DESCRIPTIONS.get(o.check, '')}*", "", o.summary, ""]
+        parts += ["", f"## {o.check}: {o.status}", "", f"*{_description(o.check)}*", "", o.summary, ""]
         if o.rows:
             parts += ["| " + " | ".join(o.columns) + " |", "|" + "---|" * len(o.columns)]
             parts += ["| " + " | ".join(_md_cell(str(r.get(c, ""))) for c in o.columns) + " |" for r in o.rows[:200]]
             if len(o.rows) > 200:
                 parts.append(f"\n({len(o.rows) - 200} more rows)")
     return "\n".join(parts) + "\n"
+
+
+def _description(check: str) -> str:
+    return CHECKS[check].description if check in CHECKS else ""
 
 
 def _md_cell(text: str) -> str:
@@ -147,7 +151,7 @@ def render_html(outcomes: list[CheckOutcome], title: str, images: dict[str, str]
                            for r in o.rows[:200])
             table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         sections.append(f'<section><h2 class="{"good" if o.ok else "bad"}">{esc(o.check)}: {o.status}</h2>'
-                        f"<p><em>{esc(DESCRIPTIONS.get(o.check, ''))}</em></p><p>{esc(o.summary)}</p>{table}</section>")
+                        f"<p><em>{esc(_description(o.check))}</em></p><p>{esc(o.summary)}</p>{table}</section>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>

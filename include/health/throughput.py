@@ -11,9 +11,9 @@
 
 from __future__ import annotations
 
-import fnmatch
 from typing import TYPE_CHECKING
 
+from include.health.config import matches
 from include.health.lag import consumption_rate
 from include.health.outcome import CheckOutcome, Metric, first_problems
 from include.health.state import load_state
@@ -48,7 +48,7 @@ def check_throughput(inputs: HealthInputs) -> CheckOutcome:
                               "Rows per second of the newest timed ingestion run"))
     by_group: dict[str, list[float]] = {}
     for key, window in load_state(inputs.config.state_uri).windows.items():
-        if not any(fnmatch.fnmatchcase(key.group, pattern) for pattern in limits.processor_groups):
+        if not matches(key.group, limits.processor_groups):
             continue
         rate = consumption_rate(window)
         if rate is not None:

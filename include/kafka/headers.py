@@ -1,4 +1,4 @@
-"""Names of the record headers the project writes, in one place for writers and readers."""
+"""Names of the record headers the project writes, in one place for writers and readers (and how to read one)."""
 
 from __future__ import annotations
 
@@ -8,3 +8,8 @@ DLQ_HEADER_PREFIX = "dlq."
 # include.ingest.checkpoint on generations; raw records of generation 0 carry none).
 INGEST_HOUR_HEADER = "ingest.hour"
 GENERATION_HEADER = "ingest.generation"
+
+
+def generation_of(headers: dict[str, bytes]) -> int:
+    """The generation a record's headers (by name) say wrote it: 0 when they name none."""
+    return int(headers.get(GENERATION_HEADER) or 0)

@@ -8,7 +8,7 @@ from typing import Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from include.health.checks import CHECKS, DESCRIPTIONS, HealthInputs, run_check
+from include.health.checks import CHECKS, HealthInputs, run_check
 from include.health.config import load_health_config
 from include.health.metrics import push_metrics
 from include.health.outcome import CheckOutcome
@@ -40,7 +40,7 @@ class PipelineCheckOperator(BaseOperator):
                  schema_registry_conn_id: str = SchemaRegistryHook.default_conn_name, **kwargs: Any):
         if check not in CHECKS:
             raise ValueError(f"unknown health check {check!r}; the checks are {', '.join(CHECKS)}")
-        kwargs.setdefault("doc_md", f"Health check `{check}`: {DESCRIPTIONS[check]} (include/health).")
+        kwargs.setdefault("doc_md", f"Health check `{check}`: {CHECKS[check].description} (include/health).")
         super().__init__(**kwargs)
         self.check = check
         self.staging_uri = staging_uri
