@@ -39,7 +39,6 @@ from include.ingest.ingestor import HourlyIngestor
 from include.ingest.staging import find_partition, stage_source
 from include.ingest.topics import DECLARED, provision_ingest_topics
 from include.kafka.reader import read_topic
-from include.kafka.registry import registry_client
 from include.kafka_admin.sandbox import sandbox_catalog
 from include.paths import SCHEMAS_DIR
 
@@ -47,11 +46,6 @@ pytestmark = pytest.mark.integration
 
 HOURS = (14102100, 14102101)
 ORIGIN = Origin("avazu_hourly_ingest", "manual__health", "ingest_hour", 1)
-
-
-@pytest.fixture(scope="module")
-def registry(schema_registry_url):
-    return registry_client(schema_registry_url)
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +72,13 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(staging, kafka_config, registry, tmp_path):
+def pipeline(staging, kafka_config, registry_client, tmp_path):
     suffix = uuid.uuid4().hex[:10]
     topics = IngestTopics(f"health_raw_{suffix}", f"health_dlq_{suffix}", f"health_ckpt_{suffix}")
-    provision_ingest_topics(AdminClient(kafka_config), registry, topics)
+    provision_ingest_topics(AdminClient(kafka_config), registry_client, topics)
     ingest = load_ingest_config().with_topics(topics).replace("test", staging_uri=staging, chunk_rows=1_000)
     results = {hour: HourlyIngestor(find_partition(staging, hour), config=ingest, kafka_config=kafka_config,
-                                    registry=registry, origin=ORIGIN).run() for hour in HOURS}
+                                    registry=registry_client, origin=ORIGIN).run() for hour in HOURS}
     config = load_health_config().replace(
         # A standstill counts at once here: the tests sample seconds apart, not an hour.
         lag={"groups": (f"health-{suffix}-*",), "exclude": (), "breach_samples": 2, "window_samples": 6,
@@ -93,7 +87,7 @@ def pipeline(staging, kafka_config, registry, tmp_path):
         throughput={"ingest_min_rows": 100, "ingest_min_rows_per_s": 1.0, "processor_min_records_per_s": 0.0},
         report_uri=str(tmp_path / "reports"), state_uri=str(tmp_path / "state.json"))
     catalog = sandbox_catalog({DECLARED[role]: getattr(topics, role) for role in DECLARED})
-    inputs = HealthInputs(config=config, kafka_config=kafka_config, registry=registry, ingest=ingest, catalog=catalog,
+    inputs = HealthInputs(config=config, kafka_config=kafka_config, registry=registry_client, ingest=ingest, catalog=catalog,
                           runs=[r.run_summary() for r in reversed(results.values())])
     return Pipeline(topics, inputs, results)
 
@@ -214,7 +208,7 @@ def test_an_hour_with_records_deleted_or_doubled_does_not_reconcile(pipeline, ka
     assert f"{lost:,} missing" in outcome.summary
 
 
-def test_an_hour_ingested_from_a_second_source_reconciles_with_both_sources_rows(pipeline, kafka_config, registry,
+def test_an_hour_ingested_from_a_second_source_reconciles_with_both_sources_rows(pipeline, kafka_config, registry_client,
                                                                                    tmp_path):
     # A demo file first, the real file later: both write hour 14102100; each checkpoint accounts for its rows.
     other = tmp_path / "other.csv.gz"
@@ -222,7 +216,7 @@ def test_an_hour_ingested_from_a_second_source_reconciles_with_both_sources_rows
     stage_source(str(other), str(tmp_path / "other-staging"))
     second = HourlyIngestor(find_partition(str(tmp_path / "other-staging"), HOURS[0]),
                             config=pipeline.inputs.ingest.replace("second source", staging_uri=str(tmp_path / "other-staging")),
-                            kafka_config=kafka_config, registry=registry, origin=ORIGIN).run()
+                            kafka_config=kafka_config, registry=registry_client, origin=ORIGIN).run()
     outcome = pipeline.check("reconciliation")
     assert outcome.ok, outcome.summary
     row = next(r for r in outcome.rows if r["hour"] == HOURS[0])
@@ -243,11 +237,11 @@ def test_a_topic_config_changed_by_hand_is_drift(pipeline, kafka_config):
     assert "run kafka_provisioning with fix_drift" in outcome.summary
 
 
-def test_a_schema_registered_by_hand_is_registry_drift(pipeline, registry):
+def test_a_schema_registered_by_hand_is_registry_drift(pipeline, registry_client):
     subject = f"{pipeline.topics.raw}-value"
     schema = json.loads((SCHEMAS_DIR / "ad_event.avsc").read_text())
     schema["fields"].append({"name": "campaign_note", "type": ["null", "string"], "default": None})
-    registry.register_schema(subject, Schema(json.dumps(schema), "AVRO"))
+    registry_client.register_schema(subject, Schema(json.dumps(schema), "AVRO"))
     outcome = pipeline.check("registry_drift")
     assert not outcome.ok
     assert (f"subject {subject}: latest version 2 is not ad_event.avsc (version 1) (it adds campaign_note)"
