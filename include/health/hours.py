@@ -198,6 +198,10 @@ def _staged_rows(inputs: HealthInputs, hour: int, cps: list[Checkpoint], problem
     return f"manifest {partition.rows:,} rows"
 
 
+# A progress line every this many raw records (about every 7 s at the measured 143k records/s).
+_PROGRESS_EVERY = 1_000_000
+
+
 def count_hour_records(inputs: HealthInputs, since_ms: int, hours: set[int]):
     """Records per (hour, generation) in the raw topic and the DLQ written since ``since_ms``, and repaired rows per hour."""
     topics = inputs.ingest.topics
@@ -210,6 +214,10 @@ def count_hour_records(inputs: HealthInputs, since_ms: int, hours: set[int]):
     try:
         for message in read_to_end(consumer, [topics.raw], timeout=600, batch=10_000, since_ms=since_ms):
             read += 1
+            if read % _PROGRESS_EVERY == 0:
+                elapsed = time.monotonic() - began
+                inputs.log.info("counting %s: %s records so far, %s records/s", topics.raw, f"{read:,}",
+                                f"{read / elapsed:,.0f}")
             headers = message.headers()
             if headers is None:  # generation 0, written by the ingestion
                 raw[(hour_of(message.value()), 0)] += 1
