@@ -1,0 +1,91 @@
+"""read_to_end's idea of a partition's end, on a scripted consumer (the broker's side is in
+tests/integration/test_kafka_reader.py): an end below the high watermark waits for the markers
+of a transaction just committed, and gives up on one still open."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import KafkaError, TopicPartition
+
+from include.kafka import reader
+
+
+class _Event:
+    def __init__(self, partition: int, offset: int, eof: bool):
+        self._partition, self._offset, self._eof = partition, offset, eof
+
+    def error(self):
+        return KafkaError(KafkaError._PARTITION_EOF) if self._eof else None
+
+    def topic(self):
+        return "t"
+
+    def partition(self):
+        return self._partition
+
+    def offset(self):
+        return self._offset
+
+
+class _ScriptedConsumer:
+    """One partition of topic ``t``: each consume() call returns the next step of ``script``
+    (then nothing); the cached high watermark is ``high``."""
+
+    def __init__(self, script, high: int):
+        self.script, self.high, self.calls = list(script), high, 0
+
+    def list_topics(self, topic, timeout):
+        class Described:
+            partitions = {0: None}
+            error = None
+
+        class Metadata:
+            topics = {topic: Described()}
+
+        return Metadata()
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout=None, cached=False):
+        return 0, self.high
+
+    def assign(self, assignment):
+        self.assigned = assignment
+
+    def unassign(self):
+        pass
+
+    def consume(self, num_messages, timeout):
+        self.calls += 1
+        return self.script.pop(0) if self.script else []
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    now = [0.0]
+
+    def monotonic():
+        now[0] += 0.1  # every look at the clock is a tenth of a second later
+        return now[0]
+
+    monkeypatch.setattr(reader.time, "monotonic", monotonic)
+    return now
+
+
+def test_an_end_at_the_high_watermark_is_the_end(clock):
+    consumer = _ScriptedConsumer([[_Event(0, 0, False), _Event(0, 1, False), _Event(0, 3, True)]], high=3)
+    assert [m.offset() for m in reader.read_to_end(consumer, ["t"])] == [0, 1]
+
+
+def test_an_end_below_the_high_watermark_waits_for_the_markers_then_reads_on(clock):
+    # Just after a commit: the end is still at 0, then the markers land and the records come.
+    consumer = _ScriptedConsumer([[_Event(0, 0, True)], [], [], [_Event(0, 0, False), _Event(0, 1, False)],
+                                  [_Event(0, 3, True)]], high=3)
+    assert [m.offset() for m in reader.read_to_end(consumer, ["t"])] == [0, 1]
+
+
+def test_a_transaction_still_open_is_left_unread_after_the_wait(clock, caplog):
+    consumer = _ScriptedConsumer([[_Event(0, 0, False), _Event(0, 1, True)]], high=5)
+    with caplog.at_level("INFO", logger=reader.__name__):
+        assert [m.offset() for m in reader.read_to_end(consumer, ["t"], timeout=60)] == [0]
+    # It waited its OPEN_TRANSACTION_WAIT_S (a tenth of a second per look at the clock), not the timeout.
+    assert reader.OPEN_TRANSACTION_WAIT_S <= clock[0] < reader.OPEN_TRANSACTION_WAIT_S + 1
+    assert "t[0]: the records before offset 5 are in a transaction still open" in caplog.text
