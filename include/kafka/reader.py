@@ -137,8 +137,13 @@ def read_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool =
 
 
 def _from_low_watermarks(consumer: Consumer, topics: list[str], since_ms: int | None = None) -> list[TopicPartition]:
-    """Every partition of ``topics`` at its low watermark (or at its first record since ``since_ms``)."""
-    assignment = []
+    """Every partition of ``topics`` at its low watermark, or at its first record since ``since_ms``.
+
+    A read_committed consumer is told the last stable offset as the end, which lags a transaction
+    just committed: every partition is read, an empty-looking one too, and one without a record
+    since ``since_ms`` yet from that end on (a transaction committing now is still read).
+    """
+    assignment, ends = [], {}
     for topic in topics:
         try:
             described = consumer.list_topics(topic, timeout=10).topics.get(topic)
@@ -148,10 +153,9 @@ def _from_low_watermarks(consumer: Consumer, topics: list[str], since_ms: int | 
             raise TopicsMissing(f"topic {topic} does not exist"
                                 + (f" ({described.error.str()})" if described is not None else ""))
         for partition in sorted(described.partitions):
-            # The high watermark a read_committed consumer is told is the last stable offset, which
-            # lags a transaction just committed: an empty-looking partition is read too.
-            low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            low, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             assignment.append(TopicPartition(topic, partition, low))
+            ends[topic, partition] = end
     if since_ms is not None and assignment:
         try:
             found = consumer.offsets_for_times([TopicPartition(tp.topic, tp.partition, since_ms) for tp in assignment],
@@ -159,8 +163,9 @@ def _from_low_watermarks(consumer: Consumer, topics: list[str], since_ms: int | 
         except KafkaException as error:
             raise KafkaUnavailable(f"the broker did not look up offsets by time in {', '.join(topics)}: "
                                    f"{error.args[0]}") from None
-        # -1: no record that recent; nothing to read there.
-        assignment = [tp for tp in found if tp.offset >= 0]
+        # -1: no committed record that recent.
+        assignment = [tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, ends[tp.topic, tp.partition])
+                      for tp in found]
     return assignment
 
 

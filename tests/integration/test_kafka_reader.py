@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from include.kafka.reader import OPEN_TRANSACTION_WAIT_S, read_topic
+from include.kafka.reader import OPEN_TRANSACTION_WAIT_S, read_to_end, read_topic, reader_config
 from include.kafka_admin.topics import ensure_topics
 
 
@@ -80,3 +80,21 @@ def test_an_empty_topic_reads_as_nothing_without_waiting(kafka_config, unique_na
     started = time.monotonic()
     assert read_topic(kafka_config, topic, timeout=30) == []
     assert time.monotonic() - started < OPEN_TRANSACTION_WAIT_S
+
+
+def test_a_read_since_a_time_starts_at_the_first_record_that_recent_in_each_partition(kafka_config, unique_name):
+    topic = _topic(kafka_config, unique_name("since"), partitions=3)
+    producer = _transactional(kafka_config, unique_name("txn"))
+    now_ms = int(time.time() * 1000)
+    producer.begin_transaction()
+    for partition in range(3):  # an hour old, everywhere
+        producer.produce(topic, f"old {partition}".encode(), partition=partition, timestamp=now_ms - 3_600_000)
+    for partition in (0, 1):  # recent, in two of the three partitions
+        producer.produce(topic, f"new {partition}".encode(), partition=partition, timestamp=now_ms)
+    producer.commit_transaction(30)
+    consumer = Consumer(reader_config(kafka_config, unique_name("group")))
+    try:
+        read = [m.value().decode() for m in read_to_end(consumer, [topic], since_ms=now_ms - 60_000, timeout=30)]
+    finally:
+        consumer.close()
+    assert sorted(read) == ["new 0", "new 1"]

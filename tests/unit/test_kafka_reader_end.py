@@ -29,10 +29,11 @@ class _Event:
 
 class _ScriptedConsumer:
     """One partition of topic ``t``: each consume() call returns the next step of ``script``
-    (then nothing); the cached high watermark is ``high``."""
+    (then nothing); the cached high watermark is ``high``, the end a query tells ``end`` (the last
+    stable offset: ``high`` unless a transaction is in the works)."""
 
-    def __init__(self, script, high: int):
-        self.script, self.high, self.calls = list(script), high, 0
+    def __init__(self, script, high: int, end: int | None = None):
+        self.script, self.high, self.end = list(script), high, high if end is None else end
 
     def list_topics(self, topic, timeout):
         class Described:
@@ -45,7 +46,10 @@ class _ScriptedConsumer:
         return Metadata()
 
     def get_watermark_offsets(self, tp: TopicPartition, timeout=None, cached=False):
-        return 0, self.high
+        return 0, self.high if cached else self.end
+
+    def offsets_for_times(self, partitions, timeout):
+        return [TopicPartition(tp.topic, tp.partition, -1) for tp in partitions]  # nothing that recent
 
     def assign(self, assignment):
         self.assigned = assignment
@@ -54,7 +58,6 @@ class _ScriptedConsumer:
         pass
 
     def consume(self, num_messages, timeout):
-        self.calls += 1
         return self.script.pop(0) if self.script else []
 
 
@@ -89,3 +92,11 @@ def test_a_transaction_still_open_is_left_unread_after_the_wait(clock, caplog):
     # It waited its OPEN_TRANSACTION_WAIT_S (a tenth of a second per look at the clock), not the timeout.
     assert reader.OPEN_TRANSACTION_WAIT_S <= clock[0] < reader.OPEN_TRANSACTION_WAIT_S + 1
     assert "t[0]: the records before offset 5 are in a transaction still open" in caplog.text
+
+
+def test_a_partition_without_a_record_since_the_time_is_read_from_its_end(clock):
+    # The end a read_committed consumer is told (3 here): what a transaction committing now adds
+    # after it is still read.
+    consumer = _ScriptedConsumer([[_Event(0, 3, False), _Event(0, 5, True)]], high=5, end=3)
+    assert [m.offset() for m in reader.read_to_end(consumer, ["t"], since_ms=1)] == [3]
+    assert [(tp.partition, tp.offset) for tp in consumer.assigned] == [(0, 3)]
