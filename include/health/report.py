@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.dates as mdates  # noqa: E402
 
 from include import storage  # noqa: E402
 from include.health.checks import CHECKS  # noqa: E402
@@ -51,6 +52,18 @@ def _run_folder_name(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_") or "run"
 
 
+# The least time the lag plot spans: one sample (a first run) would otherwise get an axis of years.
+MIN_LAG_WINDOW_S = 600
+
+
+def lag_time_window(times: list[float]) -> tuple[dt.datetime, dt.datetime]:
+    """The time axis of the lag plot: the samples' span, widened about its middle to MIN_LAG_WINDOW_S."""
+    first, last = min(times), max(times)
+    widen = max(0.0, MIN_LAG_WINDOW_S - (last - first)) / 2
+    return (dt.datetime.fromtimestamp(first - widen, dt.timezone.utc),
+            dt.datetime.fromtimestamp(last + widen, dt.timezone.utc))
+
+
 def plot_lag(outcomes: list[CheckOutcome]) -> bytes | None:
     """Lag over time per group: records summed over its partitions, seconds of its worst partition."""
     lag = next((o.series.get("lag") for o in outcomes if o.check == "consumer_lag"), None)
@@ -62,6 +75,8 @@ def plot_lag(outcomes: list[CheckOutcome]) -> bytes | None:
         for point in points:
             groups.setdefault(group, {}).setdefault(point["at"], []).append(point)
     fig, (records, seconds) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    records.set_xlim(*lag_time_window([at for by_time in groups.values() for at in by_time]))
+    records.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=dt.timezone.utc))
     for group, by_time in sorted(groups.items()):
         times = sorted(by_time)
         moments = [dt.datetime.fromtimestamp(t, dt.timezone.utc) for t in times]

@@ -8,7 +8,7 @@ from include.health.config import HealthConfigError, LagLimits, load_health_conf
 from include.health.lag import LagSample, consumption_rate, judge, window_after
 from include.health.metrics import build_registry
 from include.health.outcome import CheckOutcome, Metric
-from include.health.report import render_markdown, summary_table
+from include.health.report import MIN_LAG_WINDOW_S, lag_time_window, plot_lag, render_markdown, summary_table
 from include.health.state import HealthState
 from include.health.lag import PartitionKey
 
@@ -106,3 +106,14 @@ def test_the_report_and_the_metrics_say_which_check_failed():
     assert value("avazu_pipeline_check_ok", {"check": "reconciliation"}) == 0
     assert value("avazu_pipeline_dlq_ratio_worst") == 0.2
     assert value("avazu_pipeline_last_run_timestamp_seconds") == 100.0
+
+
+def test_the_lag_plot_spans_ten_minutes_at_least_so_one_sample_is_not_drawn_on_an_axis_of_years():
+    start, end = lag_time_window([1_800_000_000.0])
+    assert (end - start).total_seconds() == MIN_LAG_WINDOW_S == 600
+    assert start.timestamp() == 1_800_000_000.0 - 300
+    # A longer history is drawn as it is.
+    start, end = lag_time_window([1_800_000_000.0, 1_800_007_200.0, 1_800_003_600.0])
+    assert (start.timestamp(), end.timestamp()) == (1_800_000_000.0, 1_800_007_200.0)
+    lag = {"g|t|0": [{"at": 1_800_000_000.0, "lag": 3, "lag_seconds": 1.5}]}
+    assert plot_lag([CheckOutcome("consumer_lag", True, "ok", series={"lag": lag})]).startswith(b"\x89PNG")
