@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-16)
 NATIVE_SOURCES := native/avazu_rowcodec.c native/setup.py native/pyproject.toml
 NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) | sha256sum | cut -c1-16)
 
-.PHONY: help install lock stack-start stack-stop stack-status airflow-db airflow airflow-stop airflow-status demo test test-unit clean
+.PHONY: help system-packages install lock stack-start stack-stop stack-status airflow-db airflow airflow-stop airflow-status demo test test-unit clean
 
 help:
 	@echo "make demo          run the whole pipeline on generated data against the local stack"
@@ -21,10 +21,16 @@ help:
 	@echo "make stack-stop    stop the local stack"
 	@echo "make airflow       start Airflow's api-server (UI), scheduler, dag-processor and triggerer (idempotent)"
 	@echo "make airflow-stop  stop them (running tasks finish their batch and commit)"
-	@echo "make install       create .venv, install the pinned requirements and build the C codec"
+	@echo "make install       install the Debian packages the stack needs (as root), create .venv, install the pinned requirements and build the C codec"
 	@echo "make lock          re-resolve requirements.in into requirements.txt"
 
-$(STAMP): requirements.txt
+# The Debian packages (Maven, Java, gcc, Prometheus ...): installed when missing and run as root,
+# otherwise named in one sentence. `make test` adds the tests' own (Chromium); .ci/run runs the same.
+SYSTEM_PACKAGES_ARGS :=
+system-packages:
+	@PYTHON=$(PYTHON) bash scripts/system-packages.sh $(SYSTEM_PACKAGES_ARGS)
+
+$(STAMP): requirements.txt | system-packages
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	@rm -f $(VENV)/.installed-* && touch $@
@@ -74,6 +80,7 @@ demo: stack-start
 	@$(MAKE) --no-print-directory airflow-db AIRFLOW_HOME=$(DEMO_HOME)
 	@export AIRFLOW_HOME=$(DEMO_HOME) && $(LOCAL_ENV) $(PY) -m scripts.demo
 
+test: SYSTEM_PACKAGES_ARGS := --tests
 test: stack-start
 	@$(LOCAL_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
