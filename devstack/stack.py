@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import importlib.util
 import os
 import re
@@ -14,6 +16,7 @@ import sys
 import tarfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +88,26 @@ def _pom_property(pom: Path, name: str) -> str:
     return match.group(1).strip()
 
 
+@contextlib.contextmanager
+def _cache_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file <folder>.lock beside a cache folder while filling it.
+
+    The cache is shared by every checkout, so two starts at the same moment would fetch into the
+    same folder at once; the second waits here (saying why) and must then check again whether the
+    first has already done the work. The lock file is left in place: deleting it would let a
+    waiting process and a newcomer lock two different files.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f"{folder.name}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"  waiting for another start fetching {what} into the cache ...", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        # Closing the file (also when the process dies) releases the lock.
+        yield
+
+
 def _maven_fetch(pom: Path, target: Path, log: Path, what: str) -> None:
     """Resolve the pom's dependencies through Maven and copy them into target (once)."""
     done = target / ".complete"
@@ -96,21 +119,53 @@ def _maven_fetch(pom: Path, target: Path, log: Path, what: str) -> None:
             f"Maven (mvn) is needed to fetch {what} from Maven Central but is not on PATH; "
             "install it (apt-get install maven)"
         )
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"  fetching {what} through Maven (first start only) ...", flush=True)
-    with log.open("w") as out:
-        result = subprocess.run(
-            [mvn, "-B", "-f", str(pom), "dependency:copy-dependencies",
-             f"-DoutputDirectory={target}"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=pom.parent,
-        )
-    if result.returncode != 0:
+    with _cache_lock(target, what):
+        # Another start may have fetched it while this one waited for the lock.
+        if done.exists():
+            return
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"  fetching {what} through Maven (first start only) ...", flush=True)
+        with log.open("w") as out:
+            result = subprocess.run(
+                [mvn, "-B", "-f", str(pom), "dependency:copy-dependencies",
+                 f"-DoutputDirectory={target}"],
+                stdout=out, stderr=subprocess.STDOUT, cwd=pom.parent,
+            )
+        if result.returncode != 0:
+            shutil.rmtree(target, ignore_errors=True)
+            raise StackError(
+                f"fetching {what} with mvn failed (exit {result.returncode}); see {log}"
+            )
+        done.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _unpack_once(target: Path, marker: str, fetch: Callable[[Path], Path], what: str) -> None:
+    """Unpack into target the tarball that fetch(download) leaves in a download folder beside it.
+
+    Done once, under the cache lock of target's parent folder: the first start fetches and
+    unpacks, one waiting for it then finds target/marker and does nothing. Target appears whole or
+    not at all (unpacked beside it, then renamed), and the download is removed afterwards.
+    """
+    if (target / marker).exists():
+        return
+    with _cache_lock(target.parent, what):
+        # Another start may have unpacked it while this one waited for the lock.
+        if (target / marker).exists():
+            return
+        download = target.with_name("download")
+        tarball = fetch(download)
+        staging = target.with_name(f"{target.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        with tarfile.open(tarball) as tar:
+            tar.extractall(staging, filter="data")
+        # A target without its marker (a tarball that lacks it) would make the rename fail.
         shutil.rmtree(target, ignore_errors=True)
-        raise StackError(f"fetching {what} with mvn failed (exit {result.returncode}); see {log}")
-    done.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        staging.rename(target)
+        # The unpacked folder is all that is needed from now on.
+        shutil.rmtree(download)
 
 
 class Service:
@@ -466,21 +521,18 @@ class SchemaRegistry(Service):
 
     def prepare(self) -> None:
         self._java()
-        if (self.app_dir / "quarkus-run.jar").exists():
-            return
-        download = self.app_dir.parent / "download"
-        _maven_fetch(self.pom, download, self.settings.logs / "fetch-schema-registry.log",
-                     f"Apicurio Registry {self.version}")
-        tarballs = list(download.glob("*.tar.gz"))
-        if len(tarballs) != 1:
-            raise StackError(f"expected one Apicurio tarball in {download}, found {len(tarballs)}")
-        staging = self.app_dir.with_name("app.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        with tarfile.open(tarballs[0]) as tar:
-            tar.extractall(staging, filter="data")
-        staging.rename(self.app_dir)
-        # The unpacked app is all that is needed from now on.
-        shutil.rmtree(download)
+        what = f"Apicurio Registry {self.version}"
+
+        def fetch(download: Path) -> Path:
+            _maven_fetch(self.pom, download, self.settings.logs / "fetch-schema-registry.log", what)
+            tarballs = list(download.glob("*.tar.gz"))
+            if len(tarballs) != 1:
+                raise StackError(
+                    f"expected one Apicurio tarball in {download}, found {len(tarballs)}"
+                )
+            return tarballs[0]
+
+        _unpack_once(self.app_dir, "quarkus-run.jar", fetch, what)
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         s = self.settings
