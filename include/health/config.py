@@ -47,7 +47,7 @@ class ReconciliationSettings:
 class ThroughputLimits:
     recent_runs: int = 12
     ingest_min_rows_per_s: float = 20_000.0
-    ingest_min_rows: int = 10_000
+    ingest_min_rows: int = 100_000
     processor_min_records_per_s: float = 50.0
     processor_groups: tuple[str, ...] = ("stream-*",)
 

@@ -1,8 +1,9 @@
 """The speed of the recent ingestion runs and of the stream processors.
 
 * Ingestion: each ingest_hour run tells pipeline_health what it did through the asset event it
-  emits (rows read, rows/s, seconds); runs with fewer than ``ingest_min_rows`` rows are too short
-  to time and are listed but not judged.
+  emits (rows read, rows/s, seconds); runs with fewer than ``ingest_min_rows`` rows are mostly
+  start-up, so their rate says more about the machine's load than the pipeline: they are listed
+  as "not judged".
 * Stream processors: the records their groups (``processor_groups``: the always-on processors,
   not consumers that run on a schedule) committed per second between the last two lag samples
   (include.health.lag), judged only while records were waiting at both: an idle processor, or one
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from include.health.checks import HealthInputs
 
 _COLUMNS = ["job", "what", "records", "seconds", "per_s", "limit", "verdict"]
+NOT_JUDGED = "not judged"
 
 
 def check_throughput(inputs: HealthInputs) -> CheckOutcome:
@@ -42,7 +44,7 @@ def check_throughput(inputs: HealthInputs) -> CheckOutcome:
         rows.append({"job": "ingestion", "what": f"hour {run.get('hour')} ({run.get('action', '')})",
                      "records": rows_read, "seconds": f"{float(run.get('duration_s', 0.0)):.1f}",
                      "per_s": f"{per_s:,.0f}", "limit": f"{limits.ingest_min_rows_per_s:,.0f}",
-                     "verdict": "SLOW" if slow else ("ok" if judged else "-")})
+                     "verdict": "SLOW" if slow else ("ok" if judged else NOT_JUDGED)})
     if ingest_rates:
         metrics.append(Metric("throughput_rows_per_second", ingest_rates[0], {"job_kind": "ingestion"},
                               "Rows per second of the newest timed ingestion run"))
@@ -69,9 +71,12 @@ def check_throughput(inputs: HealthInputs) -> CheckOutcome:
                             f"{first_problems(problems)}; look at their task logs (progress lines give the rate)",
                             _COLUMNS, rows, metrics)
     judged = sum(1 for r in rows if r["verdict"] == "ok")
+    small = sum(1 for r in rows if r["verdict"] == NOT_JUDGED)
+    not_judged = (f"; {small} run(s) under {limits.ingest_min_rows:,} rows not judged (mostly start-up)"
+                  if small else "")
     if not judged:
         return CheckOutcome("throughput", True, "nothing to time: no recent ingestion run large enough and no "
-                            "processor with records waiting", _COLUMNS, rows, metrics)
+                            f"processor with records waiting{not_judged}", _COLUMNS, rows, metrics)
     fastest = f", newest ingestion {ingest_rates[0]:,.0f} rows/s" if ingest_rates else ""
-    return CheckOutcome("throughput", True, f"{judged} run(s) and processor(s) timed, none below its limit{fastest}",
-                        _COLUMNS, rows, metrics)
+    return CheckOutcome("throughput", True, f"{judged} run(s) and processor(s) timed, none below its limit{fastest}"
+                        f"{not_judged}", _COLUMNS, rows, metrics)

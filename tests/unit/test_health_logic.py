@@ -117,3 +117,40 @@ def test_the_lag_plot_spans_ten_minutes_at_least_so_one_sample_is_not_drawn_on_a
     assert (start.timestamp(), end.timestamp()) == (1_800_000_000.0, 1_800_007_200.0)
     lag = {"g|t|0": [{"at": 1_800_000_000.0, "lag": 3, "lag_seconds": 1.5}]}
     assert plot_lag([CheckOutcome("consumer_lag", True, "ok", series={"lag": lag})]).startswith(b"\x89PNG")
+
+
+def _throughput_inputs(tmp_path, runs):
+    from include.health.checks import HealthInputs
+    from include.ingest.config import load_ingest_config
+
+    config = load_health_config().replace(state_uri=str(tmp_path / "state.json"))
+    return HealthInputs(config=config, kafka_config={}, registry=None, ingest=load_ingest_config(), catalog=None,
+                        runs=runs)
+
+
+def _run(hour, rows, per_s):
+    return {"hour": hour, "action": "ingest", "rows_read": rows, "rows_per_s": per_s, "duration_s": rows / per_s}
+
+
+def test_a_small_slow_ingestion_run_is_not_judged_so_a_busy_machine_does_not_fail_the_demo(tmp_path):
+    from include.health.throughput import NOT_JUDGED, check_throughput
+
+    # The demo's hour beside a CPU burner: 44,572 rows at 18,665 rows/s, mostly start-up.
+    outcome = check_throughput(_throughput_inputs(tmp_path, [_run(14102100, 44_572, 18_665.0)]))
+    assert outcome.ok
+    assert [r["verdict"] for r in outcome.rows] == [NOT_JUDGED]
+    assert "1 run(s) under 100,000 rows not judged" in outcome.summary
+    assert not outcome.metrics  # an untimed run is no rate to plot or alert on
+
+
+def test_a_large_slow_ingestion_run_still_fails_the_throughput_check(tmp_path):
+    from include.health.throughput import check_throughput
+
+    runs = [_run(14102101, 168_000, 9_500.0), _run(14102100, 44_572, 18_665.0)]
+    outcome = check_throughput(_throughput_inputs(tmp_path, runs))
+    assert not outcome.ok
+    assert outcome.summary.startswith("1 run(s) or processor(s) are too slow: ingestion of hour 14102101 ran at "
+                                      "9,500 rows/s (limit 20,000) over 168,000 rows")
+    assert [r["verdict"] for r in outcome.rows] == ["SLOW", "not judged"]
+    fast = check_throughput(_throughput_inputs(tmp_path, [_run(14102101, 168_000, 250_000.0)]))
+    assert fast.ok and "newest ingestion 250,000 rows/s" in fast.summary
