@@ -48,7 +48,7 @@ def main() -> None:
     from include.ingest.staging import find_partition, stage_source
     from include.ingest.topics import provision_ingest_topics
     from include.kafka.reader import read_to_end, reader_config
-    from include.kafka.registry import registry_client
+    from include.kafka.registry import registry_client, schema_fetcher
     from include.kafka.wire import AvroDecoder
     from include.kafka_admin.sandbox import sandbox_catalog
 
@@ -87,7 +87,7 @@ def main() -> None:
         assert count == records, (count, records)
         return elapsed
 
-    decoder = AvroDecoder(lambda i: registry.get_schema(i).schema_str, reader_schema=_HOUR_ONLY)
+    decoder = AvroDecoder(schema_fetcher(registry), reader_schema=_HOUR_ONLY)
     projection = timed_read(lambda value: decoder.decode(value)["hour"])
     ceiling = timed_read(lambda value: None)
     figures = {"records": records, "hours": args.hours,

@@ -50,7 +50,7 @@ from include.streaming.simulators import (  # noqa: E402
     web_events,
 )
 from include.streaming.topics import ensure_topics  # noqa: E402
-from include.kafka.registry import registry_client  # noqa: E402
+from include.kafka.registry import registry_client  # noqa: E402, schema_fetcher
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 REGISTRY = os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7")
@@ -187,7 +187,7 @@ def latency(run: str, contender: str, rate: float, seconds: float) -> dict[str, 
     worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     registry = registry_client(REGISTRY)
-    decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
+    decoder = AvroDecoder(schema_fetcher(registry))
     consumed_at: dict[tuple[str, int, int], float] = {}
     reading = threading.Event()
     reading.set()

@@ -86,6 +86,7 @@ def stream_pipelines_e2e():
 
         from include.kafka.wire import AvroDecoder
         from include.kafka.reader import READER_SETTINGS
+        from include.kafka.registry import schema_fetcher
         from include.streaming.readers import check_analytics_run, read_analytics_report
 
         kafka = KafkaClusterHook()
@@ -93,7 +94,7 @@ def stream_pipelines_e2e():
         consumer = kafka.consumer(f"{params['group_prefix']}-analytics-report",
                                   **READER_SETTINGS)
         try:
-            decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
+            decoder = AvroDecoder(schema_fetcher(registry))
             report = read_analytics_report(consumer, params["analytics_events_topic"],
                                            decoder.decode).as_dict()
         finally:

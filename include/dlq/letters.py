@@ -10,12 +10,17 @@ Every record the reprocessor writes carries a fixed, small set of headers that r
 before it (no header grows from hop to hop): where it was read (``dlq.from``), the first DLQ
 record it descends from (``dlq.original``), its outcome, and per outcome the repair rule, the
 attempt and due time, or why it was parked.
+
+A record that cannot be read as a dead letter at all (a null value, no wire-format header, a
+schema id the registry does not hold, a body that is no DlqEnvelope, a stream record without
+``dlq.*`` headers) is an ``UNDECODABLE`` letter: never an error of the run, so a DLQ has no poison
+record of its own. It keeps its value, key and headers (``headers``) and is parked as it is.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Message
@@ -51,6 +56,12 @@ class DeadLetter:
     envelope: dict[str, Any]
     original: str  # coordinates of the first DLQ record
     due_ms: int | None = None  # retry records: not to be handled before this
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)  # as read
+
+    @property
+    def undecodable(self) -> bool:
+        """The record could not be read as a dead letter; ``envelope['message']`` says why."""
+        return self.reason == UNDECODABLE
 
     @property
     def where(self) -> str:
@@ -82,14 +93,29 @@ def read_letter(message: Message, decoder: AvroDecoder, envelope_format: bool) -
     original = headers.get(ORIGINAL, b"").decode() or here
     due = headers.get(RETRY_DUE_MS)
     if envelope_format:
-        try:
-            envelope = decoder.decode(message.value())
-        except (WireFormatError, ValueError, EOFError, IndexError, KeyError) as error:
-            envelope = _undecodable(message, f"the value is not a DlqEnvelope in the wire format: {error}")
+        envelope = _decode_envelope(message, decoder)
     else:
         envelope = _from_headers(message, headers)
+    if envelope["reason"] == UNDECODABLE:
+        envelope["headers"] = [{"key": name, "value": value} for name, value in message.headers() or ()]
     return DeadLetter(message.topic(), message.partition(), message.offset(), message.key(), envelope, original,
-                      int(due) if due else None)
+                      int(due) if due and due.isdigit() else None, list(message.headers() or ()))
+
+
+def _decode_envelope(message: Message, decoder: AvroDecoder) -> dict[str, Any]:
+    """The DlqEnvelope in the value, or an UNDECODABLE one saying why it is none.
+
+    A registry that does not answer is not the record's fault: that error (retriable) ends the run.
+    """
+    value = message.value()
+    if value is None:
+        return _undecodable(message, "the value is null (a tombstone), not a DlqEnvelope")
+    try:
+        return decoder.decode(value)
+    except WireFormatError as error:  # no magic byte, too short, or a schema id the registry does not hold
+        return _undecodable(message, f"the value cannot be read as a DlqEnvelope: {error}")
+    except (ValueError, EOFError, IndexError, KeyError, TypeError) as error:
+        return _undecodable(message, f"the value's Avro body is not a DlqEnvelope ({type(error).__name__}: {error})")
 
 
 def _timestamp(message: Message) -> dt.datetime:
@@ -140,6 +166,7 @@ def _envelope(message: Message, reason: str, text: str, stage: str, failed_at: d
         "last_error": None,
         "raw_length": len(raw),
         "raw_sha256": None,
+        "headers": None,
     }
 
 

@@ -14,8 +14,10 @@ reason (include/config/dlq.yaml):
   ``attempts + 1`` with its due time; a record read there before it is due holds its partition
   (nothing after it is committed) until a later pass or run. After ``max_attempts``, or once the
   dead letter is older than ``max_age_s``, it is parked;
-* **parked** - permanent, unknown reason, no repair fits, or out of retries: the envelope goes to
-  the parked topic and into the archive (Avro container files, one object per consumed partition
+* **parked** - permanent, unknown reason, no repair fits, out of retries, or not a dead letter at
+  all (``UNDECODABLE``: kept as it was, value, key and headers, with the cause in
+  ``dlq.parked.why``; see include.dlq.letters): the envelope goes to the parked topic and into the
+  archive (Avro container files, one object per consumed partition
   and first offset of the transaction, written before the transaction commits; a re-run after a
   crash overwrites the same object).
 
@@ -61,7 +63,7 @@ from include.ingest.envelope import load_dlq_schema
 from include.kafka.errors import TransactionAborted
 from include.kafka.headers import INGEST_HOUR_HEADER
 from include.kafka.reader import read_to_end, reader_config
-from include.kafka.registry import lookup_schema_id
+from include.kafka.registry import lookup_schema_id, schema_fetcher
 from include.kafka.transactions import TransactionalProducer, TransactionPolicy
 from include.kafka.wire import AvroDecoder, AvroEncoder
 
@@ -140,7 +142,7 @@ class _Codecs:
         self.spec = spec
         self.envelope_schema = load_dlq_schema()
         self.parsed_envelope = fastavro.parse_schema(self.envelope_schema)
-        self.decoder = AvroDecoder(lambda i: registry.get_schema(i).schema_str, reader_schema=self.envelope_schema)
+        self.decoder = AvroDecoder(schema_fetcher(registry), reader_schema=self.envelope_schema)
         self.envelopes: dict[str, AvroEncoder] = {}
         for topic in [spec.parked_topic, *spec.retry_topics]:
             schema_id = lookup_schema_id(registry, f"{topic}-value", self.envelope_schema)
@@ -339,6 +341,8 @@ class DlqReprocessor:
 
     def _handle(self, letter: DeadLetter, producer: TransactionalProducer, codecs: _Codecs, txn: _Transaction) -> str:
         spec = self.spec
+        if letter.undecodable:
+            return self._park(letter, producer, codecs, txn, letter.envelope["message"])
         if letter.truncated:
             return self._park(letter, producer, codecs, txn,
                               f"the ingestion kept {len(letter.envelope['raw']):,} of the line's "
@@ -389,8 +393,12 @@ class DlqReprocessor:
               why: str) -> str:
         envelope = {**letter.envelope, "last_error": why[:1000]}
         topic = self.spec.parked_topic
-        producer.produce(topic, codecs.envelopes[topic].encode(envelope), letter.key,
-                         outcome_headers(letter, PARKED, **{PARKED_WHY: why[:1000]}))
+        headers = outcome_headers(letter, PARKED, **{PARKED_WHY: why[:1000]})
+        if letter.undecodable:
+            # Parked as it was: its own headers first, then ours (which replace any of the same name).
+            ours = {name for name, _ in headers}
+            headers = [(name, value) for name, value in letter.headers if name not in ours] + headers
+        producer.produce(topic, codecs.envelopes[topic].encode(envelope), letter.key, headers)
         txn.parked[(letter.topic, letter.partition)].append(envelope)
         return PARKED
 

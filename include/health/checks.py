@@ -26,6 +26,7 @@ from include.health.lag import check_consumer_lag
 from include.health.outcome import CheckOutcome
 from include.health.throughput import check_throughput
 from include.ingest.config import IngestConfig
+from include.kafka.registry import schema_fetcher
 from include.kafka_admin.catalog import TopicCatalog
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,10 @@ class HealthInputs:
     def admin(self) -> AdminClient:
         return AdminClient(self.kafka_config)
 
-    def fetch_schema(self, schema_id: int) -> str:
-        return self.registry.get_schema(schema_id).schema_str
+    @cached_property
+    def fetch_schema(self) -> Callable[[int], str]:
+        """A schema by id; an id the registry does not hold is permanent, a registry that fails retriable."""
+        return schema_fetcher(self.registry)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ which must also be the rows of the hour's staged manifest where that is found.
   ``ingest.generation`` header (none: generation 0). Rows the DLQ reprocessing repaired into the
   raw topic carry ``dlq.*`` headers and are counted apart: their dead letter is still in the DLQ.
 * A DLQ record belongs to the hour and generation in its ``ingest.hour`` / ``ingest.generation``
-  headers.
+  headers. One without ``ingest.hour`` was not written by the ingestion (by hand, or by another
+  producer): it belongs to no hour and is counted apart ("unattributed"); dlq_reprocessing parks
+  such a record as ``UNDECODABLE`` when it is not a DlqEnvelope at all.
 * Only the records written since the oldest checkpoint checked (less ``scan_margin_s``) are read,
   so a run reads the last day, not the topic's whole retention.
 """
@@ -151,7 +153,7 @@ def check_reconciliation(inputs: HealthInputs) -> CheckOutcome:
                             f"no hour of {topics.raw} completed in the last {settings.lookback_hours} h", _RECONCILE_COLUMNS)
     scan_from = min(cp.updated_at for cps in recent.values() for cp in cps if cp.updated_at >= since)
     scan_from = scan_from - dt.timedelta(seconds=settings.scan_margin_s)
-    raw, repaired, dlq = count_hour_records(inputs, int(scan_from.timestamp() * 1000), set(recent))
+    raw, repaired, dlq, unattributed = count_hour_records(inputs, int(scan_from.timestamp() * 1000), set(recent))
     rows, problems = [], []
     for hour, cps in sorted(recent.items()):
         # Checkpoints written before the scan started account for records the scan did not read.
@@ -182,8 +184,11 @@ def check_reconciliation(inputs: HealthInputs) -> CheckOutcome:
                    "writing outside the ingestion)")
         return CheckOutcome("reconciliation", False, summary, _RECONCILE_COLUMNS, rows, metrics)
     total = sum(r["raw"] + r["dlq"] for r in rows)
+    others = (f"; {unattributed:,} record(s) in {topics.dlq} without an {INGEST_HOUR_HEADER} header are not the "
+              "ingestion's and count to no hour (dlq_reprocessing parks those that are no dead letter as UNDECODABLE)"
+              if unattributed else "")
     return CheckOutcome("reconciliation", True, f"{len(rows)} recent hour(s) reconcile: {total:,} records in "
-                        f"{topics.raw} + {topics.dlq} = the rows ingested", _RECONCILE_COLUMNS, rows, metrics)
+                        f"{topics.raw} + {topics.dlq} = the rows ingested{others}", _RECONCILE_COLUMNS, rows, metrics)
 
 
 def _staged_rows(inputs: HealthInputs, hour: int, cps: list[Checkpoint], problems: list[str]) -> str:
@@ -203,12 +208,14 @@ _PROGRESS_EVERY = 1_000_000
 
 
 def count_hour_records(inputs: HealthInputs, since_ms: int, hours: set[int]):
-    """Records per (hour, generation) in the raw topic and the DLQ written since ``since_ms``, and repaired rows per hour."""
+    """Records per (hour, generation) in the raw topic and the DLQ written since ``since_ms``, repaired rows per
+    hour, and the DLQ records that belong to no hour (no ``ingest.hour`` header)."""
     topics = inputs.ingest.topics
     hour_of = HourReader(inputs.fetch_schema)
     raw: Counter = Counter()
     repaired: Counter = Counter()
     dlq: Counter = Counter()
+    unattributed = 0
     consumer = Consumer(reader_config(inputs.kafka_config, f"pipeline-health-{uuid.uuid4().hex}"))
     began, read = time.monotonic(), 0
     try:
@@ -231,11 +238,13 @@ def count_hour_records(inputs: HealthInputs, since_ms: int, hours: set[int]):
             read += 1
             names = dict(message.headers() or ())
             hour = names.get(INGEST_HOUR_HEADER)
-            if hour is not None:
+            if hour is not None and hour.isdigit():
                 dlq[(int(hour), generation_of(names))] += 1
+            else:
+                unattributed += 1
     finally:
         consumer.close()
     inputs.log.info("counted %s records of %s and %s in %.1f s", f"{read:,}", topics.raw, topics.dlq,
                     time.monotonic() - began)
     return ({k: v for k, v in raw.items() if k[0] in hours}, {h: n for h, n in repaired.items() if h in hours},
-            {k: v for k, v in dlq.items() if k[0] in hours})
+            {k: v for k, v in dlq.items() if k[0] in hours}, unattributed)

@@ -77,7 +77,7 @@ from include.ingest.staging import HourPartition
 from include.kafka.errors import KafkaUnavailable, TransactionAborted
 from include.kafka.headers import GENERATION_HEADER
 from include.kafka.reader import reader_config
-from include.kafka.registry import lookup_schema_id
+from include.kafka.registry import lookup_schema_id, schema_fetcher
 from include.kafka.transactions import TransactionalProducer, TransactionPolicy
 from include.kafka.wire import AvroEncoder
 
@@ -117,7 +117,7 @@ class IngestCodecs:
             batches=batch_encoder(rows, row_codec),
             dead_letters=AvroEncoder(dlq, lookup_schema_id(registry, f"{topics.dlq}-value", dlq)),
             checkpoints=CheckpointCodec(checkpoint, lookup_schema_id(registry, f"{topics.checkpoints}-value", checkpoint),
-                                        lambda i: registry.get_schema(i).schema_str),
+                                        schema_fetcher(registry)),
         )
 
 

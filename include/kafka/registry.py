@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from include.errors import PermanentError
 from include.kafka.reachability import ServiceUnreachable
+from include.kafka.wire import WireFormatError
 
 # Seconds one registry request may take. The client's own default is to wait forever, and a
 # response lost on the way would hang a task; a timeout is retried by the client like any
@@ -45,3 +46,28 @@ def lookup_schema_id(registry: SchemaRegistryClient, subject: str, schema: dict[
     except Exception as error:  # httpx's transport errors: the registry did not answer at all
         raise ServiceUnreachable(f"the Schema Registry did not answer when asked for {subject} "
                                  f"({type(error).__name__}: {error})") from None
+
+
+class UnknownSchemaId(WireFormatError):
+    """A wire-format payload names a schema id the registry does not hold: it cannot be read, ever."""
+
+
+def schema_fetcher(registry: SchemaRegistryClient) -> Callable[[int], str]:
+    """The schema (JSON text) of an id, for :class:`include.kafka.wire.AvroDecoder`.
+
+    An id the registry does not hold is :class:`UnknownSchemaId`, a permanent finding about the
+    payload (a reader parks or counts it, never retries it); a registry that fails or does not answer
+    is :class:`ServiceUnreachable`, which a retry may get past.
+    """
+    def fetch(schema_id: int) -> str:
+        try:
+            return registry.get_schema(schema_id).schema_str
+        except SchemaRegistryError as error:
+            if error.http_status_code == 404:
+                raise UnknownSchemaId(f"schema id {schema_id} is not in the Schema Registry (HTTP 404)") from None
+            raise ServiceUnreachable(f"the Schema Registry failed to return schema id {schema_id}: {error}") from None
+        except Exception as error:  # httpx's transport errors: the registry did not answer at all
+            raise ServiceUnreachable(f"the Schema Registry did not answer when asked for schema id {schema_id} "
+                                     f"({type(error).__name__}: {error})") from None
+
+    return fetch

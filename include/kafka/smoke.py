@@ -20,6 +20,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from include.errors import PermanentError
 from include.kafka.reader import read_to_end
+from include.kafka.registry import schema_fetcher
 from include.kafka.wire import AvroDecoder, AvroEncoder, load_schema
 from include.kafka_admin.topics import ensure_topics
 from include.paths import SCHEMAS_DIR
@@ -116,7 +117,7 @@ def run_roundtrip(admin: AdminClient, producer: Producer, consumer: Consumer,
     delivered = produce(producer, topic, AvroEncoder(schema, schema_id), records)
     log.info("produced %d records, %d acknowledged", len(records), delivered)
 
-    decoder = AvroDecoder(lambda i: registry.get_schema(i).schema_str)
+    decoder = AvroDecoder(schema_fetcher(registry))
     # The topic may hold earlier runs' records; this run's are told apart by run_id.
     seen = [r for r in consume_all(consumer, topic, decoder) if r["run_id"] == run_id]
     by_seq = {r["seq"]: r for r in seen}

@@ -79,7 +79,7 @@ class AvroDecoder:
     """Decodes wire-format payloads of any schema id, looking schemas up once each.
 
     ``fetch_schema`` maps a schema id to the Avro schema as a JSON string or dict; with the
-    registry it is ``lambda i: client.get_schema(i).schema_str``.
+    registry it is ``include.kafka.registry.schema_fetcher(client)``.
     """
 
     def __init__(self, fetch_schema: Callable[[int], str | dict], reader_schema: dict | None = None):

@@ -269,7 +269,7 @@ def test_a_scheduler_backfill_ingests_two_avazu_hours(services, kafka_config):
     from include.ingest.checkpoint import CheckpointCodec, load_checkpoint_schema
 
     registry = registry_client(os.environ["SCHEMA_REGISTRY_URL"])
-    codec = CheckpointCodec(load_checkpoint_schema(), 0, lambda i: registry.get_schema(i).schema_str)
+    codec = CheckpointCodec(load_checkpoint_schema(), 0, schema_fetcher(registry))
     latest = {}
     for record in read_topic(kafka_config, topics["ingest_checkpoints"]):
         checkpoint = codec.decode(record.value)

@@ -32,7 +32,7 @@ from include.kafka.headers import DLQ_HEADER_PREFIX
 from include.kafka.reader import read_topic
 from include.kafka.wire import AvroDecoder
 from include.kafka_admin.sandbox import provision_sandbox
-from include.kafka.registry import registry_client
+from include.kafka.registry import registry_client, schema_fetcher
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = 14102100
@@ -95,6 +95,11 @@ class RegistryProxy:
 @pytest.fixture
 def dead_letters(tmp_path, kafka_config, schema_registry_url, unique_name):
     """An hour with every kind of fault, ingested into sandbox topics: its DLQ holds one envelope per bad line."""
+    return _ingest_dead_letters(tmp_path, kafka_config, schema_registry_url, unique_name)
+
+
+def _ingest_dead_letters(tmp_path, kafka_config, schema_registry_url, unique_name, before_ingest=None):
+    """The dead_letters fixture; ``before_ingest(topics)`` writes to the sandbox topics before the hour is ingested."""
     source = tmp_path / "train.csv"
     truth = generate(GeneratorSpec(5_000, hours=1, seed=1212, fault_rates={kind: 0.004 for kind in FaultKind}), source)
     stage_source(str(source), str(tmp_path / "staging"))
@@ -107,6 +112,8 @@ def dead_letters(tmp_path, kafka_config, schema_registry_url, unique_name):
     provision_sandbox(admin, registry, copies)
     config = load_ingest_config().with_topics(ingest_topics).replace("test", chunk_rows=2_000)
     partition = find_partition(str(tmp_path / "staging"), HOUR)
+    if before_ingest is not None:
+        before_ingest({**copies, "ad_events_error": ingest_topics.dlq})
     ingested = HourlyIngestor(partition, config=config, kafka_config=kafka_config, registry=registry).run()
     dlq_config = dataclasses.replace(load_dlq_config(), archive_uri=str(tmp_path / "archive"), linger_s=30.0)
     spec = dlq_config.dlq("ad_events_error").sandboxed(
@@ -119,7 +126,7 @@ def dead_letters(tmp_path, kafka_config, schema_registry_url, unique_name):
 
 
 def _decoder(registry):
-    return AvroDecoder(lambda i: registry.get_schema(i).schema_str)
+    return AvroDecoder(schema_fetcher(registry))
 
 
 def _line_of(headers: dict, source_id: str) -> int:
@@ -229,6 +236,67 @@ def test_retries_that_keep_failing_back_off_and_end_parked_after_max_attempts(de
     assert any(why.startswith(f"still failing after {attempts} attempt(s)") for why in parked)
 
 
+# Records no dead letter is made of, as a hand or a stray producer writes them: a wire-format header
+# naming a schema id the registry does not hold, plain text without the magic byte, a null value.
+POISON = [(b"\x00\x00\x00\x00\x63" + b"\x02ab", "schema id 99 is not in the Schema Registry"),
+          (b"plain text, no magic byte", "not the wire-format magic byte 0"),
+          (None, "the value is null")]
+
+
+def _write_poison(kafka_config, topic, tag):
+    producer = Producer(kafka_config)
+    for i, (value, _) in enumerate(POISON):
+        producer.produce(topic, value=value, key=f"{tag}-{i}".encode(), headers=[("written-by", tag.encode()),
+                                                                                 ("empty", None)])
+    assert producer.flush(30) == 0
+
+
+def test_records_that_are_no_dead_letter_are_parked_as_they_were_and_every_good_one_is_still_repaired_once(
+        tmp_path, kafka_config, schema_registry_url, unique_name):
+    # Poison before the hour's dead letters (in the DLQ and the first retry topic) and after them.
+    d = _ingest_dead_letters(tmp_path, kafka_config, schema_registry_url, unique_name, before_ingest=lambda t: (
+        _write_poison(kafka_config, t["ad_events_error"], "before"),
+        _write_poison(kafka_config, t["ad_events_retry"], "retry")))
+    spec, truth, registry = d["spec"], d["truth"], d["registry"]
+    _write_poison(kafka_config, spec.topic, "after")
+    bad = truth.bad_lines()
+
+    result = DlqReprocessor(spec, d["config"], kafka_config=kafka_config, registry=registry).run()
+    poison = 3 * len(POISON)
+    assert (result.consumed, result.repaired, result.retried, result.parked) == (
+        len(bad) + poison, len(truth.repairs), 0, len(bad) - len(truth.repairs) + poison)
+    assert result.by_reason["UNDECODABLE"] == {"parked": poison}
+
+    # Every good dead letter is repaired or parked as before, each DLQ record has exactly one outcome.
+    decoder = _decoder(registry)
+    repaired = {_line_of(h, d["source_id"]): decoder.decode(r.value)
+                for r, h in _outputs(kafka_config, spec.repaired_topic) if h.get(OUTCOME) == b"repaired"}
+    assert repaired == {line: parse_fields(fields) for line, fields in truth.repairs.items()}
+    outcomes = Counter(h[FROM].decode() for topic in (spec.repaired_topic, spec.parked_topic, *spec.retry_topics)
+                       for _, h in _outputs(kafka_config, topic) if OUTCOME in h)
+    consumed = [coordinates(topic, r.partition, r.offset)
+                for topic in (spec.topic, spec.retry_topics[0]) for r in read_topic(kafka_config, topic)]
+    assert len(consumed) == result.consumed and outcomes == Counter({where: 1 for where in consumed})
+
+    # The poison is parked as it was: value, key and its own headers, the cause in dlq.parked.why.
+    parked = [(decoder.decode(r.value), r, h) for r, h in _outputs(kafka_config, spec.parked_topic)]
+    undecodable = {r.key.decode(): (envelope, r, h) for envelope, r, h in parked if envelope["reason"] == "UNDECODABLE"}
+    assert sorted(undecodable) == sorted(f"{tag}-{i}" for tag in ("before", "after", "retry") for i in range(3))
+    for key, (envelope, record, headers) in undecodable.items():
+        value, cause = POISON[int(key[-1])]
+        assert envelope["raw"] == (value or b"") and envelope["raw_length"] == len(value or b"")
+        assert cause in headers[PARKED_WHY].decode() and cause in envelope["message"]
+        assert headers["written-by"] == key.rsplit("-", 1)[0].encode() and headers["empty"] is None
+        assert envelope["headers"] == [{"key": "written-by", "value": key.rsplit("-", 1)[0].encode()},
+                                       {"key": "empty", "value": None}]
+    # ... and archived with its headers.
+    archived = [e for uri in result.archived for e in read_archive(uri) if e["reason"] == "UNDECODABLE"]
+    assert len(archived) == poison and all(e["headers"][0]["key"] == "written-by" for e in archived)
+
+    again = DlqReprocessor(spec, d["config"], kafka_config=kafka_config, registry=registry).run()
+    assert (again.consumed, again.transactions) == (0, 0)
+
+
 def test_a_killed_run_and_its_retry_leave_exactly_one_outcome_per_dead_letter(dead_letters, kafka_config, tmp_path):
     d = dead_letters
     spec, truth = d["spec"], d["truth"]
@@ -288,6 +356,29 @@ def test_stream_dead_letters_are_parked_and_archived_as_they_were_sent(kafka_con
     envelope = _decoder(registry).decode(read_topic(kafka_config, parked)[0].value)
     assert envelope["source"] == {"uri": "kafka://web-events/1", "line": 0, "hour": None, "chunk": None}
     assert load_dlq_schema()["name"] == "DlqEnvelope"
+
+
+def test_stream_records_without_dlq_headers_are_parked_undecodable_among_good_ones(kafka_config, schema_registry_url,
+                                                                                 unique_name, tmp_path):
+    registry = registry_client(schema_registry_url)
+    dlq, parked = unique_name("analytics-dlq"), unique_name("analytics-parked")
+    provision_sandbox(AdminClient(kafka_config), registry, {"analytics-dlq": dlq, "analytics-parked": parked})
+    producer = Producer(kafka_config)
+    good = [("dlq.error.class", b"WrongType"), ("dlq.error.message", b"amount is not a number")]
+    sent = [(b'{"amount": "x"}', good), (None, [("written-by", b"hand")]), (b"\x00\x00\x00\x00\x63", []),
+            (b'{"amount": "y"}', good)]
+    for i, (value, headers) in enumerate(sent):
+        producer.produce(dlq, value=value, key=f"k{i}".encode(), headers=headers)
+    assert producer.flush(30) == 0
+    config = dataclasses.replace(load_dlq_config(), archive_uri=str(tmp_path / "archive"))
+    spec = config.dlq("analytics-dlq").sandboxed({"dlq": dlq, "parked": parked}, group_id=unique_name("g"))
+    result = DlqReprocessor(spec, config, kafka_config=kafka_config, registry=registry).run()
+    assert (result.consumed, result.parked) == (4, 4)
+    assert result.by_reason == {"WrongType": {"parked": 2}, "UNDECODABLE": {"parked": 2}}
+    by_key = {r.key: (_decoder(registry).decode(r.value), dict(r.headers)) for r in read_topic(kafka_config, parked)}
+    assert by_key[b"k1"][0]["reason"] == "UNDECODABLE" and by_key[b"k1"][0]["raw"] == b""
+    assert by_key[b"k1"][1]["written-by"] == b"hand" and b"no dlq.* headers" in by_key[b"k1"][1][PARKED_WHY]
+    assert by_key[b"k2"][0]["raw"] == b"\x00\x00\x00\x00\x63"
 
 
 def test_a_10_mb_line_no_longer_blocks_its_hour(tmp_path, kafka_config, schema_registry_url, unique_name):

@@ -33,7 +33,7 @@ from include.ingest.topics import provision_ingest_topics
 from include.kafka.errors import ProducerFenced
 from include.kafka.reader import read_topic
 from include.kafka.wire import AvroDecoder
-from include.kafka.registry import registry_client
+from include.kafka.registry import registry_client, schema_fetcher
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_killed_anywhere_and_retried_every_row_arrives_exactly_once(setup, kafka
     assert result["complete"] and result["hour_rows_read"] == partition.rows == setup["truth"].rows
     assert result["hour_chunks"] == -(-partition.rows // CHUNK_ROWS)
 
-    decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
+    decoder = AvroDecoder(schema_fetcher(registry))
     raw = [decoder.decode(r.value) for r in read_topic(kafka_config, topics.raw)]
     expected = Counter(tuple(sorted(r.items())) for r in setup["good"])
     assert Counter(tuple(sorted(r.items())) for r in raw) == expected  # none missing, none twice

@@ -28,7 +28,7 @@ from include.ingest.config import IngestTopics
 from include.ingest.topics import provision_ingest_topics
 from include.kafka.reader import read_topic
 from include.kafka.wire import AvroDecoder, split_header
-from include.kafka.registry import registry_client
+from include.kafka.registry import registry_client, schema_fetcher
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,7 @@ def test_counts_reconcile_exactly_with_every_fault_kind(staged, ingested):
 def test_a_read_committed_consumer_gets_every_good_row_back_field_for_field(staged, ingested, kafka_config, registry):
     topics, _ = ingested
     records = read_topic(kafka_config, topics.raw)
-    decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
+    decoder = AvroDecoder(schema_fetcher(registry))
     registered_id = registry.get_latest_version(f"{topics.raw}-value").schema_id
     decoded = []
     for record in records:
@@ -126,7 +126,7 @@ def test_a_read_committed_consumer_gets_every_good_row_back_field_for_field(stag
 
 def test_each_dlq_envelope_names_the_right_line_and_reason(staged, ingested, kafka_config, registry):
     topics, results = ingested
-    decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
+    decoder = AvroDecoder(schema_fetcher(registry))
     records = read_topic(kafka_config, topics.dlq)
     envelopes = [decoder.decode(r.value) for r in records]
     assert {e["source"]["line"]: e["reason"] for e in envelopes} == {line: reason.value for line, reason in staged["truth"].bad_lines().items()}
@@ -145,7 +145,7 @@ def test_each_dlq_envelope_names_the_right_line_and_reason(staged, ingested, kaf
 
 def test_the_checkpoint_marks_each_hour_complete(ingested, kafka_config, registry):
     topics, results = ingested
-    decoder = AvroDecoder(lambda schema_id: registry.get_schema(schema_id).schema_str)
+    decoder = AvroDecoder(schema_fetcher(registry))
     latest = {}
     for record in read_topic(kafka_config, topics.checkpoints):
         latest[record.key.decode()] = decoder.decode(record.value)

@@ -12,6 +12,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from include.kafka.wire import AvroDecoder, AvroEncoder
+from include.kafka.registry import schema_fetcher
 from include.kafka_admin.topics import ensure_topics
 from include.kafka.smoke import SCHEMA_PATH, consume_all, run_roundtrip
 
@@ -101,7 +102,7 @@ def test_wire_format_is_compatible_with_confluent_serdes(kafka_config, registry_
                                    conf={"auto.register.schemas": False, "use.latest.version": True})
     confluent_de = AvroDeserializer(registry_client)
     ours_enc = AvroEncoder(SCHEMA, schema_id)
-    ours_dec = AvroDecoder(lambda i: registry_client.get_schema(i).schema_str)
+    ours_dec = AvroDecoder(schema_fetcher(registry_client))
 
     records = [{"id": str(18446744073709551615 - i), "click": i % 2, "site": None if i % 3 else "1fbe01fe"}
                for i in range(20)]

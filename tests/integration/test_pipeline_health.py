@@ -183,6 +183,19 @@ def test_an_hour_over_the_dlq_ratio_fails_naming_the_hour_and_the_ratio(pipeline
     assert f"look at {pipeline.topics.dlq} (header ingest.hour)" in outcome.summary
 
 
+def test_records_in_the_dlq_that_are_not_the_ingestions_count_to_no_hour_and_are_named(pipeline, kafka_config):
+    producer = Producer(kafka_config)
+    for value in (b"\x00\x00\x00\x00\x63\x02ab", b"plain text", None):
+        producer.produce(pipeline.topics.dlq, value=value, key=b"by-hand")
+    assert producer.flush(30) == 0
+    outcome = pipeline.check("reconciliation")
+    assert outcome.ok, outcome.summary
+    assert (f"; 3 record(s) in {pipeline.topics.dlq} without an ingest.hour header are not the ingestion's and "
+            "count to no hour") in outcome.summary
+    assert {r["hour"]: r["dlq"] for r in outcome.rows} == {h: r.rows_dead_lettered for h, r in pipeline.results.items()}
+    assert pipeline.check("dlq_ratio").ok
+
+
 def test_an_hour_with_records_deleted_or_doubled_does_not_reconcile(pipeline, kafka_config):
     hour = HOURS[1]
     staged = pipeline.results[hour].rows_read

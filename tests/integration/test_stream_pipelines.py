@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from include.kafka.wire import AvroDecoder
+from include.kafka.registry import schema_fetcher
 from include.streaming import StreamProcessor, TransformContext
 from include.streaming.analytics import DLQ_NOTICE, InvalidEvent, analytics_transform
 from include.streaming.dead_letter import read_dead_letter_headers
@@ -65,7 +66,7 @@ def test_seed004_good_events_become_analytics_and_bad_ones_go_to_the_dlq_unchang
     assert counts.stop_reason == "idle_timeout" and counts.aborted_transactions == 0
     assert sum(1 for r in caplog.records if r.getMessage() == DLQ_NOTICE) == len(bad)
 
-    decoder = AvroDecoder(lambda schema_id: registry_client.get_schema(schema_id).schema_str)
+    decoder = AvroDecoder(schema_fetcher(registry_client))
     events = [decoder.decode(m.value()) for m in _read(kafka_config, analytics, unique_name)]
     assert len(events) == 270 - len(bad)
     origins = {(e["source_topic"], e["source_partition"], e["source_offset"]) for e in events}

@@ -36,7 +36,7 @@ from include.kafka.errors import (
     classify,
 )
 from include.kafka.reachability import ServiceUnreachable
-from include.kafka.registry import SchemaNotRegistered
+from include.kafka.registry import SchemaNotRegistered, UnknownSchemaId
 from include.kafka.reader import ReadTimedOut
 from include.kafka.smoke import SmokeFailure
 from include.kafka.wire import WireFormatError
@@ -73,6 +73,7 @@ KINDS = {
     SchemaMismatchError: PERMANENT,
     IncompatibleSchema: PERMANENT,
     WireFormatError: PERMANENT,
+    UnknownSchemaId: PERMANENT,  # a payload naming a schema id the registry does not hold
     RowCodecUnavailable: PERMANENT,
     TopicsMissing: PERMANENT,
     ProducerFenced: PERMANENT,  # a newer attempt owns the transactional id
