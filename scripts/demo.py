@@ -45,6 +45,8 @@ DEMO_STAGING = "data/avazu/demo/staging"
 DEMO_ROWS = 120_000
 DEMO_HOURS = (14102100, 14102101, 14102102)
 DEMO_CHUNK_ROWS = 10_000
+# The sampling job's samples, data_stats.json, EDA report and plots of the same file.
+DEMO_EDA = "data/avazu/demo/eda"
 
 
 def _generate_demo_source() -> str:
@@ -72,6 +74,8 @@ PREPARATIONS = [
 ]
 
 STEPS = [
+    DemoStep("avazu_sampling", "samples, data_stats.json, an EDA report and plots of the demo file, in one pass",
+             {"source_uri": DEMO_SOURCE, "output_uri": DEMO_EDA}),
     DemoStep("kafka_provisioning", "topics and schemas as declared in include/config/topics.yaml"),
     DemoStep("kafka_smoke", "Avro records through the broker and the registry and back",
              {"topic": "smoke_avro_roundtrip", "records": 1000}),
@@ -147,6 +151,21 @@ def _describe(value: object) -> str:
                   if value["pushgateway"] else "no Pushgateway configured: nothing pushed")
         return "\n".join(["the checks:", *(f"{'':8}{line.rstrip()}" for line in table.splitlines()),
                           f"{'':8}report: {value['report']['html']}", f"{'':8}{pushed}"])
+    if isinstance(value, dict) and "samples" in value and "ctr" in value:
+        # The sampling job's survey: the rows, the CTR and each sample's size.
+        from include import storage
+
+        ctr = f"{value['ctr']:.2%}" if value["ctr"] is not None else "-"
+        samples = ", ".join(f"{s['name']} {s['rows']:,}" for s in value["samples"])
+        return (f"read {value['rows_read']:,} rows = {value['good_rows']:,} good + {value['bad_rows']:,} bad, "
+                f"{value['duplicate_rows']:,} duplicate ids, CTR {ctr}\n{'':25}samples: {samples}\n"
+                f"{'':25}statistics: {storage.resolve_local(value['stats_uri'])}")
+    if isinstance(value, dict) and "report_uri" in value and "plot_uris" in value:
+        from include import storage
+
+        plots = sorted(storage.resolve_local(uri) for uri in value["plot_uris"])
+        return (f"report: {storage.resolve_local(value['report_uri'])}\n{'':25}{len(plots)} plots in "
+                f"{Path(plots[0]).parent if plots else '-'}: {', '.join(Path(p).name for p in plots)}")
     if isinstance(value, dict) and set(value) == {"check", "status", "summary"}:
         return f"{value['status']}"
     if isinstance(value, dict) and "by_reason" in value and "repaired" in value:
