@@ -25,7 +25,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from include.kafka.reader import read_topic
-from include.kafka.registry import registry_client
+from include.kafka.registry import registry_client, schema_fetcher
 from include.kafka_admin.sandbox import provision_sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
