@@ -16,7 +16,7 @@ reason (include/config/dlq.yaml):
   dead letter is older than ``max_age_s``, it is parked;
 * **parked** - permanent, unknown reason, no repair fits, out of retries, or not a dead letter at
   all (``UNDECODABLE``: kept as it was, value, key and headers, with the cause in
-  ``dlq.parked.why``; see include.dlq.letters): the envelope goes to the parked topic and into the
+  ``dlq.parked.why``; see include.dead_letters): the envelope goes to the parked topic and into the
   archive (Avro container files, one object per consumed partition
   and first offset of the transaction, written before the transaction commits; a re-run after a
   crash overwrites the same object).
@@ -47,20 +47,20 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include import storage
 from include.crash_points import PhaseHook
-from include.dlq.config import Action, DlqConfig, DlqFormat, DlqSpec
-from include.dlq.letters import (
+from include.dead_letters import (
     PARKED_WHY,
     REPAIR_RULE,
     RETRY_ATTEMPT,
     RETRY_DUE_MS,
     DeadLetter,
+    load_dlq_schema,
     outcome_headers,
     read_letter,
 )
+from include.dlq.config import Action, DlqConfig, DlqFormat, DlqSpec
 from include.dlq.repairs import repair
 from include.encoding.rows import AdEventEncoder, load_ad_event_schema, partition_key
 from include.errors import PermanentError, RetriableError
-from include.ingest.envelope import load_dlq_schema
 from include.kafka.headers import INGEST_HOUR_HEADER
 from include.kafka.reader import read_to_end, reader_config
 from include.kafka.registry import lookup_schema_id, schema_fetcher

@@ -60,6 +60,7 @@ from include.encoding import batch_encoder
 from include.encoding.batch import BatchEncoder, EncodedBatch, RowCodec
 from include.encoding.rows import AdEventEncoder, load_ad_event_schema, partition_key
 from include.crash_points import PhaseHook
+from include.dead_letters import Origin, build_envelope, envelope_headers, envelope_id, load_dlq_schema
 from include.ingest.checkpoint import (
     Checkpoint,
     CheckpointCodec,
@@ -72,7 +73,6 @@ from include.ingest.checkpoint import (
 )
 from include.ingest.chunks import Chunk, iter_chunks, read_ahead
 from include.ingest.config import IngestConfig, IngestTopics
-from include.ingest.envelope import Origin, build_envelope, envelope_headers, envelope_id, load_dlq_schema
 from include.ingest.result import ChunkCounts, IngestResult, ReconciliationError, reconcile
 from include.ingest.staging import HourPartition
 from include.kafka.errors import TransactionAborted

@@ -38,10 +38,10 @@ from typing import Any, Iterable, Sequence
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from include.dead_letters import dead_letter_record_headers
 from include.errors import PermanentError
 from include.kafka.errors import KafkaUnavailable
 from include.kafka.transactions import OnAbort, TransactionalProducer, TransactionPolicy, TransactionUnit
-from include.streaming.dead_letter import dead_letter_record_headers
 from include.streaming.records import InputRecord, OutputRecord, Transform
 
 log = logging.getLogger(__name__)
