@@ -16,13 +16,14 @@ reason (include/config/dlq.yaml):
   dead letter is older than ``max_age_s``, it is parked;
 * **parked** - permanent, unknown reason, no repair fits, out of retries, or not a dead letter at
   all (``UNDECODABLE``: kept as it was, value, key and headers, with the cause in
-  ``dlq.parked.why``; see include.dlq.letters): the envelope goes to the parked topic and into the
+  ``dlq.parked.why``; see include.dead_letters): the envelope goes to the parked topic and into the
   archive (Avro container files, one object per consumed partition
   and first offset of the transaction, written before the transaction commits; a re-run after a
   crash overwrites the same object).
 
 Outcomes and consumed offsets commit in one Kafka transaction of up to ``batch_records``
-records, on :class:`include.kafka.transactions.TransactionalProducer`: killed anywhere, a retry
+records, a transaction of :class:`include.kafka.transactions.TransactionUnit` (``OnAbort.RAISE``:
+an aborted transaction fails the run, whose retry redoes it): killed anywhere, a retry
 of the run leaves every consumed record with exactly one outcome for a ``read_committed``
 reader. The run ends when every partition is read to its end or held by a retry due later than
 ``linger_s`` from now; it returns its counts and checks consumed = repaired + retried + parked.
@@ -41,40 +42,44 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import fastavro
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include import storage
 from include.crash_points import PhaseHook
-from include.dlq.config import Action, DlqConfig, DlqFormat, DlqSpec
-from include.dlq.letters import (
+from include.dead_letters import (
     PARKED_WHY,
     REPAIR_RULE,
     RETRY_ATTEMPT,
     RETRY_DUE_MS,
     DeadLetter,
+    load_dlq_schema,
     outcome_headers,
     read_letter,
 )
+from include.dlq.config import Action, DlqConfig, DlqFormat, DlqSpec
 from include.dlq.repairs import repair
 from include.encoding.rows import AdEventEncoder, load_ad_event_schema, partition_key
 from include.errors import PermanentError, RetriableError
-from include.ingest.envelope import load_dlq_schema
-from include.kafka.errors import TransactionAborted
 from include.kafka.headers import INGEST_HOUR_HEADER
 from include.kafka.reader import read_to_end, reader_config
 from include.kafka.registry import lookup_schema_id, schema_fetcher
-from include.kafka.transactions import TransactionalProducer, TransactionPolicy
+from include.kafka.transactions import (
+    UNIT_PHASES,
+    OnAbort,
+    OpenTransaction,
+    TransactionalProducer,
+    TransactionPolicy,
+    TransactionUnit,
+)
 from include.kafka.wire import AvroDecoder, AvroEncoder
 
 log = logging.getLogger(__name__)
 
 REPAIRED, RETRIED, PARKED = "repaired", "retried", "parked"
 OUTCOMES = (REPAIRED, RETRIED, PARKED)
-PHASE_AFTER_BEGIN = "after_begin"
-PHASE_BEFORE_COMMIT = "before_commit"
-PHASE_AFTER_COMMIT = "after_commit"
-PHASES = (PHASE_AFTER_BEGIN, PHASE_BEFORE_COMMIT, PHASE_AFTER_COMMIT)
+# The crash points: the transaction unit's.
+PHASES = UNIT_PHASES
 TRANSACTIONS = TransactionPolicy(call_timeout_s=60.0, init_timeout_s=60.0)
 # After a registry or broker failure on a repaired row, the next rows of the transaction go
 # straight to retry instead of each waiting for the same failure.
@@ -83,10 +88,6 @@ _UNAVAILABLE_FOR_S = 5.0
 
 class ReprocessingMismatch(PermanentError):
     """The run's counts do not add up: consumed records without exactly one outcome."""
-
-
-class TransactionFailed(RetriableError):
-    """A reprocessing transaction had to be aborted; nothing of it is visible and a retry redoes it."""
 
 
 @dataclass
@@ -174,21 +175,11 @@ class _Codecs:
         return self._rows
 
 
-@dataclass
-class _Transaction:
-    """The open transaction: its number, the next offset per consumed partition, parked envelopes, counts."""
-
-    number: int
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    parked: dict[tuple[str, int], list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
-    outcomes: Counter = field(default_factory=Counter)
-    by_reason: Counter = field(default_factory=Counter)
-    rules: Counter = field(default_factory=Counter)
-
-    @property
-    def records(self) -> int:
-        return sum(self.outcomes.values())
+def _count(txn: OpenTransaction, letter: DeadLetter, outcome: str) -> None:
+    """One letter's outcome in the open transaction's counts (the result adds them up at the commit)."""
+    txn.counts["records"] += 1
+    txn.counts[outcome] += 1
+    txn.counts[("reason", letter.reason, outcome)] += 1
 
 
 class DlqReprocessor:
@@ -204,7 +195,6 @@ class DlqReprocessor:
         self.phase_hook = phase_hook or (lambda phase, number: None)
         self.clock = clock
         self.rng = rng or random.Random()
-        self._transactions = 0
         self._next_due_ms: int | None = None
 
     def run(self) -> ReprocessResult:
@@ -214,6 +204,9 @@ class DlqReprocessor:
         codecs = _Codecs(self.registry, spec)
         producer = TransactionalProducer({"linger.ms": 5, "transaction.timeout.ms": 120_000, **self.kafka_config},
                                          spec.transactional_id, label=f"DLQ {spec.name}", policy=TRANSACTIONS)
+        # Parked records are archived before their transaction commits: nothing committed is unarchived.
+        unit = TransactionUnit(producer, on_abort=OnAbort.RAISE, phase_hook=self.phase_hook,
+                               before_commit=lambda txn: result.archived.extend(self._archive(txn, codecs)))
         try:
             outputs = [spec.parked_topic, *spec.retry_topics, *([spec.repaired_topic] if spec.repaired_topic else [])]
             producer.check_topics([*spec.consumed_topics, *outputs])
@@ -223,7 +216,7 @@ class DlqReprocessor:
                      ", ".join(spec.retry_topics) or "-", spec.parked_topic, self.config.archive_uri)
             while True:
                 result.passes += 1
-                next_due_ms = self._pass(producer, codecs, result, started)
+                next_due_ms = self._pass(unit, codecs, result, started)
                 if next_due_ms is None:
                     result.next_due_at = None
                     break
@@ -236,6 +229,7 @@ class DlqReprocessor:
                 time.sleep(max(0.0, wait))
         finally:
             producer.close()
+        self._take_counts(unit, result)
         result.seconds = round(time.monotonic() - started, 3)
         result.records_per_s = round(result.consumed / result.seconds, 1) if result.seconds > 0 else 0.0
         reconcile(result)
@@ -248,21 +242,20 @@ class DlqReprocessor:
 
     # -- one pass over the topics -------------------------------------------------------------
 
-    def _pass(self, producer: TransactionalProducer, codecs: _Codecs, result: ReprocessResult,
-              started: float) -> int | None:
+    def _pass(self, unit: TransactionUnit, codecs: _Codecs, result: ReprocessResult, started: float) -> int | None:
         """Read every consumed topic to its end once; when the next retry falls due (epoch ms), or None.
 
         That is the earliest due time of a partition held by a retry read too early, or of a retry
         this pass wrote (it lands after this pass read its topic to the end).
         """
-        spec = self.spec
+        spec, producer = self.spec, unit.producer
         self._next_due_ms = None
         # A static member: the next run (or pass) after a crash takes the partitions back at once,
         # instead of waiting out the dead member's session.
         consumer = Consumer({**reader_config(self.kafka_config, spec.group_id),
                              "group.instance.id": spec.transactional_id})
+        unit.consumer = consumer
         held: dict[tuple[str, int], int] = {}
-        txn: _Transaction | None = None
         last_log = time.monotonic()
         try:
             for message in read_to_end(consumer, spec.consumed_topics, from_committed=True, commit=False,
@@ -275,71 +268,45 @@ class DlqReprocessor:
                     held[tp] = letter.due_ms
                     result.held_not_due += 1
                     continue
-                if txn is None:
-                    txn = self._begin(producer)
+                if unit.open is None:
                     codecs.forget_failures()
-                outcome = self._handle(letter, producer, codecs, txn)
-                txn.outcomes[outcome] += 1
-                txn.by_reason[(letter.reason, outcome)] += 1
-                txn.first_offsets.setdefault(tp, letter.offset)
-                txn.offsets[tp] = letter.offset + 1
-                if txn.records >= self.config.batch_records:
-                    self._commit(producer, consumer, txn, codecs, result)
-                    txn = None
+                txn = unit.begin()
+                if txn.payload is None:
+                    txn.payload = defaultdict(list)  # parked envelopes by consumed partition, for the archive
+                _count(txn, letter, self._handle(letter, producer, codecs, txn))
+                txn.consumed(letter.topic, letter.partition, letter.offset)
+                if txn.counts["records"] >= self.config.batch_records:
+                    unit.commit()
                 if time.monotonic() - last_log >= self.config.progress_every_s:
                     last_log = time.monotonic()
-                    done = result.consumed + (txn.records if txn else 0)
+                    done = unit.committed["records"] + (unit.open.counts["records"] if unit.open else 0)
                     log.info("DLQ %s: %s records handled, %s records/s", spec.name, f"{done:,}",
                              f"{done / (last_log - started):,.0f}")
-            if txn is not None:
-                self._commit(producer, consumer, txn, codecs, result)
-                txn = None
-        except TransactionFailed:
-            raise  # aborted already
+            unit.commit()
         except BaseException:
-            if txn is not None:
-                producer.abort_quietly()
+            unit.abort_quietly()
             raise
         finally:
             consumer.close()
         due = [*held.values(), *([self._next_due_ms] if self._next_due_ms is not None else [])]
         return min(due) if due else None
 
-    def _begin(self, producer: TransactionalProducer) -> _Transaction:
-        self._transactions += 1
-        producer.begin()
-        self.phase_hook(PHASE_AFTER_BEGIN, self._transactions)
-        return _Transaction(self._transactions)
-
-    def _commit(self, producer: TransactionalProducer, consumer: Consumer, txn: _Transaction, codecs: _Codecs,
-                result: ReprocessResult) -> None:
-        """Archive the parked records, then commit the outcomes with the consumed offsets."""
-        archived = self._archive(txn, codecs)
-        positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in txn.offsets.items()]
-        try:
-            producer.send_offsets(positions, consumer.consumer_group_metadata())
-            self.phase_hook(PHASE_BEFORE_COMMIT, txn.number)
-            producer.commit()
-        except TransactionAborted as error:
-            producer.abort()
-            raise TransactionFailed(f"DLQ {self.spec.name}: transaction {txn.number} of {txn.records:,} records was "
-                                    f"aborted ({error}); nothing of it is visible, a retry of the run redoes it") from None
-        self.phase_hook(PHASE_AFTER_COMMIT, txn.number)
-        result.transactions += 1
-        result.consumed += txn.records
-        result.repaired += txn.outcomes[REPAIRED]
-        result.retried += txn.outcomes[RETRIED]
-        result.parked += txn.outcomes[PARKED]
-        for (reason, outcome), n in txn.by_reason.items():
-            counts = result.by_reason.setdefault(reason, {})
-            counts[outcome] = counts.get(outcome, 0) + n
-        for rule, n in txn.rules.items():
-            result.repairs_by_rule[rule] = result.repairs_by_rule.get(rule, 0) + n
-        result.archived.extend(archived)
+    @staticmethod
+    def _take_counts(unit: TransactionUnit, result: ReprocessResult) -> None:
+        """The run's counts: what its committed transactions hold, by outcome, reason and repair rule."""
+        committed = unit.committed
+        result.transactions = unit.transactions
+        result.consumed = committed["records"]
+        result.repaired, result.retried, result.parked = (committed[o] for o in OUTCOMES)
+        for key, n in sorted(committed.items(), key=lambda item: str(item[0])):
+            if isinstance(key, tuple) and key[0] == "reason":
+                result.by_reason.setdefault(key[1], {})[key[2]] = n
+            elif isinstance(key, tuple) and key[0] == "rule":
+                result.repairs_by_rule[key[1]] = n
 
     # -- one record ---------------------------------------------------------------------------
 
-    def _handle(self, letter: DeadLetter, producer: TransactionalProducer, codecs: _Codecs, txn: _Transaction) -> str:
+    def _handle(self, letter: DeadLetter, producer: TransactionalProducer, codecs: _Codecs, txn: OpenTransaction) -> str:
         spec = self.spec
         if letter.undecodable:
             return self._park(letter, producer, codecs, txn, letter.envelope["message"])
@@ -366,10 +333,10 @@ class DlqReprocessor:
         headers = outcome_headers(letter, REPAIRED, **{REPAIR_RULE: repaired.rule})
         headers.append((INGEST_HOUR_HEADER, str(record["hour"]).encode()))
         producer.produce(spec.repaired_topic, encoder.encode(record), partition_key(record), headers)
-        txn.rules[repaired.rule] += 1
+        txn.counts[("rule", repaired.rule)] += 1
         return REPAIRED
 
-    def _retry(self, letter: DeadLetter, producer: TransactionalProducer, codecs: _Codecs, txn: _Transaction,
+    def _retry(self, letter: DeadLetter, producer: TransactionalProducer, codecs: _Codecs, txn: OpenTransaction,
                error: str) -> str:
         policy = self.config.retry
         attempt = letter.attempts + 1
@@ -389,7 +356,7 @@ class DlqReprocessor:
         self._next_due_ms = due_ms if self._next_due_ms is None else min(self._next_due_ms, due_ms)
         return RETRIED
 
-    def _park(self, letter: DeadLetter, producer: TransactionalProducer, codecs: _Codecs, txn: _Transaction,
+    def _park(self, letter: DeadLetter, producer: TransactionalProducer, codecs: _Codecs, txn: OpenTransaction,
               why: str) -> str:
         envelope = {**letter.envelope, "last_error": why[:1000]}
         topic = self.spec.parked_topic
@@ -399,12 +366,12 @@ class DlqReprocessor:
             ours = {name for name, _ in headers}
             headers = [(name, value) for name, value in letter.headers if name not in ours] + headers
         producer.produce(topic, codecs.envelopes[topic].encode(envelope), letter.key, headers)
-        txn.parked[(letter.topic, letter.partition)].append(envelope)
+        txn.payload[(letter.topic, letter.partition)].append(envelope)
         return PARKED
 
     # -- the archive --------------------------------------------------------------------------
 
-    def _archive(self, txn: _Transaction, codecs: _Codecs) -> list[str]:
+    def _archive(self, txn: OpenTransaction, codecs: _Codecs) -> list[str]:
         """One Avro container per consumed partition of the transaction, named by its first offset.
 
         Written before the commit, so nothing is committed that is not archived; a retry after a
@@ -414,7 +381,7 @@ class DlqReprocessor:
         written = []
         for (topic, partition), first in txn.first_offsets.items():
             uri = archive_uri(self.config.archive_uri, self.spec.name, topic, partition, first)
-            envelopes = txn.parked.get((topic, partition))
+            envelopes = txn.payload.get((topic, partition)) if txn.payload else None
             if not envelopes:
                 storage.delete(uri)
                 continue

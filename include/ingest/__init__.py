@@ -7,11 +7,10 @@
 ``ingestor``   :class:`HourlyIngestor`: one hour, one Kafka transaction per chunk with its checkpoint
 ``result``     what a run did, and the reconciliation of its counts
 ``checkpoint`` the hour's progress on a compacted topic and what a run does with it
-``envelope``   DLQ envelopes of bad rows
 ``topics``     the three topics' schema ids, and sandbox copies of them
 
 Rows are encoded by :mod:`include.encoding`; the transactions, the reader and the wire format are
-:mod:`include.kafka`'s. No Airflow imports here: the operators in
+:mod:`include.kafka`'s; the DLQ envelopes of bad rows are :mod:`include.dead_letters`'. No Airflow imports here: the operators in
 plugins/kafka_pipeline/operators/ingest.py are thin shells around these, and
 ``python -m include.ingest`` runs them from a shell.
 """

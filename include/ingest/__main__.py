@@ -21,9 +21,9 @@ import os
 import sys
 
 from include.crash_points import kill_hook_from_env
+from include.dead_letters import Origin
 from include.errors import PipelineError
 from include.ingest.config import DEFAULT_CONFIG_PATH, IngestConfigError, load_ingest_config
-from include.ingest.envelope import Origin
 from include.ingest.ingestor import PHASES, HourlyIngestor
 from include.ingest.staging import find_partition, partition_manifest_uri, stage_source
 from include.ingest.topics import provision_ingest_topics

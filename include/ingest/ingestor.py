@@ -10,7 +10,9 @@ For every chunk of ``chunk_rows`` source rows, one Kafka transaction holds
   checkpoint topic.
 
 The transactional producer's life cycle (init, begin, produce, commit, abort, under one retry
-policy) is :class:`include.kafka.transactions.TransactionalProducer`'s; the chunks come from
+policy) is :class:`include.kafka.transactions.TransactionalProducer`'s, and the cycle of each
+chunk's transaction :class:`include.kafka.transactions.TransactionUnit`'s (``OnAbort.REDO``: an
+aborted chunk is produced again, up to ``max_chunk_attempts`` times); the chunks come from
 :mod:`include.ingest.chunks` and the counts go to :mod:`include.ingest.result`.
 
 That is the exactly-once source pattern of Kafka Connect (KIP-618): rows and progress commit
@@ -58,7 +60,7 @@ from include.encoding import batch_encoder
 from include.encoding.batch import BatchEncoder, EncodedBatch, RowCodec
 from include.encoding.rows import AdEventEncoder, load_ad_event_schema, partition_key
 from include.crash_points import PhaseHook
-from include.errors import RetriableError
+from include.dead_letters import Origin, build_envelope, envelope_headers, envelope_id, load_dlq_schema
 from include.ingest.checkpoint import (
     Checkpoint,
     CheckpointCodec,
@@ -71,31 +73,33 @@ from include.ingest.checkpoint import (
 )
 from include.ingest.chunks import Chunk, iter_chunks, read_ahead
 from include.ingest.config import IngestConfig, IngestTopics
-from include.ingest.envelope import Origin, build_envelope, envelope_headers, envelope_id, load_dlq_schema
 from include.ingest.result import ChunkCounts, IngestResult, ReconciliationError, reconcile
 from include.ingest.staging import HourPartition
-from include.kafka.errors import KafkaUnavailable, TransactionAborted
+from include.kafka.errors import TransactionAborted
 from include.kafka.headers import GENERATION_HEADER
 from include.kafka.reader import reader_config
 from include.kafka.registry import lookup_schema_id, schema_fetcher
-from include.kafka.transactions import TransactionalProducer, TransactionPolicy
+from include.kafka.transactions import (
+    PHASE_AFTER_BEGIN,
+    PHASE_AFTER_COMMIT,
+    PHASE_BEFORE_COMMIT,
+    OnAbort,
+    OpenTransaction,
+    TransactionalProducer,
+    TransactionPolicy,
+    TransactionUnit,
+)
 from include.kafka.wire import AvroEncoder
 
 log = logging.getLogger(__name__)
 
-# Points where a phase hook is called; the crash tests kill the process at each of them.
-PHASE_AFTER_BEGIN = "after_begin"
+# Points where a phase hook is called (the transaction unit's and one in the middle of a chunk);
+# the crash tests kill the process at each of them.
 PHASE_MID_PRODUCE = "mid_produce"
-PHASE_BEFORE_COMMIT = "before_commit"
-PHASE_AFTER_COMMIT = "after_commit"
 PHASES = (PHASE_AFTER_BEGIN, PHASE_MID_PRODUCE, PHASE_BEFORE_COMMIT, PHASE_AFTER_COMMIT)
 # A chunk of 100,000 rows is flushed and committed within one call's timeout; the broker-side
 # transaction timeout (transaction.timeout_ms in ingest.yaml) bounds the whole chunk.
 TRANSACTIONS = TransactionPolicy(call_timeout_s=120.0, init_timeout_s=60.0)
-
-
-class ChunkFailed(RetriableError):
-    """A chunk's transaction kept aborting; nothing of it was committed, and a retry resumes there."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,12 @@ class HourlyIngestor:
                      self.partition.hour, self.partition.source_id, plan.action, plan.generation, plan.start_chunk,
                      f"{plan.start_row:,}", f"{self.partition.rows:,}", self.transactional_id, result.row_codec)
             if plan.writes:
-                self._ingest(producer, plan, codecs, result, started)
+                unit = TransactionUnit(producer, on_abort=OnAbort.REDO, phase_hook=self.phase_hook,
+                                       max_attempts=self.config.max_chunk_attempts, noun="chunk")
+                try:
+                    self._ingest(unit, plan, codecs, result, started)
+                finally:
+                    result.chunk_attempts_aborted = unit.aborted
             else:
                 self._take_totals(result, latest)
         finally:
@@ -240,7 +249,7 @@ class HourlyIngestor:
 
     # -- the chunk loop ----------------------------------------------------------------------
 
-    def _ingest(self, producer: TransactionalProducer, plan: RunPlan, codecs: IngestCodecs, result: IngestResult,
+    def _ingest(self, unit: TransactionUnit, plan: RunPlan, codecs: IngestCodecs, result: IngestResult,
                 started: float) -> None:
         base = plan.base
         totals = Checkpoint(
@@ -261,7 +270,7 @@ class HourlyIngestor:
             try:
                 with contextlib.closing(read_ahead(chunks)) as ahead:
                     for chunk in ahead:
-                        counts = self._commit_chunk(producer, chunk, totals, codecs, line_map, plan.generation, result)
+                        counts = self._commit_chunk(unit, chunk, totals, codecs, line_map, plan.generation, result)
                         wrote_any = True
                         totals = self._advance(totals, counts, chunk)
                         self._count_chunk(result, counts, chunk, totals, started)
@@ -271,7 +280,7 @@ class HourlyIngestor:
             # Nothing left to read but the hour is not marked complete (an empty partition, or a
             # run killed after its last rows but before they were marked): commit the marker alone.
             empty = Chunk(index=totals.chunks_committed, first_row=totals.rows_read, last=True)
-            self._commit_chunk(producer, empty, totals, codecs, line_map, plan.generation, result)
+            self._commit_chunk(unit, empty, totals, codecs, line_map, plan.generation, result)
             totals = self._advance(totals, ChunkCounts(), empty)
         self._take_totals(result, totals)
 
@@ -303,48 +312,34 @@ class HourlyIngestor:
             complete=chunk.last, run_id=self.origin.run_id,
         )
 
-    def _commit_chunk(self, producer: TransactionalProducer, chunk: Chunk, totals: Checkpoint, codecs: IngestCodecs,
+    def _commit_chunk(self, unit: TransactionUnit, chunk: Chunk, totals: Checkpoint, codecs: IngestCodecs,
                       line_map, generation: int, result: IngestResult) -> ChunkCounts:
-        """Write one chunk and its checkpoint in one transaction, producing it again when the transaction aborts."""
-        attempts = self.config.max_chunk_attempts
-        for attempt in range(1, attempts + 1):
+        """Write one chunk and its checkpoint in one transaction of the unit (produced again when it aborts)."""
+        producer = unit.producer
+
+        def work(txn: OpenTransaction) -> None:
             self._delivery_errors.clear()
-            producer.begin()
+            began = time.monotonic()
             try:
-                self.phase_hook(PHASE_AFTER_BEGIN, chunk.index)
-                began = time.monotonic()
-                try:
-                    counts = self._produce_chunk(producer, chunk, codecs, line_map, generation)
-                except KafkaException as error:  # from the hot path's direct produce() calls
-                    raise producer.error_for("produce", error) from None
-                checkpoint = self._advance(totals, counts, chunk)
-                if chunk.last and checkpoint.rows_read != self.partition.rows:
-                    raise ReconciliationError(
-                        f"partition {self.partition.data_uri} holds {checkpoint.rows_read:,} rows but its manifest says "
-                        f"{self.partition.rows:,}; re-stage the source")
-                producer.produce(self.topics.checkpoints, codecs.checkpoints.encode(checkpoint), self.key)
-                waited = time.monotonic()
-                self._await_delivery(producer)
-                self.phase_hook(PHASE_BEFORE_COMMIT, chunk.index)
-                producer.commit()
-                done = time.monotonic()
-                result.seconds_producing += waited - began
-                result.seconds_committing += done - waited
-                self.phase_hook(PHASE_AFTER_COMMIT, chunk.index)
-                return counts
-            except (TransactionAborted, KafkaUnavailable) as error:
-                # Nothing of the chunk is visible; fenced and fatal errors are not caught here.
-                producer.abort()
-                result.chunk_attempts_aborted += 1
-                if attempt == attempts:
-                    raise ChunkFailed(f"hour {self.partition.hour}: chunk {chunk.index} failed {attempts} times, "
-                                      f"last: {error}; nothing of it was committed, a retry resumes there") from None
-                log.warning("hour %s: chunk %s attempt %s of %s aborted (%s); producing it again",
-                            self.partition.hour, chunk.index, attempt, attempts, error)
-            except BaseException:
-                producer.abort_quietly()
-                raise
-        raise AssertionError("unreachable")
+                counts = self._produce_chunk(producer, chunk, codecs, line_map, generation)
+            except KafkaException as error:  # from the hot path's direct produce() calls
+                raise producer.error_for("produce", error) from None
+            checkpoint = self._advance(totals, counts, chunk)
+            if chunk.last and checkpoint.rows_read != self.partition.rows:
+                raise ReconciliationError(
+                    f"partition {self.partition.data_uri} holds {checkpoint.rows_read:,} rows but its manifest says "
+                    f"{self.partition.rows:,}; re-stage the source")
+            producer.produce(self.topics.checkpoints, codecs.checkpoints.encode(checkpoint), self.key)
+            waited = time.monotonic()
+            self._await_delivery(producer)
+            txn.payload = (counts, waited - began, time.monotonic() - waited)
+
+        committing = unit.seconds_committing
+        txn = unit.run(work, number=chunk.index)
+        counts, producing_s, delivering_s = txn.payload
+        result.seconds_producing += producing_s
+        result.seconds_committing += delivering_s + unit.seconds_committing - committing
+        return counts
 
     def _await_delivery(self, producer: TransactionalProducer) -> None:
         """Every record of the open transaction acknowledged, or :class:`TransactionAborted` saying why not."""

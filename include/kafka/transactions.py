@@ -17,17 +17,33 @@ Each transactional call that fails with a *retriable* error is called again, up 
 
 Once fenced or fatal the client is unusable, so :meth:`close` does not flush it: the caller's
 message stays the last word in the task log, not a second error from the dead client.
+
+:class:`TransactionUnit` is the one exactly-once cycle every loop runs on that producer (the
+ingestion's chunks, the stream processors' checkpoints, the DLQ reprocessor's batches)::
+
+    unit = TransactionUnit(producer, on_abort=OnAbort.REWIND, consumer=consumer, phase_hook=hook)
+    txn = unit.begin()                      # the open transaction, begun at its first record
+    producer.produce(...); txn.consumed(topic, partition, offset); txn.counts["records_in"] += 1
+    unit.commit()                           # consumed offsets + commit; counts join unit.committed
+
+It owns begin / send offsets / commit / abort, what happens after an abort (:class:`OnAbort`, the
+caller's choice), the counts of the open transaction (they count only once it commits) and the
+crash points (``hook(phase, number)`` after begin, before commit, after commit).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
+from include.crash_points import PhaseHook
 from include.errors import PipelineError
 from include.kafka.errors import (
     ErrorKind,
@@ -205,3 +221,171 @@ class TransactionalProducer:
         if error.fatal():
             self._broken = kind
         return KafkaFatalError(f"{self.label}: fatal error while trying to {action} (transactional.id {tid}): {error}")
+
+
+# The unit's crash points: the exactly-once tests kill a real process at each of them.
+PHASE_AFTER_BEGIN = "after_begin"
+PHASE_BEFORE_COMMIT = "before_commit"
+PHASE_AFTER_COMMIT = "after_commit"
+UNIT_PHASES = (PHASE_AFTER_BEGIN, PHASE_BEFORE_COMMIT, PHASE_AFTER_COMMIT)
+# What aborts a transaction without ending the producer: the abortable, and retriable calls that kept failing.
+_ABORTABLE = (TransactionAborted, KafkaUnavailable)
+
+
+class OnAbort(enum.Enum):
+    """What a :class:`TransactionUnit` does once it had to abort the open transaction."""
+
+    # Produce the same work again (:meth:`TransactionUnit.run`), up to ``max_attempts`` times: the
+    # input can be read again, as the ingestion's chunk of a staged file.
+    REDO = "redo"
+    # Hand back (``commit()`` is False): the caller re-reads its input from the committed offsets
+    # and carries on, as a stream processor that must not stop.
+    REWIND = "rewind"
+    # Raise :class:`TransactionAborted`: the task's retry redoes the run, as DLQ reprocessing.
+    RAISE = "raise"
+
+
+@dataclass
+class OpenTransaction:
+    """The work of the open transaction, kept apart until it commits.
+
+    ``counts`` join :attr:`TransactionUnit.committed` at the commit (an aborted transaction counts
+    nothing); ``offsets`` are the next offsets to read of the partitions it consumed, sent with the
+    commit; ``payload`` is whatever the caller keeps with it (the records to archive ...).
+    """
+
+    number: int
+    began: float
+    counts: Counter = field(default_factory=Counter)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    payload: Any = None
+
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        """The record at ``offset`` is handled: the commit moves the group past it."""
+        key = (topic, partition)
+        self.first_offsets.setdefault(key, offset)
+        self.offsets[key] = offset + 1
+
+
+class TransactionUnit:
+    """One exactly-once cycle on a :class:`TransactionalProducer` (see the module doc).
+
+    :param producer: initialised by the caller (``init()``), closed by the caller
+    :param on_abort: what follows an aborted transaction (:class:`OnAbort`)
+    :param consumer: the consumer whose group the consumed offsets are committed for, if any
+    :param phase_hook: called as ``hook(phase, number)`` at each of :data:`UNIT_PHASES`
+    :param before_commit: called with the open transaction just before its offsets and commit
+        (a last record, an archive written before the commit ...); it may raise an abortable error
+    :param max_attempts: how often :meth:`run` produces the same work (``OnAbort.REDO``)
+    :param noun: what one transaction holds, in messages (``chunk``, ``checkpoint`` ...)
+    """
+
+    def __init__(self, producer: TransactionalProducer, *, on_abort: OnAbort, consumer: Any = None,
+                 phase_hook: PhaseHook | None = None,
+                 before_commit: Callable[[OpenTransaction], None] | None = None, max_attempts: int = 1,
+                 noun: str = "transaction"):
+        self.producer = producer
+        self.on_abort = on_abort
+        self.consumer = consumer
+        self.phase_hook = phase_hook or (lambda phase, number: None)
+        self.before_commit = before_commit
+        self.max_attempts = max_attempts
+        self.noun = noun
+        self.last_error: Exception | None = None
+        self.open: OpenTransaction | None = None
+        self.committed: Counter = Counter()
+        self.transactions = 0
+        self.aborted = 0
+        # Seconds spent committing (before_commit, offsets, commit), for the callers' profiles.
+        self.seconds_committing = 0.0
+        self._numbers = 0
+
+    def begin(self, number: int | None = None) -> OpenTransaction:
+        """The open transaction; one is begun when none is open (``number``: the caller's, else counted)."""
+        if self.open is None:
+            self._numbers += 1
+            self.producer.begin()
+            self.open = OpenTransaction(self._numbers if number is None else number, time.monotonic())
+            self.phase_hook(PHASE_AFTER_BEGIN, self.open.number)
+        return self.open
+
+    def commit(self) -> bool:
+        """Commit the open transaction with its consumed offsets (True; also when none is open).
+
+        When it has to abort: ``REDO`` and ``REWIND`` return False, ``RAISE`` raises
+        :class:`TransactionAborted`. Fenced and fatal errors are never caught: they end the unit.
+        """
+        txn = self.open
+        if txn is None:
+            return True
+        began = time.monotonic()
+        try:
+            if self.before_commit is not None:
+                self.before_commit(txn)
+            if txn.offsets and self.consumer is not None:
+                positions = [TopicPartition(t, p, offset) for (t, p), offset in txn.offsets.items()]
+                self.producer.send_offsets(positions, self.consumer.consumer_group_metadata())
+            self.phase_hook(PHASE_BEFORE_COMMIT, txn.number)
+            self.producer.commit()
+        except _ABORTABLE as error:
+            self.abort()
+            self.last_error = error
+            if self.on_abort is OnAbort.RAISE:
+                raise TransactionAborted(f"{self.producer.label}: {self.noun} {txn.number} was aborted ({error}); "
+                                         "nothing of it is visible, a retry redoes it") from None
+            if self.on_abort is OnAbort.REWIND:
+                log.warning("%s: %s %s aborted, re-reading its input: %s", self.producer.label, self.noun,
+                            txn.number, error)
+            return False
+        except BaseException:
+            self.abort_quietly()
+            raise
+        finally:
+            self.seconds_committing += time.monotonic() - began
+        self.open = None
+        self.transactions += 1
+        self.committed.update(txn.counts)
+        self.phase_hook(PHASE_AFTER_COMMIT, txn.number)
+        return True
+
+    def run(self, work: Callable[[OpenTransaction], None], number: int | None = None) -> OpenTransaction:
+        """``OnAbort.REDO``: begin, ``work(txn)``, commit; an aborted attempt is done again from the start.
+
+        After ``max_attempts`` aborted attempts, :class:`TransactionAborted` says so (nothing of the
+        work is visible, a retry of the task resumes there). Any other failure aborts and is raised.
+        """
+        for attempt in range(1, self.max_attempts + 1):
+            txn = self.begin(number)
+            try:
+                work(txn)
+            except _ABORTABLE as error:
+                self.abort()
+                self.last_error = error
+            except BaseException:
+                self.abort_quietly()
+                raise
+            else:
+                if self.commit():
+                    return txn
+            if attempt < self.max_attempts:
+                log.warning("%s: %s %s attempt %s of %s aborted (%s); producing it again",
+                            self.producer.label, self.noun, txn.number, attempt, self.max_attempts, self.last_error)
+        raise TransactionAborted(f"{self.producer.label}: {self.noun} {txn.number} was aborted {self.max_attempts} "
+                                 f"time(s), last: {self.last_error}; nothing of it is visible, a retry resumes there")
+
+    def abort(self) -> None:
+        """Abort the open transaction: nothing of it becomes visible, and its counts are dropped."""
+        if self.open is None:
+            return
+        self.open = None
+        self.aborted += 1
+        self.producer.abort()
+
+    def abort_quietly(self) -> None:
+        """Abort on the way out of a failure (see :meth:`TransactionalProducer.abort_quietly`)."""
+        if self.open is None:
+            return
+        self.open = None
+        if self.producer.abort_quietly():
+            self.aborted += 1

@@ -19,7 +19,10 @@ waiting for the old member's session to time out). A rebalance commits the open 
 ``on_revoke``, so the partitions move with their output committed.
 
 The transactional producer's life cycle and its retry policy are
-:class:`include.kafka.transactions.TransactionalProducer`'s, the same as the ingestion's. No
+:class:`include.kafka.transactions.TransactionalProducer`'s, and each checkpoint is a transaction of
+its :class:`include.kafka.transactions.TransactionUnit` (``OnAbort.REWIND``: an aborted checkpoint
+is dropped, the partitions are sought back to their committed offsets and the loop carries on),
+the same cycle as the ingestion's and the DLQ reprocessor's. No
 Airflow here: the operator in plugins/ and the ``python -m include.streaming`` runner both drive
 this object.
 """
@@ -35,10 +38,10 @@ from typing import Any, Iterable, Sequence
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from include.dead_letters import dead_letter_record_headers
 from include.errors import PermanentError
-from include.kafka.errors import KafkaUnavailable, TransactionAborted
-from include.kafka.transactions import TransactionalProducer, TransactionPolicy
-from include.streaming.dead_letter import dead_letter_record_headers
+from include.kafka.errors import KafkaUnavailable
+from include.kafka.transactions import OnAbort, TransactionalProducer, TransactionPolicy, TransactionUnit
 from include.streaming.records import InputRecord, OutputRecord, Transform
 
 log = logging.getLogger(__name__)
@@ -74,17 +77,8 @@ class ProcessorCounts:
         return asdict(self)
 
 
-@dataclass
-class _Checkpoint:
-    """The counts of the open transaction, added to the run's counts only when it commits."""
-
-    began: float
-    records_in: int = 0
-    records_out: int = 0
-    dead_lettered: int = 0
-    skipped: int = 0
-    # Next offset to read per input partition, for the records handled in this checkpoint.
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+# The counts a checkpoint keeps (in its OpenTransaction) and the run adds up once it commits.
+_COUNTED = ("records_in", "records_out", "dead_lettered", "skipped")
 
 
 @dataclass
@@ -122,7 +116,7 @@ class StreamProcessor:
         self._stop_reason = ""
         self._producer: TransactionalProducer | None = None
         self._consumer: Consumer | None = None
-        self._checkpoint: _Checkpoint | None = None
+        self._unit: TransactionUnit | None = None
         self._assigned: dict[tuple[str, int], TopicPartition] = {}
         self._partition_counts: dict[str, int] = {}
         self._start_offsets: dict[tuple[str, int], int] = {}
@@ -163,9 +157,11 @@ class StreamProcessor:
             self._commit()
         except BaseException:
             # SIGINT, a fatal error or a bug: nothing half-done may become visible.
-            self._abort_quietly()
+            if self._unit is not None:
+                self._unit.abort_quietly()
             raise
         finally:
+            self._take_counts()
             self._close()
         self.counts.seconds = round(time.monotonic() - began, 3)
         self.counts.stop_reason = reason
@@ -197,6 +193,8 @@ class StreamProcessor:
             "enable.auto.commit": False,
             "enable.partition.eof": False,
         })
+        self._unit = TransactionUnit(self._producer, on_abort=OnAbort.REWIND, consumer=self._consumer,
+                                     noun="checkpoint")
         self._consumer.subscribe(self.input_topics, on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
         self._last_activity = None
@@ -218,9 +216,9 @@ class StreamProcessor:
             messages = self._next_batch()
             if messages:
                 self._process(messages)
-            checkpoint = self._checkpoint
+            checkpoint = self._unit.open
             if checkpoint is not None and (
-                    checkpoint.records_in >= self.commit_every
+                    checkpoint.counts["records_in"] >= self.commit_every
                     or time.monotonic() - checkpoint.began >= self.commit_interval):
                 self._commit()
             self._producer.client.poll(0)
@@ -249,12 +247,9 @@ class StreamProcessor:
                 # Fetched before a revocation: the new owner reads it from the committed offset.
                 continue
             self._last_activity = time.monotonic()
-            if self._checkpoint is None:
-                self._producer.begin()
-                self._checkpoint = _Checkpoint(began=time.monotonic())
-            checkpoint = self._checkpoint
+            checkpoint = self._unit.begin()
             record = InputRecord.from_message(message)
-            checkpoint.records_in += 1
+            checkpoint.counts["records_in"] += 1
             try:
                 # Materialised first, so a transform failing halfway writes nothing of that record.
                 outputs = list(self.transform(record))
@@ -263,23 +258,23 @@ class StreamProcessor:
             else:
                 for output in outputs:
                     self._produce(self.output_topic, output)
-                checkpoint.records_out += len(outputs)
+                checkpoint.counts["records_out"] += len(outputs)
             # Offsets of handled records, not the consumer's position: a record fetched in the
             # same call that ran on_revoke advanced the position without being handled.
-            checkpoint.offsets[(record.topic, record.partition)] = record.offset + 1
+            checkpoint.consumed(record.topic, record.partition, record.offset)
 
     def _dead_letter(self, record: InputRecord, error: Exception) -> None:
-        checkpoint = self._checkpoint
+        checkpoint = self._unit.open
         where = f"{record.topic}[{record.partition}]@{record.offset}"
         if self.dlq_topic is None:
-            checkpoint.skipped += 1
+            checkpoint.counts["skipped"] += 1
             log.error("%s: skipped %s (no DLQ topic): %s: %s", self.name, where,
                       type(error).__name__, error)
             return
         headers = dead_letter_record_headers(error, record, self.name,
                                              dt.datetime.now(dt.timezone.utc))
         self._produce(self.dlq_topic, OutputRecord(record.key, record.value, headers))
-        checkpoint.dead_lettered += 1
+        checkpoint.counts["dead_lettered"] += 1
         # One line per dead letter: the seed's notice when there is one (why and where are in the
         # record's dlq.* headers and the counts in the progress lines), else the details.
         if self.dead_letter_notice:
@@ -305,36 +300,22 @@ class StreamProcessor:
 
     def _commit(self, rewind_on_abort: bool = True) -> bool:
         """Commit the open checkpoint (output + input offsets). False when it had to abort."""
-        checkpoint = self._checkpoint
-        if checkpoint is None:
+        if self._unit.commit():
+            self._take_counts()
             return True
-        try:
-            positions = [TopicPartition(topic, partition, offset)
-                         for (topic, partition), offset in checkpoint.offsets.items()]
-            if positions:
-                self._producer.send_offsets(positions, self._consumer.consumer_group_metadata())
-            self._producer.commit()
-        except TransactionAborted as error:
-            # Fenced and fatal errors are not caught here: they stop the processor.
-            log.warning("%s: checkpoint of %d record(s) aborted, will redo it: %s", self.name,
-                        checkpoint.records_in, error)
-            self._abort(rewind=rewind_on_abort)
-            return False
-        self._checkpoint = None
-        self.counts.records_in += checkpoint.records_in
-        self.counts.records_out += checkpoint.records_out
-        self.counts.dead_lettered += checkpoint.dead_lettered
-        self.counts.skipped += checkpoint.skipped
-        self.counts.transactions += 1
-        return True
-
-    def _abort(self, rewind: bool) -> None:
-        """Drop the open checkpoint's output and, when keeping the partitions, re-read its input."""
-        self._checkpoint = None
-        self._producer.abort()
-        self.counts.aborted_transactions += 1
-        if rewind:
+        if rewind_on_abort:
             self._rewind()
+        self._take_counts()
+        return False
+
+    def _take_counts(self) -> None:
+        """The run's counts: what the unit committed, and how many transactions it committed and aborted."""
+        if self._unit is None:
+            return
+        for name in _COUNTED:
+            setattr(self.counts, name, self._unit.committed[name])
+        self.counts.transactions = self._unit.transactions
+        self.counts.aborted_transactions = self._unit.aborted
 
     def _rewind(self) -> None:
         """Seek every held partition back to its committed offset (the aborted work is redone)."""
@@ -356,13 +337,6 @@ class StreamProcessor:
     def _consumer_setting(self, name: str) -> Any:
         return {"auto.offset.reset": "earliest", **self.client_config,
                 **self.consumer_overrides}.get(name)
-
-    def _abort_quietly(self) -> None:
-        if self._checkpoint is None or self._producer is None:
-            return
-        self._checkpoint = None
-        if self._producer.abort_quietly():
-            self.counts.aborted_transactions += 1
 
     def _close(self) -> None:
         if self._consumer is not None:
@@ -387,7 +361,7 @@ class StreamProcessor:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit while the group generation is still ours, so the next owner starts exactly
         # after what this instance wrote.
-        if self._checkpoint is not None and self._producer is not None:
+        if self._unit is not None and self._unit.open is not None:
             self._commit(rewind_on_abort=False)
         for tp in partitions:
             self._assigned.pop((tp.topic, tp.partition), None)
@@ -396,9 +370,10 @@ class StreamProcessor:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The partitions may already belong to another member: committing would be fenced anyway.
-        if self._checkpoint is not None and self._producer is not None:
+        if self._unit is not None and self._unit.open is not None:
             log.warning("%s: partitions lost; aborting the open checkpoint", self.name)
-            self._abort(rewind=False)
+            self._unit.abort()
+            self._take_counts()
         for tp in partitions:
             self._assigned.pop((tp.topic, tp.partition), None)
             self._start_offsets.pop((tp.topic, tp.partition), None)

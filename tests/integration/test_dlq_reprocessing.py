@@ -20,11 +20,10 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from include import storage
 from include.avazu.contract import parse_fields
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
+from include.dead_letters import FROM, OUTCOME, PARKED_WHY, REPAIR_RULE, RETRY_ATTEMPT, coordinates, load_dlq_schema
 from include.dlq.config import load_dlq_config
-from include.dlq.letters import FROM, OUTCOME, PARKED_WHY, REPAIR_RULE, RETRY_ATTEMPT, coordinates
 from include.dlq.reprocessor import DlqReprocessor, read_archive
 from include.ingest.config import IngestTopics, load_ingest_config
-from include.ingest.envelope import load_dlq_schema
 from include.ingest.ingestor import HourlyIngestor
 from include.ingest.staging import find_partition, stage_source
 from include.ingest.topics import provision_ingest_topics

@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import read_all
 from include.ingest.checkpoint import checkpoint_key
-from include.ingest.envelope import Origin
+from include.dead_letters import Origin
 from include.ingest.config import load_ingest_config
 from include.ingest.ingestor import HourlyIngestor
 from include.kafka.headers import GENERATION_HEADER
@@ -203,7 +203,7 @@ def test_missing_schemas_or_topics_fail_with_one_sentence(staged, kafka_config, 
     from confluent_kafka.schema_registry import Schema
 
     from include.ingest.checkpoint import load_checkpoint_schema
-    from include.ingest.envelope import load_dlq_schema
+    from include.dead_letters import load_dlq_schema
     from include.kafka.errors import TopicsMissing
     from include.encoding.rows import load_ad_event_schema
     from include.kafka.registry import SchemaNotRegistered

@@ -28,13 +28,13 @@ from confluent_kafka.admin import (
 from confluent_kafka.schema_registry import Schema
 
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
+from include.dead_letters import Origin
 from include.health.checks import CHECKS, HealthInputs, run_check
 from include.health.config import load_health_config
 from include.health.lag import sample_groups
 from include.health.metrics import push_metrics
 from include.health.report import summary_table, write_report
 from include.ingest.config import IngestTopics, load_ingest_config
-from include.ingest.envelope import Origin
 from include.ingest.ingestor import HourlyIngestor
 from include.ingest.staging import find_partition, stage_source
 from include.ingest.topics import DECLARED, provision_ingest_topics

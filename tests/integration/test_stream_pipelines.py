@@ -13,7 +13,7 @@ from include.kafka.wire import AvroDecoder
 from include.kafka.registry import schema_fetcher
 from include.streaming import StreamProcessor, TransformContext
 from include.streaming.analytics import DLQ_NOTICE, InvalidEvent, analytics_transform
-from include.streaming.dead_letter import read_dead_letter_headers
+from include.dead_letters import read_dead_letter_headers
 from include.kafka.reader import READER_SETTINGS, read_to_end
 from include.streaming.simulators import (
     SIMULATOR_PRODUCER_SETTINGS,

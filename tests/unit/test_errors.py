@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError
 import include
 from include.avazu.lines import AvazuInputError, CorruptInputError, HeaderMismatchError, TruncatedInputError
 from include.dlq.config import DlqConfigError
-from include.dlq.reprocessor import ReprocessingMismatch, TransactionFailed
+from include.dlq.reprocessor import ReprocessingMismatch
 from include.eda.sampling import SamplingConfigError
 from include.health.config import HealthConfigError
 from include.health.metrics import PushgatewayUnavailable
@@ -23,7 +23,6 @@ from include.encoding.rows import SchemaMismatchError
 from include.errors import PermanentError, PipelineError, RetriableError
 from include.ingest.config import IngestConfigError
 from include.ingest.hours import HourMappingError
-from include.ingest.ingestor import ChunkFailed
 from include.ingest.result import ReconciliationError
 from include.ingest.staging import StagingError
 from include.kafka.errors import (
@@ -87,8 +86,6 @@ KINDS = {
     StorageUnavailable: RETRIABLE,  # S3 endpoint down
     KafkaUnavailable: RETRIABLE,
     TransactionAborted: RETRIABLE,
-    ChunkFailed: RETRIABLE,
-    TransactionFailed: RETRIABLE,
     ReadTimedOut: RETRIABLE,
     SimulationFailed: RETRIABLE,
 }

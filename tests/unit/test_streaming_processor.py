@@ -15,45 +15,12 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 import include.streaming.processor as processor_module
-from include.streaming.dead_letter import read_dead_letter_headers
+from include.dead_letters import read_dead_letter_headers
 from include.kafka.errors import ProducerFenced, TopicsMissing
 from include.streaming.processor import ProcessorFailed, StreamProcessor
 from include.streaming.records import OutputRecord
 from include.streaming.words import upper_case
-
-
-@dataclass
-class FakeMessage:
-    _topic: str
-    _partition: int
-    _offset: int
-    _value: bytes | None
-    _key: bytes | None = None
-    _headers: list | None = None
-
-    def error(self):
-        return None
-
-    def topic(self):
-        return self._topic
-
-    def partition(self):
-        return self._partition
-
-    def offset(self):
-        return self._offset
-
-    def key(self):
-        return self._key
-
-    def value(self):
-        return self._value
-
-    def headers(self):
-        return self._headers
-
-    def timestamp(self):
-        return (1, 1_700_000_000_000)
+from tests.fake_messages import FakeMessage
 
 
 @dataclass

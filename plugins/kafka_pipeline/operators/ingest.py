@@ -18,8 +18,8 @@ from airflow.sdk import Asset, BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
 from include.avazu.generator import GeneratorSpec
+from include.dead_letters import Origin
 from include.ingest.config import IngestConfig
-from include.ingest.envelope import Origin
 from include.ingest.ingestor import HourlyIngestor
 from include.ingest.staging import find_partition, partition_manifest_uri, read_manifest, stage_source
 from kafka_pipeline.failures import fails_cleanly

@@ -1,9 +1,8 @@
-"""DLQ envelopes (schemas/dlq_envelope.avsc) and checkpoints (schemas/ingest_checkpoint.avsc) as records."""
+"""Ingestion checkpoints (schemas/ingest_checkpoint.avsc) as records, their keys, and the plan a run makes of them."""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 
@@ -18,59 +17,9 @@ from include.ingest.checkpoint import (
     plan_run,
     transactional_id,
 )
-from include.ingest.envelope import Origin, build_envelope, envelope_headers, envelope_id, load_dlq_schema
-from include.kafka.wire import AvroDecoder, AvroEncoder
+from include.kafka.wire import AvroEncoder
 
 FAILED_AT = dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc)
-
-
-def _envelope(**changes):
-    values = dict(source_id="sha256-abc", source_uri="s3://bucket/train.gz", line=1234, hour=14102105, chunk=3,
-                  reason="NOT_INTEGER", field="C14", message="C14 '12a' is not an integer",
-                  raw=b"1000,0,14102105,...,12a", origin=Origin("avazu_hourly_ingest", "manual__1", "ingest_hour", 2),
-                  failed_at=FAILED_AT)
-    values.update(changes)
-    return build_envelope(**values)
-
-
-def test_envelope_round_trips_through_the_registered_schema():
-    schema = load_dlq_schema()
-    payload = AvroEncoder(schema, 42).encode(_envelope())
-    decoded = AvroDecoder(lambda i: schema).decode(payload)
-    assert decoded == {
-        "envelope_id": "sha256-abc:1234",
-        "reason": "NOT_INTEGER",
-        "message": "C14 '12a' is not an integer",
-        "field": "C14",
-        "raw": b"1000,0,14102105,...,12a",
-        "source": {"uri": "s3://bucket/train.gz", "line": 1234, "hour": 14102105, "chunk": 3},
-        "origin": {"dag_id": "avazu_hourly_ingest", "run_id": "manual__1", "task_id": "ingest_hour", "try_number": 2},
-        "first_failed_at": FAILED_AT,
-        "stage": "ingest",
-        "attempts": 0,
-        "last_error": None,
-        "raw_length": 23,
-        "raw_sha256": hashlib.sha256(b"1000,0,14102105,...,12a").hexdigest(),
-        "headers": None,  # only an UNDECODABLE record's own headers are kept here
-    }
-
-
-def test_raw_bytes_that_are_not_utf8_survive():
-    schema = load_dlq_schema()
-    raw = b"1000,0,14102105,caf\xc3,\xff\xfe"
-    payload = AvroEncoder(schema, 1).encode(_envelope(raw=raw, reason="BAD_ENCODING", field=None, origin=Origin()))
-    decoded = AvroDecoder(lambda i: schema).decode(payload)
-    assert decoded["raw"] == raw and decoded["field"] is None
-    assert decoded["origin"] == {"dag_id": None, "run_id": None, "task_id": None, "try_number": None}
-
-
-def test_envelope_id_is_stable_per_source_and_line():
-    assert envelope_id("sha256-abc", 7) == "sha256-abc:7" == _envelope(line=7)["envelope_id"]
-
-
-def test_headers_carry_the_reason():
-    headers = dict(envelope_headers("BAD_HOUR", 14102105, 0))
-    assert headers == {"dlq.reason": b"BAD_HOUR", "dlq.stage": b"ingest", "ingest.hour": b"14102105", "ingest.generation": b"0"}
 
 
 def test_checkpoint_round_trip_and_reading_an_older_version():
@@ -159,14 +108,3 @@ def test_checkpoint_updated_at_is_timestamp_millis():
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(schema), record)
     buffer.seek(0)
     assert fastavro.schemaless_reader(buffer, fastavro.parse_schema(schema))["updated_at"] == FAILED_AT
-
-
-def test_an_oversized_line_is_kept_only_in_part_with_its_length_and_checksum():
-    from include.ingest.envelope import MAX_RAW_BYTES
-
-    raw = b"9" * (3 * 1024 * 1024)
-    envelope = _envelope(raw=raw)
-    assert envelope["raw"] == raw[:MAX_RAW_BYTES] and len(envelope["raw"]) < 1_000_000  # under max.message.bytes
-    assert (envelope["raw_length"], envelope["raw_sha256"]) == (len(raw), hashlib.sha256(raw).hexdigest())
-    payload = AvroEncoder(load_dlq_schema(), 42).encode(envelope)
-    assert len(payload) < MAX_RAW_BYTES + 1024
