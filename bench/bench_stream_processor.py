@@ -50,7 +50,7 @@ from include.streaming.simulators import (  # noqa: E402
     web_events,
 )
 from include.streaming.topics import ensure_topics  # noqa: E402
-from include.kafka.registry import registry_client  # noqa: E402, schema_fetcher
+from include.kafka.registry import registry_client, schema_fetcher  # noqa: E402
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 REGISTRY = os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7")
