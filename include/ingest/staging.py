@@ -9,7 +9,10 @@ Layout under the staging location (a local folder or an ``s3://`` prefix)::
 One streaming pass with bounded memory: the source is inflated block by block, every line is
 checked against the contract (for the manifest's counts; ingestion checks again and must agree)
 and appended to its hour's gzip file in a local temporary folder, then the partitions are moved
-or uploaded into place. A line goes to the hour in its ``hour`` field; a line whose hour cannot
+or uploaded into place. The clean rows of a block - nearly all - are recognised in one call of the
+ingestion's C codec (:mod:`include.encoding.native`, outside the interpreter) and only the lines it
+declines go through :func:`parse_line` one by one, which decides them as before; without the C
+codec every line goes through :func:`parse_line`. A line goes to the hour in its ``hour`` field; a line whose hour cannot
 be read (a broken row) goes to the hour of the line before it, so every line of the source is in
 exactly one partition and is dead-lettered, with its original line number, by that hour's run.
 ``line_runs`` maps a partition's lines back to source line numbers.
@@ -37,9 +40,11 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,6 +54,9 @@ from include.avazu.contract import AVAZU_HOUR_SET, HEADER_LINE, parse_line
 from include.avazu.generator import GeneratorSpec, generate_if_missing
 from include.avazu.lines import LineSource, TextLines, UndecodableLine
 from include.avazu.reader import AvazuInputError
+from include.encoding.batch import RowCodecUnavailable
+from include.encoding.native import NativeEncoder
+from include.encoding.rows import AdEventEncoder, load_ad_event_schema
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +235,51 @@ def read_manifest(staging_uri: str) -> dict[str, Any] | None:
     return json.loads(storage.read_bytes(uri))
 
 
+class _Compressor:
+    """One thread that deflates the hour files' blocks in order, beside the thread that reads and splits.
+
+    zlib releases the GIL while it deflates, so the two overlap on two cores. At most
+    ``max_pending`` blocks wait for it (bounded memory); its first failure is raised by the next
+    :meth:`submit` or by :meth:`close`.
+    """
+
+    def __init__(self, max_pending: int = 64):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-deflate")
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._failure: BaseException | None = None
+
+    def submit(self, write, data: bytes) -> None:
+        if self._failure is not None:
+            raise self._failure
+        self._slots.acquire()
+        self._pool.submit(self._run, write, data)
+
+    def _run(self, write, data: bytes) -> None:
+        try:
+            if self._failure is None:
+                write(data)
+        except BaseException as error:  # raised in the splitting thread, never lost
+            self._failure = error
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._failure is not None:
+            raise self._failure
+
+    def abandon(self) -> None:
+        """Drop what still waits (the staging failed: its scratch folder goes away)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _HourWriter:
     """One hour's gzip file in the temporary folder, with its counts and source line runs."""
 
-    def __init__(self, hour: int, path: Path):
+    def __init__(self, hour: int, path: Path, compressor: _Compressor):
         self.hour = hour
         self.path = path
+        self._compressor = compressor
         self._raw = open(path, "wb")
         # mtime=0: the same lines always give the same bytes, whoever stages them.
         self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=1, mtime=0)
@@ -244,7 +291,7 @@ class _HourWriter:
 
     def write(self, first_line: int, data: bytes, count: int) -> None:
         """Append ``count`` complete lines (``data`` ends with a line break) starting at ``first_line``."""
-        self._gzip.write(data)
+        self._compressor.submit(self._gzip.write, data)
         self.rows += count
         self.bytes += len(data)
         if self.runs and self.runs[-1][0] + self.runs[-1][1] == first_line:
@@ -260,8 +307,11 @@ class _HourWriter:
 class _Splitter:
     """Routes the source's lines to hour writers (see the module doc for the rule)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, clean_rows: NativeEncoder | None = None):
         self.folder = folder
+        # Recognises a block's clean rows at once; None: every line is parsed.
+        self.clean_rows = clean_rows
+        self.compressor = _Compressor()
         self.writers: dict[int, _HourWriter] = {}
         self.current: int | None = None
         # Lines seen before any readable hour: (first_line, data, count, reasons).
@@ -271,7 +321,7 @@ class _Splitter:
     def _writer(self, hour: int) -> _HourWriter:
         writer = self.writers.get(hour)
         if writer is None:
-            writer = self.writers[hour] = _HourWriter(hour, self.folder / f"hour={hour}.csv.gz")
+            writer = self.writers[hour] = _HourWriter(hour, self.folder / f"hour={hour}.csv.gz", self.compressor)
         return writer
 
     def _emit(self, hour: int | None, first_line: int, data: bytes, count: int, reasons: Counter[str]) -> None:
@@ -293,6 +343,8 @@ class _Splitter:
 
     def add_text(self, item: TextLines) -> int:
         """Route a block of decodable lines; returns how many were bad."""
+        if self.clean_rows is not None:
+            return self._add_text_clean_first(item)
         lines, first = item.lines, item.first_line
         parse = parse_line
         run_hour = self.current
@@ -320,10 +372,54 @@ class _Splitter:
         self.current = run_hour
         return bad
 
+    def _add_text_clean_first(self, item: TextLines) -> int:
+        """:meth:`add_text` with the C codec: its clean rows' hour is their hour field as written.
+
+        A clean row's hour field is a valid Avazu hour (the codec checked it), so each line's hour
+        is its third field unless the codec declined the line; those are parsed, and a bad one
+        without a readable hour stays in the hour of the line before it.
+        """
+        lines, first = item.lines, item.first_line
+        declined = self.clean_rows.encode(lines).declined
+        try:
+            hours: list[str | int | None] = [line.split(",", 3)[2] for line in lines]
+        except IndexError:  # a declined line with fewer than three fields: every line one by one
+            hours = [fields[2] if len(fields) > 2 else None for fields in (line.split(",", 3) for line in lines)]
+        bad_at: dict[int, str] = {}
+        for index in declined:
+            result = parse_line(lines[index])
+            if type(result) is dict:
+                hours[index] = result["hour"]
+            else:
+                bad_at[index] = result.reason.value
+                hours[index] = _readable_hour(lines[index])
+        run_hour, run_start, run_text = self.current, 0, None
+        for index, hour in enumerate(hours):
+            if hour is None:
+                continue  # a bad line without a readable hour: the hour of the line before it
+            if hour == run_text:
+                continue
+            hour = int(hour)
+            if hour != run_hour:
+                if index > run_start:
+                    self._emit_run(run_hour, lines, first, run_start, index, bad_at)
+                run_hour, run_start = hour, index
+            run_text = hours[index] if type(hours[index]) is str else None
+        if len(lines) > run_start:
+            self._emit_run(run_hour, lines, first, run_start, len(lines), bad_at)
+        self.current = run_hour
+        return len(bad_at)
+
+    def _emit_run(self, hour: int | None, lines: list[str], first: int, start: int, end: int,
+                  bad_at: dict[int, str]) -> None:
+        reasons = Counter(reason for index, reason in bad_at.items() if start <= index < end)
+        self._emit(hour, first + start, ("\n".join(lines[start:end]) + "\n").encode(), end - start, reasons)
+
     def add_undecodable(self, item: UndecodableLine) -> None:
         self._emit(self.current, item.line, item.raw + b"\n", 1, Counter({item.reason.value: 1}))
 
     def close(self) -> None:
+        self.compressor.close()  # every block written before the files are closed
         for writer in self.writers.values():
             writer.close()
         if self.pending:
@@ -419,8 +515,9 @@ def _stage(source_uri: str, staging_uri: str, force: bool, progress_every_s: flo
 
     scratch = Path(tempfile.mkdtemp(prefix=".staging-",
                                     dir=None if storage.is_s3_uri(staging_uri) else _local_scratch_parent(staging_uri)))
+    splitter = None
     try:
-        splitter = _Splitter(scratch)
+        splitter = _Splitter(scratch, _clean_row_codec())
         source = LineSource(source_uri)
         rows = bad = 0
         last_log = time.monotonic()
@@ -446,6 +543,8 @@ def _stage(source_uri: str, staging_uri: str, force: bool, progress_every_s: flo
         staged_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         partitions = _publish(splitter, identity, staging_uri, staged_at)
     finally:
+        if splitter is not None:
+            splitter.compressor.abandon()
         shutil.rmtree(scratch, ignore_errors=True)
 
     by_reason: Counter[str] = Counter()
@@ -475,6 +574,15 @@ def _stage(source_uri: str, staging_uri: str, force: bool, progress_every_s: flo
              f"{rows:,}", f"{bad:,}", dict(by_reason) or "", result.hours, result.first_hour, result.last_hour,
              elapsed, f"{result.rows_per_s:,.0f}")
     return result
+
+
+def _clean_row_codec() -> NativeEncoder | None:
+    """The C codec that recognises clean rows (its payloads are not used here), or None without it."""
+    try:
+        return NativeEncoder(AdEventEncoder(0, load_ad_event_schema()))
+    except RowCodecUnavailable as problem:
+        log.warning("staging parses every line in Python, several times slower: %s", problem)
+        return None
 
 
 def _local_scratch_parent(staging_uri: str) -> str:

@@ -311,3 +311,41 @@ def test_the_default_source_is_generated_when_missing_and_never_twice(tmp_path):
     before = missing.stat().st_mtime_ns
     assert stage_source(str(missing), str(tmp_path / "staging"), generate=spec).action == "unchanged"
     assert missing.stat().st_mtime_ns == before
+
+
+def test_the_c_codec_path_stages_exactly_what_parsing_every_line_stages(source, tmp_path, monkeypatch):
+    """Clean rows recognised a block at a time by the C codec: same partitions, counts and reasons, byte for byte."""
+    from include.ingest import staging
+
+    path, truth = source
+    with_codec = stage_source(str(path), str(tmp_path / "codec"))
+    monkeypatch.setattr(staging, "_clean_row_codec", lambda: None)
+    parsed = stage_source(str(path), str(tmp_path / "parsed"))
+    assert (with_codec.rows, with_codec.bad_rows, with_codec.bad_by_reason) == (
+        parsed.rows, parsed.bad_rows, parsed.bad_by_reason)
+    assert with_codec.bad_rows == len(truth.bad_lines()) > 0
+    for hour in map(int, with_codec.rows_per_hour):
+        a, b = find_partition(str(tmp_path / "codec"), hour), find_partition(str(tmp_path / "parsed"), hour)
+        assert (a.rows, a.bad_by_reason, a.line_runs) == (b.rows, b.bad_by_reason, b.line_runs)
+        assert Path(a.data_uri).read_bytes() == Path(b.data_uri).read_bytes()
+
+
+def test_a_failed_deflate_is_raised_in_the_splitting_thread_and_nothing_after_it_is_written():
+    from include.ingest.staging import _Compressor
+
+    written = []
+
+    def write(data):
+        if data == b"bad":
+            raise OSError("disk full")
+        written.append(data)
+
+    compressor = _Compressor(max_pending=2)
+    for block in (b"a", b"bad", b"c"):
+        try:
+            compressor.submit(write, block)
+        except OSError:
+            break
+    with pytest.raises(OSError, match="disk full"):
+        compressor.close()
+    assert written == [b"a"]
