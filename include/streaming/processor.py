@@ -6,8 +6,12 @@ Life cycle (in the spirit of Quix Streams' application and confluent-kafka's EOS
     counts = processor.run(max_runtime=3600, idle_timeout=None)   # blocks; stop() from elsewhere
 
 ``run`` subscribes, then repeats: consume a batch, transform each record, produce the results
-(or the dead-letter copy of a record whose transform raised), and every ``commit_interval``
-seconds commit a checkpoint. A checkpoint is one Kafka transaction holding the produced records
+(or the dead-letter copy of a record whose transform raised), and commit a checkpoint once
+nothing fetched waits behind the batch (the input is drained), or at the latest after
+``commit_interval`` seconds or ``commit_every`` records: under a backlog a checkpoint carries full
+batches, under a light load a record is visible about one commit after it arrived, and at any
+load the checkpoints grow with the records that arrive while one commits. A checkpoint is one
+Kafka transaction holding the produced records
 *and* the input offsets of the records handled, so both become visible together or not at all:
 a crash (even SIGKILL) loses nothing and, for readers with ``isolation.level=read_committed``,
 duplicates nothing - the restarted instance aborts the dead one's open transaction
@@ -213,24 +217,37 @@ class StreamProcessor:
             if (idle_timeout is not None and self._last_activity is not None
                     and now - self._last_activity >= idle_timeout):
                 return "idle_timeout"
-            messages = self._next_batch()
+            messages = self._next_batch(self._poll_timeout())
             if messages:
                 self._process(messages)
             checkpoint = self._unit.open
             if checkpoint is not None and (
-                    checkpoint.counts["records_in"] >= self.commit_every
+                    len(messages) < self.batch_size  # drained: nothing fetched waits behind these
+                    or checkpoint.counts["records_in"] >= self.commit_every
                     or time.monotonic() - checkpoint.began >= self.commit_interval):
                 self._commit()
             self._producer.client.poll(0)
             self._log_progress()
 
-    def _next_batch(self) -> list[Any]:
+    def _poll_timeout(self) -> float:
+        """How long to wait for a record: never past the open checkpoint's commit time.
+
+        Waiting the whole ``poll_timeout`` with a checkpoint open would hold its records back
+        from ``read_committed`` readers for that long when no more records come.
+        """
+        checkpoint = self._unit.open
+        if checkpoint is None:
+            return self.poll_timeout
+        due = checkpoint.began + self.commit_interval - time.monotonic()
+        return min(self.poll_timeout, max(0.0, due))
+
+    def _next_batch(self, timeout: float) -> list[Any]:
         """Wait for one record, then take whatever else is already fetched, up to batch_size.
 
         consume(n, timeout) would wait for n records or the whole timeout: under a light load
         every record would sit out the timeout before being processed.
         """
-        first = self._consumer.poll(self.poll_timeout)
+        first = self._consumer.poll(timeout)
         if first is None:
             return []
         if self.batch_size <= 1:

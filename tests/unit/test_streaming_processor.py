@@ -107,7 +107,10 @@ class FakeConsumer:
 
     def poll(self, timeout=None):
         self._assign_once()
-        return self._next()
+        message = self._next()
+        if message is None:
+            self.broker.calls.append("empty poll")
+        return message
 
     def consume(self, num_messages=1, timeout=None):
         messages = []
@@ -189,13 +192,18 @@ def test_an_abortable_commit_error_aborts_rewinds_and_redoes_the_work_once(broke
                                            txn_requires_abort=True))
     counts = _processor(transform=upper_case, dlq_topic=None, commit_every=10_000,
                         commit_interval=10.0).run(idle_timeout=0.05)
-    # The first checkpoint (all five records) fails at stop; nothing of it may be visible.
-    assert counts.aborted_transactions == 1 and counts.records_in == 0
-    assert broker.committed_records == [] and "abort" in broker.calls
-
-    counts = _processor(dlq_topic=None).run(idle_timeout=0.05)
-    assert counts.records_in == 5 and counts.skipped == 1
+    # The first checkpoint (all five records, committed once they are drained) is aborted: nothing
+    # of it is visible, its records are read again from the committed offsets and committed once.
+    assert counts.aborted_transactions == 1 and counts.transactions == 1
+    assert counts.records_in == 5 and counts.skipped == 1 and "abort" in broker.calls
     assert [r.value for _, r in broker.committed_records] == [b"HELLO", b"WORLD", None, b"KAFKA"]
+
+
+def test_a_checkpoint_commits_once_its_input_is_drained_without_waiting_for_the_interval(broker):
+    counts = _processor(dlq_topic=None, batch_size=2, commit_every=10_000, commit_interval=10.0).run(idle_timeout=0.05)
+    assert counts.transactions == 1 and counts.records_in == 5
+    # Two full batches wait for more; the third is all that was fetched, so it commits before polling on.
+    assert broker.calls.index("commit") < broker.calls.index("empty poll")
 
 
 def test_abort_mid_run_rewinds_to_the_committed_offsets(broker):
