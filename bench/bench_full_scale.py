@@ -120,12 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       "rows": min(args.ceiling_rows, stage["rows"]),
                                                       "schema_id": schema_id})
     finally:
-        if created and not args.keep_topics:
-            for future in admin.delete_topics(created).values():
-                try:
-                    future.result()
-                except Exception as error:  # a bench topic left behind is worth a line, not a crash
-                    print(f"could not delete a bench topic: {error}")
+        if not args.keep_topics:
+            bench_ingest.delete_topics(admin, created)
 
     assert ingest["rows"] == stage["rows"] == ingest["produced"] + ingest["dead_lettered"], (ingest, stage)
     ingest_rate = ingest["rows"] / ingest["wall_s"]

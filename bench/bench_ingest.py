@@ -301,6 +301,17 @@ def _run_java_ceiling(rows: int, record_size: int, topic: str, producer: dict) -
     return {"rows": rows, "seconds": seconds, "line": summary[-1] if summary else out.stdout[-500:] + out.stderr[-500:]}
 
 
+def delete_topics(admin, topics: list[str]) -> None:
+    """Delete a run's sandbox topics; one left behind is worth a line, not a crash."""
+    if not topics:
+        return
+    for future in admin.delete_topics(topics).values():
+        try:
+            future.result()
+        except Exception as error:
+            print(f"could not delete a bench topic: {error}")
+
+
 def _calibration_s() -> float:
     # Figures from a shared VM mean little without a yardstick; this takes ~0.15-0.2 s on a current laptop core.
     started = time.perf_counter()
@@ -403,12 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         if "profile" in args.modes:
             results["profile"] = _run_child("profile", {**common, "topics": sandbox("profile").as_dict()})
     finally:
-        if created and not args.keep_topics:
-            for future in admin.delete_topics(created).values():
-                try:
-                    future.result()
-                except Exception as error:  # a bench topic left behind is worth a line, not a crash
-                    print(f"could not delete a bench topic: {error}")
+        if not args.keep_topics:
+            delete_topics(admin, created)
 
     _report(results, args)
     return 0
