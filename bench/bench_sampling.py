@@ -6,14 +6,21 @@ a fresh child process so that peak memory is that run's alone (``os.wait4`` rusa
 * ``survey``  - include.eda.survey: streaming read + validation + stats + samples, bounded memory;
 * ``read``    - the reader and row validation alone (where the survey's time goes);
 * ``pandas``  - the seed's way: ``pandas.read_csv`` of the whole file, then the same statistics
-  and samples with DataFrame operations (bad lines skipped, no line numbers, no reasons).
+  and samples with DataFrame operations (bad lines skipped, no line numbers, no reasons);
+* ``duckdb``  - DuckDB (2 threads; bench/requirements.txt pins it, a bench-only dependency):
+  ``read_csv`` into a table in memory, then CTR by hour / banner_pos / device_type, nulls per
+  column, the top 20 of five categoricals, duplicate ids, the head samples, a 10k reservoir and
+  100 rows per hour (bad lines skipped by ``ignore_errors``: no reasons, no line numbers either).
 
     python bench/bench_sampling.py --rows 1000000 4000000
+
+The last line is JSON: each mode's rows/s and peak RSS per size, and the survey's rate over each peer's.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -96,7 +103,39 @@ def _child_pandas(source: str, out: str) -> dict:
     return {"rows": len(frame), "ctr": stats["ctr"]}
 
 
-CHILDREN = {"survey": _child_survey, "read": _child_read, "pandas": _child_pandas}
+def _child_duckdb(source: str, out: str) -> dict:
+    import duckdb
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    con.execute("CREATE TABLE t AS SELECT * FROM read_csv(?, header = true, ignore_errors = true)", [source])
+    columns = [row[0] for row in con.execute("DESCRIBE t").fetchall()]
+
+    def rows(sql: str) -> list:
+        return con.execute(sql).fetchall()
+
+    stats = {
+        "rows": rows("SELECT count(*) FROM t")[0][0],
+        "ctr": rows("SELECT avg(click) FROM t")[0][0],
+        **{f"by_{c}": rows(f"SELECT {c}, count(*), sum(click) FROM t GROUP BY {c} ORDER BY {c}")
+           for c in ("hour", "banner_pos", "device_type", "device_conn_type")},
+        "duplicate_ids": rows("SELECT count(*) - count(DISTINCT id) FROM t")[0][0],
+        "nulls": dict(zip(columns, rows("SELECT " + ", ".join(f"count(*) - count({c})" for c in columns)
+                                        + " FROM t")[0])),
+        "top": {c: rows(f"SELECT {c}, count(*) n FROM t GROUP BY {c} ORDER BY n DESC LIMIT 20")
+                for c in ("site_id", "site_domain", "site_category", "app_id", "app_domain", "app_category")},
+    }
+    for size in (1_000, 10_000, 50_000):
+        con.execute(f"COPY (SELECT * FROM t LIMIT {size}) TO '{out}/head_{size}.csv' (HEADER)")
+    con.execute(f"COPY (SELECT * FROM t USING SAMPLE reservoir(10000 ROWS) REPEATABLE (7)) TO '{out}/uniform.csv' (HEADER)")
+    con.execute(f"COPY (SELECT * EXCLUDE (n) FROM (SELECT *, row_number() OVER (PARTITION BY hour ORDER BY hash(id)) n "
+                f"FROM t) WHERE n <= 100) TO '{out}/per_hour.csv' (HEADER)")
+    Path(f"{out}/stats.json").write_text(json.dumps(stats, default=str))
+    return {"rows": stats["rows"], "ctr": stats["ctr"]}
+
+
+CHILDREN = {"survey": _child_survey, "read": _child_read, "pandas": _child_pandas, "duckdb": _child_duckdb}
 _HEADER = "mode      file rows   seconds     rows/s  peak RSS MB"
 
 
@@ -160,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
     parser.add_argument(
-        "--modes", nargs="+", choices=list(CHILDREN), default=["survey", "read", "pandas"]
+        "--modes", nargs="+", choices=list(CHILDREN), default=["survey", "read", "pandas", "duckdb"]
     )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/avazu-bench"))
     parser.add_argument(
@@ -173,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if "duckdb" in args.modes and importlib.util.find_spec("duckdb") is None:
+        print("duckdb is not installed, so that peer is skipped (.venv/bin/pip install -r bench/requirements.txt)")
+        args.modes.remove("duckdb")
     print(f"machine speed: sum(range(10**7)) takes {_calibration_s():.2f} s here")
     print(_HEADER)
     results = []
@@ -190,6 +232,15 @@ def main(argv: list[str] | None = None) -> int:
             peak = {r["file_rows"]: r["peak_rss_mb"] for r in results if r["mode"] == mode}
             growth = peak[large] / peak[small]
             print(f"{mode}: peak memory at {large:,} rows is {growth:.2f}x that at {small:,} rows")
+    figures = {f"{r['mode']}_{r['file_rows']}": {"rows_per_s": round(r["file_rows"] / r["seconds"]),
+                                                 "peak_rss_mb": round(r["peak_rss_mb"])} for r in results}
+    for rows in args.rows:
+        ours = figures.get(f"survey_{rows}")
+        for peer in ("pandas", "duckdb"):
+            theirs = figures.get(f"{peer}_{rows}")
+            if ours and theirs:
+                figures[f"survey_over_{peer}_{rows}"] = round(ours["rows_per_s"] / theirs["rows_per_s"], 2)
+    print(json.dumps(figures))
     return 0
 
 
