@@ -12,6 +12,7 @@ from devstack.stack import SERVICE_TYPES, Stack, StackError
 PORT_VARIABLES = """\
 ports and places (environment variables, all optional):
   KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  KAFKA_METRICS_PORT=7071 (the broker's JMX exporter)
+  KAFKA_BROKERS=1 (3: a cluster of nodes kafka-1..3, node n on those ports + 100*(n-1))
   SCHEMA_REGISTRY_PORT=8081  SCHEMA_REGISTRY_MANAGEMENT_PORT=8091  S3_PORT=9000
   PUSHGATEWAY_PORT=9091  PROMETHEUS_PORT=9090
   DEVSTACK_HOME=<project>/.devstack (state, logs)  DEVSTACK_CACHE=~/.cache/avazu-kafka-devstack (jars)

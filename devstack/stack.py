@@ -31,6 +31,10 @@ class StackError(RuntimeError):
     """A service cannot start or stop; the message is one sentence that says what and where."""
 
 
+# In a cluster, node n's ports are this much times (n - 1) above node 1's (9092, 9192, 9292 ...).
+KAFKA_NODE_PORT_STEP = 100
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     if not raw:
@@ -62,6 +66,8 @@ class StackSettings:
     kafka_metrics_port: int = field(default_factory=lambda: _env_int("KAFKA_METRICS_PORT", 7071))
     prometheus_port: int = field(default_factory=lambda: _env_int("PROMETHEUS_PORT", 9090))
     pushgateway_port: int = field(default_factory=lambda: _env_int("PUSHGATEWAY_PORT", 9091))
+    # One node by default; 3 makes a cluster of three nodes, each broker and KRaft controller.
+    kafka_brokers: int = field(default_factory=lambda: _env_int("KAFKA_BROKERS", 1))
     kafka_heap: str = field(default_factory=lambda: os.environ.get("KAFKA_HEAP", "1g"))
     registry_heap: str = field(default_factory=lambda: os.environ.get("SCHEMA_REGISTRY_HEAP", "512m"))
     # The jars cache is shared by every checkout on this machine unless told otherwise, so a
@@ -72,9 +78,19 @@ class StackSettings:
         )
     )
 
+    def __post_init__(self) -> None:
+        if self.kafka_brokers not in (1, 3):
+            raise StackError(f"KAFKA_BROKERS={self.kafka_brokers}: the stack runs 1 Kafka node or a cluster of 3")
+
     @property
     def logs(self) -> Path:
         return self.home / "logs"
+
+    def kafka_node_ports(self, node: int) -> tuple[int, int, int]:
+        """Client, controller and metrics ports of Kafka node ``node`` (1-based): node n listens
+        ``KAFKA_NODE_PORT_STEP * (n - 1)`` above KAFKA_PORT, KAFKA_CONTROLLER_PORT and KAFKA_METRICS_PORT."""
+        step = KAFKA_NODE_PORT_STEP * (node - 1)
+        return self.kafka_port + step, self.kafka_controller_port + step, self.kafka_metrics_port + step
 
     @property
     def run(self) -> Path:
@@ -326,10 +342,20 @@ def _proc_state(pid: int) -> tuple[str, str]:
 
 
 class KafkaBroker(Service):
-    """Apache Kafka, one node acting as broker and KRaft controller."""
+    """Apache Kafka, one node acting as broker and KRaft controller (``kafka``), or node ``n`` of a
+    cluster of three such nodes (``kafka-1`` .. ``kafka-3``, KAFKA_BROKERS=3) with a quorum of three
+    controllers; each node has its own config, data folder, log and pid file."""
 
     name = "kafka"
     start_timeout = 90.0
+
+    def __init__(self, settings: StackSettings, node: int = 1):
+        super().__init__(settings)
+        self.node = node
+        self.clustered = settings.kafka_brokers > 1
+        if self.clustered:
+            self.name = f"kafka-{node}"
+        self.port, self.controller_port, self.metrics_port = settings.kafka_node_ports(node)
     pom = DEVSTACK_DIR / "kafka" / "pom.xml"
     # Prometheus's JMX exporter, as a java agent in the broker's JVM. Its own pom and cache folder,
     # so machines whose Kafka jars are already cached fetch only the agent.
@@ -354,23 +380,26 @@ class KafkaBroker(Service):
                 / f"jmx_prometheus_javaagent-{self.agent_version}.jar")
 
     @property
+    def conf_dir(self) -> Path:
+        return self.settings.home / self.name
+
+    @property
     def data_dir(self) -> Path:
-        return self.settings.home / "kafka" / "data"
+        return self.conf_dir / "data"
 
     def ports(self) -> list[int]:
-        s = self.settings
-        return [s.kafka_port, s.kafka_controller_port, s.kafka_metrics_port]
+        return [self.port, self.controller_port, self.metrics_port]
 
     def endpoint(self) -> str:
-        return f"{self.settings.host}:{self.settings.kafka_port}"
+        return f"{self.settings.host}:{self.port}"
 
     def metrics_endpoint(self) -> str:
-        return f"{self.settings.host}:{self.settings.kafka_metrics_port}"
+        return f"{self.settings.host}:{self.metrics_port}"
 
     def _port_hint(self, port: int) -> str:
-        s = self.settings
-        return {s.kafka_port: "KAFKA_PORT", s.kafka_controller_port: "KAFKA_CONTROLLER_PORT",
-                s.kafka_metrics_port: "KAFKA_METRICS_PORT"}[port]
+        name = {self.port: "KAFKA_PORT", self.controller_port: "KAFKA_CONTROLLER_PORT",
+                self.metrics_port: "KAFKA_METRICS_PORT"}[port]
+        return name if self.node == 1 else f"{name}, of which node {self.node} takes +{port - getattr(self.settings, name.lower())}"
 
     def _java(self) -> str:
         java = find_java(17, os.environ.get("KAFKA_JAVA_HOME"))
@@ -382,9 +411,36 @@ class KafkaBroker(Service):
             )
         return java.path
 
+    def _quorum(self) -> list[str]:
+        """The cluster's settings that differ from one node's: its quorum and its replication."""
+        s = self.settings
+        if not self.clustered:
+            return [
+                f"controller.quorum.bootstrap.servers={s.host}:{self.controller_port}",
+                # One node: internal topics cannot have more than one replica.
+                "offsets.topic.replication.factor=1",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+            ]
+        voters = ",".join(f"{n}@{s.host}:{s.kafka_node_ports(n)[1]}" for n in range(1, s.kafka_brokers + 1))
+        return [
+            # A static quorum of every node's controller: any two of the three keep it going.
+            f"controller.quorum.voters={voters}",
+            # Three replicas, of which two must have a write (acks=all) before it counts.
+            f"offsets.topic.replication.factor={s.kafka_brokers}",
+            f"transaction.state.log.replication.factor={s.kafka_brokers}",
+            "transaction.state.log.min.isr=2",
+            f"share.coordinator.state.topic.replication.factor={s.kafka_brokers}",
+            "share.coordinator.state.topic.min.isr=2",
+            f"default.replication.factor={s.kafka_brokers}",
+            "min.insync.replicas=2",
+        ]
+
     def _write_config(self) -> Path:
         s = self.settings
-        conf_dir = s.home / "kafka"
+        conf_dir = self.conf_dir
         conf_dir.mkdir(parents=True, exist_ok=True)
         config = conf_dir / "server.properties"
         config.write_text(
@@ -392,21 +448,15 @@ class KafkaBroker(Service):
                 [
                     "# Written by devstack at every start; edit devstack/stack.py instead.",
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.bootstrap.servers={s.host}:{s.kafka_controller_port}",
-                    f"listeners=PLAINTEXT://{s.host}:{s.kafka_port},"
-                    f"CONTROLLER://{s.host}:{s.kafka_controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{s.host}:{s.kafka_port}",
+                    f"node.id={self.node}",
+                    f"listeners=PLAINTEXT://{s.host}:{self.port},"
+                    f"CONTROLLER://{s.host}:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{s.host}:{self.port}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
                     "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                     f"log.dirs={self.data_dir}",
-                    # One node: internal topics cannot have more than one replica.
-                    "offsets.topic.replication.factor=1",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
+                    *self._quorum(),
                     # Topics are provisioned from the declarations, never created by a typo.
                     "auto.create.topics.enable=false",
                     "group.initial.rebalance.delay.ms=0",
@@ -450,21 +500,27 @@ class KafkaBroker(Service):
         if (self.data_dir / "meta.properties").exists():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cluster_id = _cluster_id()
-        log = self.settings.logs / "kafka-format.log"
+        if self.clustered:
+            # Every node of a cluster is formatted with the same cluster id, kept beside them.
+            id_file = self.settings.home / "kafka-cluster-id"
+            if not id_file.exists():
+                id_file.write_text(_cluster_id())
+            cluster_id, quorum = id_file.read_text().strip(), []
+        else:
+            cluster_id, quorum = _cluster_id(), ["--standalone"]
+        log = self.settings.logs / f"{self.name}-format.log"
         with log.open("w") as out:
             result = subprocess.run(
                 [java, *self._jvm_flags(), "kafka.tools.StorageTool", "format",
-                 "--standalone", "-t", cluster_id, "-c", str(config)],
+                 *quorum, "-t", cluster_id, "-c", str(config)],
                 stdout=out, stderr=subprocess.STDOUT,
             )
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage in {self.data_dir} failed; see {log}")
 
     def _jvm_flags(self) -> list[str]:
-        conf_dir = self.settings.home / "kafka"
         return [
-            f"-Dlog4j2.configurationFile={conf_dir / 'log4j2.properties'}",
+            f"-Dlog4j2.configurationFile={self.conf_dir / 'log4j2.properties'}",
             "-cp", f"{self.libs}/*",
         ]
 
@@ -475,12 +531,12 @@ class KafkaBroker(Service):
         argv = [
             self._java(), "-Xms256m", f"-Xmx{self.settings.kafka_heap}",
             "-XX:+UseG1GC", "-Djava.awt.headless=true", agent,
-            *self._jvm_flags(), "kafka.Kafka", str(self.settings.home / "kafka" / "server.properties"),
+            *self._jvm_flags(), "kafka.Kafka", str(self.conf_dir / "server.properties"),
         ]
         return argv, {}
 
     def answers(self) -> bool:
-        return probes.kafka_answers(self.settings.kafka_port, self.settings.host)
+        return probes.kafka_answers(self.port, self.settings.host)
 
 
 class SchemaRegistry(Service):
@@ -674,7 +730,8 @@ class Prometheus(Service):
         path = path or self.config_file
         path.parent.mkdir(parents=True, exist_ok=True)
         text = string.Template(self.config_template.read_text()).substitute(
-            kafka_metrics=f"{s.host}:{s.kafka_metrics_port}",
+            # Every node's agent: the template's one quoted target becomes a list of them.
+            kafka_metrics='", "'.join(f"{s.host}:{s.kafka_node_ports(n)[2]}" for n in range(1, s.kafka_brokers + 1)),
             pushgateway=f"{s.host}:{s.pushgateway_port}",
             prometheus=f"{s.host}:{s.prometheus_port}",
             alert_rules=str(self.alert_rules),
@@ -732,17 +789,30 @@ class Stack:
 
     def __init__(self, settings: StackSettings | None = None):
         self.settings = settings or StackSettings()
-        self.services = {name: cls(self.settings) for name, cls in SERVICE_TYPES.items()}
+        self.services: dict[str, Service] = {}
+        for name, cls in SERVICE_TYPES.items():
+            if cls is KafkaBroker:
+                for node in range(1, self.settings.kafka_brokers + 1):
+                    broker = KafkaBroker(self.settings, node)
+                    self.services[broker.name] = broker
+            else:
+                self.services[name] = cls(self.settings)
+
+    @property
+    def brokers(self) -> list[KafkaBroker]:
+        return [s for s in self.services.values() if isinstance(s, KafkaBroker)]
 
     def select(self, names: list[str] | None) -> list[Service]:
         if not names:
             return list(self.services.values())
+        # "kafka" is every node of a cluster, as it is the one node of a single broker.
+        names = [b.name for n in names for b in (self.brokers if n == "kafka" else [])] + [n for n in names if n != "kafka"]
         unknown = [n for n in names if n not in self.services]
         if unknown:
             raise StackError(
-                f"unknown service {', '.join(unknown)}; choose from {', '.join(self.services)}"
+                f"unknown service {', '.join(unknown)}; choose from {', '.join(dict.fromkeys(['kafka', *self.services]))}"
             )
-        return [self.services[n] for n in names]
+        return [self.services[n] for n in dict.fromkeys(names)]
 
     def start(self, names: list[str] | None = None, echo=print) -> list[ServiceStatus]:
         """Start what is not running and wait until every service answers. Idempotent."""
@@ -778,7 +848,7 @@ class Stack:
     def environment(self) -> dict[str, str]:
         """The variables that point clients at this stack."""
         return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.services["kafka"].endpoint(),
+            "KAFKA_BOOTSTRAP_SERVERS": ",".join(b.endpoint() for b in self.brokers),
             "SCHEMA_REGISTRY_URL": self.services["schema-registry"].endpoint(),
             "S3_ENDPOINT_URL": self.services["s3"].endpoint(),
             "PROMETHEUS_URL": self.services["prometheus"].endpoint(),

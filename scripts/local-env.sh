@@ -19,7 +19,13 @@ case ":${PYTHONPATH:-}:" in
 esac
 
 # Where the local stack listens (see `python -m devstack --help` for the port variables).
-export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
+# KAFKA_BROKERS=3: the stack's three-node cluster, node n on KAFKA_PORT + 100*(n-1).
+_kafka_port="${KAFKA_PORT:-9092}"
+_bootstrap="127.0.0.1:$_kafka_port"
+if [ "${KAFKA_BROKERS:-1}" = 3 ]; then
+  _bootstrap="$_bootstrap,127.0.0.1:$((_kafka_port + 100)),127.0.0.1:$((_kafka_port + 200))"
+fi
+export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-$_bootstrap}"
 export SCHEMA_REGISTRY_URL="${SCHEMA_REGISTRY_URL:-http://127.0.0.1:${SCHEMA_REGISTRY_PORT:-8081}/apis/ccompat/v7}"
 export S3_ENDPOINT_URL="${S3_ENDPOINT_URL:-http://127.0.0.1:${S3_PORT:-9000}}"
 export PROMETHEUS_URL="${PROMETHEUS_URL:-http://127.0.0.1:${PROMETHEUS_PORT:-9090}}"
