@@ -40,6 +40,7 @@ class TopicPlan:
     topic: str
     declared_partitions: int
     replication_factor: int  # declared, capped to the broker count
+    configs: dict[str, str] = field(default_factory=dict)  # declared, min.insync.replicas capped to the replication
     actual_partitions: int | None = None  # None: the topic does not exist
     actual_replication_factor: int | None = None
     config_drift: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # name: (actual, declared)
@@ -111,13 +112,29 @@ def capped_replication(spec: TopicSpec, brokers: int) -> int:
     return spec.replication_factor
 
 
+def capped_configs(spec: TopicSpec, replication: int) -> dict[str, str]:
+    """The declared configs, with ``min.insync.replicas`` no higher than the (capped) replication.
+
+    Three replicas with two in sync is the declaration; on a single-node cluster no write could
+    ever have two in-sync replicas, so there it is 1, like the replication factor (and said once).
+    """
+    configs = dict(spec.configs)
+    declared = configs.get("min.insync.replicas")
+    if declared is not None and int(declared) > replication:
+        log.warning("topic %s declares min.insync.replicas %s but has %d replica(s): using %d",
+                    spec.name, declared, replication, replication)
+        configs["min.insync.replicas"] = str(replication)
+    return configs
+
+
 def plan_topics(admin: AdminClient, catalog: TopicCatalog, timeout: float = 30.0) -> list[TopicPlan]:
     """Compare every declared topic with the cluster (partitions, replication, declared configs)."""
     metadata = admin.list_topics(timeout=timeout)
     brokers = max(1, len(metadata.brokers))
     plans = []
     for spec in catalog.topics:
-        plan = TopicPlan(spec.name, spec.partitions, capped_replication(spec, brokers))
+        replication = capped_replication(spec, brokers)
+        plan = TopicPlan(spec.name, spec.partitions, replication, capped_configs(spec, replication))
         existing = metadata.topics.get(spec.name)
         if existing is not None and existing.error is None:
             plan.actual_partitions = len(existing.partitions)
@@ -133,7 +150,7 @@ def plan_topics(admin: AdminClient, catalog: TopicCatalog, timeout: float = 30.0
             if not plan.exists:
                 continue
             actual = actual_configs[plan.topic]
-            for name, declared in catalog[plan.topic].configs.items():
+            for name, declared in plan.configs.items():
                 entry = actual.get(name)
                 value = entry.value if entry is not None else None
                 if value != declared:
@@ -173,7 +190,7 @@ def apply_plans(admin: AdminClient, catalog: TopicCatalog, plans: list[TopicPlan
         if not plan.exists:
             action = "would-create" if dry_run else "created"
             if not dry_run:
-                _create(admin, spec, plan.replication_factor, timeout)
+                _create(admin, spec, plan.replication_factor, plan.configs, timeout)
             outcomes.append(TopicOutcome(plan.topic, action, str(spec.partitions),
                                          f"replication {plan.replication_factor}, {len(spec.configs)} configs"))
             continue
@@ -207,9 +224,8 @@ def apply_plans(admin: AdminClient, catalog: TopicCatalog, plans: list[TopicPlan
     return outcomes
 
 
-def _create(admin: AdminClient, spec: TopicSpec, replication: int, timeout: float) -> None:
-    topic = NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=replication,
-                     config=dict(spec.configs))
+def _create(admin: AdminClient, spec: TopicSpec, replication: int, configs: dict[str, str], timeout: float) -> None:
+    topic = NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=replication, config=configs)
     future = admin.create_topics([topic], operation_timeout=timeout, request_timeout=timeout)[spec.name]
     try:
         future.result()

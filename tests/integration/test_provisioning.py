@@ -30,7 +30,7 @@ def declare(tmp_path, unique_name):
         if schema is not None:
             (tmp_path / "event.avsc").write_text(json.dumps(schema))
         document = {
-            "defaults": {"replication_factor": 3, "configs": {"min.insync.replicas": 1}},
+            "defaults": {"replication_factor": 3, "configs": {"min.insync.replicas": 2}},
             "topics": [
                 {"name": names["events"], "partitions": events_partitions,
                  "configs": events_configs or {"retention.ms": 86400000, "compression.type": "producer",
@@ -73,6 +73,8 @@ def test_created_as_declared_then_unchanged(kafka_config, declare, caplog):
         first = _apply(admin, catalog)
     assert {t: o.action for t, o in first.items()} == {names["events"]: "created", names["dlq"]: "created"}
     assert "declares replication factor 3 but the cluster has 1 broker(s): using 1" in caplog.text
+    # Two in sync of one replica could never be: capped like the replication, and no drift after.
+    assert "declares min.insync.replicas 2 but has 1 replica(s): using 1" in caplog.text
 
     topics = admin.list_topics(timeout=10).topics
     assert len(topics[names["events"]].partitions) == 3 and len(topics[names["dlq"]].partitions) == 1

@@ -25,7 +25,7 @@ def test_shipped_declarations_hold_the_seed_and_stream_topics():
     assert catalog["ad_events_error"].configs["retention.ms"] == str(7 * 24 * 3600 * 1000)
     assert catalog["ingest_checkpoints"].configs["cleanup.policy"] == "compact"
     # Defaults apply where a topic says nothing.
-    assert all(t.configs["min.insync.replicas"] == "1" for t in catalog.topics)
+    assert all(t.configs["min.insync.replicas"] == "2" for t in catalog.topics)
     assert "ad_events_raw-value" in {s.subject for s in subject_specs(catalog)}
 
 
@@ -84,3 +84,13 @@ def test_not_yaml_and_missing_file(tmp_path):
 
 def test_default_declarations_path_is_in_the_project():
     assert DEFAULT_DECLARATIONS.is_file()
+
+
+def test_min_insync_replicas_is_capped_to_the_replication_a_cluster_gives():
+    from include.kafka_admin.topics import capped_configs
+
+    raw = load_catalog()["ad_events_raw"]
+    assert capped_configs(raw, 3)["min.insync.replicas"] == "2"
+    assert capped_configs(raw, 1)["min.insync.replicas"] == "1"
+    assert capped_configs(raw, 1)["retention.ms"] == raw.configs["retention.ms"]
+    assert raw.configs["min.insync.replicas"] == "2"  # the declaration itself is left as it is
