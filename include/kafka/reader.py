@@ -153,7 +153,7 @@ def _from_low_watermarks(consumer: Consumer, topics: list[str], since_ms: int | 
             raise TopicsMissing(f"topic {topic} does not exist"
                                 + (f" ({described.error.str()})" if described is not None else ""))
         for partition in sorted(described.partitions):
-            low, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            low, end = _watermarks(consumer, TopicPartition(topic, partition))
             assignment.append(TopicPartition(topic, partition, low))
             ends[topic, partition] = end
     if since_ms is not None and assignment:
@@ -167,6 +167,28 @@ def _from_low_watermarks(consumer: Consumer, topics: list[str], since_ms: int | 
         assignment = [tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, ends[tp.topic, tp.partition])
                       for tp in found]
     return assignment
+
+
+# What a partition answers while its leader is still being elected: a topic created a moment ago,
+# or a broker that just moved its leadership. Asked again, it answers.
+_LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                            KafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 10.0) -> tuple[int, int]:
+    """The partition's low and high watermarks, asked again while its leader is being elected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=timeout)
+        except KafkaException as error:
+            kafka = error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
+            moving = kafka is not None and kafka.code() in _LEADER_MOVING
+            if moving and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            failure = KafkaUnavailable if moving or (kafka is not None and kafka.retriable()) else KafkaFatalError
+            raise failure(f"the broker did not give the offsets of {tp.topic}[{tp.partition}]: {error.args[0]}") from None
 
 
 def _commit(consumer: Consumer) -> None:

@@ -100,3 +100,38 @@ def test_a_partition_without_a_record_since_the_time_is_read_from_its_end(clock)
     consumer = _ScriptedConsumer([[_Event(0, 3, False), _Event(0, 5, True)]], high=5, end=3)
     assert [m.offset() for m in reader.read_to_end(consumer, ["t"], since_ms=1)] == [3]
     assert [(tp.partition, tp.offset) for tp in consumer.assigned] == [(0, 3)]
+
+
+class _LeaderMovingConsumer(_ScriptedConsumer):
+    """The first ``refusals`` watermark queries are told the partition has no leader yet (a topic just created)."""
+
+    def __init__(self, script, high: int, refusals: int, code=KafkaError.NOT_LEADER_FOR_PARTITION):
+        super().__init__(script, high)
+        self.refusals, self.code = refusals, code
+
+    def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        from confluent_kafka import KafkaException
+
+        if not cached and self.refusals:
+            self.refusals -= 1
+            raise KafkaException(KafkaError(self.code))
+        return super().get_watermark_offsets(tp, timeout, cached)
+
+
+def test_a_partition_whose_leader_is_still_elected_is_asked_again(clock, monkeypatch):
+    monkeypatch.setattr(reader.time, "sleep", lambda seconds: None)
+    consumer = _LeaderMovingConsumer([[_Event(0, 0, False), _Event(0, 1, True)]], high=1, refusals=3)
+    assert [m.offset() for m in reader.read_to_end(consumer, ["t"])] == [0]
+
+
+def test_a_leader_that_never_comes_is_a_retriable_failure_in_one_sentence(clock, monkeypatch):
+    from include.kafka.errors import KafkaFatalError, KafkaUnavailable
+
+    monkeypatch.setattr(reader.time, "sleep", lambda seconds: None)
+    consumer = _LeaderMovingConsumer([], high=1, refusals=10_000)
+    with pytest.raises(KafkaUnavailable, match=r"the broker did not give the offsets of t\[0\]"):
+        list(reader.read_to_end(consumer, ["t"]))
+    other = _LeaderMovingConsumer([], high=1, refusals=1, code=KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(KafkaFatalError, match=r"the broker did not give the offsets of t\[0\]"):
+        list(reader.read_to_end(other, ["t"]))
+    assert other.refusals == 0  # asked once: an error that is not a leader moving is not asked again
