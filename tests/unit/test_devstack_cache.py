@@ -13,7 +13,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import pytest
 
 from devstack.stack import KafkaBroker, _pom_property
 
@@ -64,14 +63,14 @@ stack._maven_fetch(pom, target, log, "the JMX exporter")
 
 def test_two_starts_fetching_through_maven_at_once_fetch_once_and_both_succeed(tmp_path):
     # The JMX exporter's pom: one small jar without dependencies, which any start of the stack has
-    # put into Maven's local repository, so mvn copies it without the network.
+    # put into Maven's local repository, so mvn copies it without the network (else it fetches it
+    # from Maven Central, once, and it is there afterwards).
     pom = KafkaBroker.agent_pom
     version = _pom_property(pom, "jmx-exporter.version")
     jar = f"jmx_prometheus_javaagent-{version}.jar"
     local = Path.home() / ".m2" / "repository" / "io" / "prometheus" / "jmx" \
         / "jmx_prometheus_javaagent" / version / jar
-    if shutil.which("mvn") is None or not local.is_file():
-        pytest.skip(f"needs mvn and {local} (`make stack-start` once puts it there)")
+    assert shutil.which("mvn"), "Maven is not installed (scripts/system-packages.sh installs it)"
     # A mvn in front of the real one that counts its runs.
     runs = tmp_path / "mvn-runs"
     shim = tmp_path / "bin" / "mvn"
