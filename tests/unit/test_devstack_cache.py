@@ -13,7 +13,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-
 from devstack.stack import KafkaBroker, _pom_property
 
 ROOT = Path(__file__).resolve().parents[2]
