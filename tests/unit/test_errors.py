@@ -30,6 +30,7 @@ from include.kafka.errors import (
     KafkaFatalError,
     KafkaUnavailable,
     ProducerFenced,
+    TooFewInSyncReplicas,
     TopicsMissing,
     TransactionAborted,
     classify,
@@ -85,6 +86,7 @@ KINDS = {
     ServiceUnreachable: RETRIABLE,  # broker or registry down
     StorageUnavailable: RETRIABLE,  # S3 endpoint down
     KafkaUnavailable: RETRIABLE,
+    TooFewInSyncReplicas: RETRIABLE,  # brokers down under the replicas
     TransactionAborted: RETRIABLE,
     ReadTimedOut: RETRIABLE,
     SimulationFailed: RETRIABLE,
