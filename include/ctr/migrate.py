@@ -24,10 +24,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from include.errors import PermanentError, RetriableError
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.url:
         parser.exit(1, "error: no database to migrate: set POSTGRES_URL (. scripts/local-env.sh) or pass --url\n")
+    # Only the command line opens a connection; the runner works on the one it is given.
+    import psycopg
+
     try:
         try:
             connection = psycopg.connect(args.url, connect_timeout=10)
@@ -174,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _where(url: str) -> str:
-    conninfo = psycopg.conninfo.conninfo_to_dict(url)
+    from psycopg.conninfo import conninfo_to_dict
+
+    conninfo = conninfo_to_dict(url)
     return f"{conninfo.get('host', 'localhost')}:{conninfo.get('port', 5432)}/{conninfo.get('dbname', '')}"
 
 
