@@ -52,6 +52,10 @@ class MigrationError(PermanentError):
     """The migration files or the recorded ones are not what the runner can apply."""
 
 
+class StoreUnreachable(RetriableError):
+    """The CTR store's PostgreSQL did not accept a connection."""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One SQL file: its version (the number it starts with), name and text."""
@@ -168,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             connection = psycopg.connect(args.url, connect_timeout=10)
         except psycopg.OperationalError as error:
             # The URL holds the password: name only where it points.
-            raise RetriableError(f"PostgreSQL at {_where(args.url)} did not accept a connection: "
+            raise StoreUnreachable(f"PostgreSQL at {_where(args.url)} did not accept a connection: "
                                  f"{str(error).strip().splitlines()[0]}") from None
         with connection:
             result = migrate(connection)
-    except (MigrationError, RetriableError) as error:
+    except (MigrationError, StoreUnreachable) as error:
         parser.exit(75 if error.retriable else 1, f"error: {error}\n")
     print(json.dumps(result.as_dict()))
     return 0
