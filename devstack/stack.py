@@ -226,6 +226,11 @@ class Service:
 
     # Shared process handling.
     @property
+    def state_dir(self) -> Path:
+        """The service's own folder under the stack home (a service that keeps state uses it)."""
+        return self.settings.home / self.name
+
+    @property
     def log(self) -> Path:
         return self.settings.logs / f"{self.name}.log"
 
@@ -675,10 +680,6 @@ class Pushgateway(Service):
     name = "pushgateway"
     start_timeout = 30.0
 
-    @property
-    def state_dir(self) -> Path:
-        return self.settings.home / "pushgateway"
-
     def ports(self) -> list[int]:
         return [self.settings.pushgateway_port]
 
@@ -717,10 +718,6 @@ class Prometheus(Service):
     start_timeout = 60.0
     config_template = DEVSTACK_DIR / "prometheus" / "prometheus.yml"
     alert_rules = DEVSTACK_DIR / "prometheus" / "alerts.yml"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.settings.home / "prometheus"
 
     @property
     def config_file(self) -> Path:
@@ -795,10 +792,6 @@ class Postgres(Service):
     superuser = "postgres"
     # Whom a root devstack runs the server as; Debian's package creates this user.
     os_user = "postgres"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.settings.home / "postgres"
 
     @property
     def data_dir(self) -> Path:

@@ -113,9 +113,9 @@ def test_late_records_are_counted_per_window(connect):
 
 
 @pytest.mark.parametrize("row, constraint", [
-    (("all", "1fbe01fe", 10, 1), "ctr_hourly_all_has_no_value"),
-    (("device_ip", "x", 10, 1), "ctr_hourly_dimension"),
-    (("all", "", 10, 11), "ctr_hourly_counts"),
+    (("all", "1fbe01fe", 10, 1), "ctr_all_has_no_value"),
+    (("device_ip", "x", 10, 1), "ctr_dimension"),
+    (("all", "", 10, 11), "ctr_counts"),
 ])
 def test_rows_that_no_aggregate_can_hold_are_refused(connect, row, constraint):
     with connect() as connection:

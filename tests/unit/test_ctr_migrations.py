@@ -56,4 +56,4 @@ def test_the_projects_first_migration_creates_the_ctr_tables():
     first = discover()[0]
     assert first.label == "0001_ctr_aggregates"
     for table in ("ctr_hourly", "ctr_minute", "ctr_late", "ctr_batch_hourly"):
-        assert f"CREATE TABLE {table} (" in first.sql
+        assert f"CREATE TABLE {table} " in first.sql
