@@ -1,0 +1,1 @@
+"""The CTR serving store: the PostgreSQL tables real-time and batch CTR figures are written to."""
