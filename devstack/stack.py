@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -774,6 +775,8 @@ class Prometheus(Service):
 
 # Debian installs each PostgreSQL major version's server programs in <major>/bin here.
 POSTGRES_LIB = Path("/usr/lib/postgresql")
+# A root devstack whose home its server user cannot enter keeps the server's folders here.
+SHARED_SERVER_ROOT = Path("/var/tmp/avazu-devstack")
 
 
 class Postgres(Service):
@@ -794,12 +797,23 @@ class Postgres(Service):
     os_user = "postgres"
 
     @property
+    def server_dir(self) -> Path:
+        """Where the server's own folders live: the state folder, unless a root devstack's server
+        user cannot enter it (a checkout under a private temporary folder, as CI's): then a folder
+        of this stack's own under /var/tmp, named after the stack home."""
+        owner = self.run_as()
+        if not owner or self._reachable(owner["user"], owner["group"]):
+            return self.state_dir
+        digest = hashlib.sha256(str(self.settings.home.resolve()).encode()).hexdigest()[:12]
+        return SHARED_SERVER_ROOT / f"postgres-{digest}"
+
+    @property
     def data_dir(self) -> Path:
-        return self.state_dir / "data"
+        return self.server_dir / "data"
 
     @property
     def socket_dir(self) -> Path:
-        return self.state_dir / "run"
+        return self.server_dir / "run"
 
     @property
     def password_file(self) -> Path:
@@ -845,17 +859,17 @@ class Postgres(Service):
         # No supplementary groups: root's must not come along.
         return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
-    def _check_reachable(self, uid: int, gid: int) -> None:
-        """The server's user must be able to enter every folder above its data (root can, it cannot)."""
+    def _reachable(self, uid: int, gid: int) -> bool:
+        """Whether the server's user can enter every folder down to the state folder (root can, it may not)."""
         for folder in (self.state_dir, *self.state_dir.parents):
+            if not folder.exists():
+                continue
             info = folder.stat()
             bit = (stat.S_IXUSR if info.st_uid == uid else stat.S_IXGRP if info.st_gid == gid
                    else stat.S_IXOTH)
             if not info.st_mode & bit:
-                raise StackError(
-                    f"PostgreSQL runs as the {self.os_user} user (it refuses root), who cannot enter "
-                    f"{folder}; choose a DEVSTACK_HOME that user can reach (e.g. under /var/tmp)"
-                )
+                return False
+        return True
 
     def _write_password(self) -> None:
         # Generated on each machine, not written in the repository: the server listens on TCP, and
@@ -880,13 +894,12 @@ class Postgres(Service):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._write_password()
         owner = self.run_as()
+        self.server_dir.mkdir(parents=True, exist_ok=True)
         for folder in (self.data_dir, self.socket_dir):
             folder.mkdir(exist_ok=True)
             folder.chmod(0o700)
             if owner:
                 os.chown(folder, owner["user"], owner["group"])
-        if owner:
-            self._check_reachable(owner["user"], owner["group"])
         if (self.data_dir / "PG_VERSION").exists():
             return
         log = self.settings.logs / "postgres-initdb.log"

@@ -31,6 +31,7 @@ def _server_programs(lib, *majors, programs=("postgres", "initdb")):
 def test_the_server_listens_on_loopback_at_its_port_with_its_socket_in_its_state_folder(postgres, tmp_path,
                                                                                         monkeypatch):
     monkeypatch.setattr(stack_module, "POSTGRES_LIB", tmp_path / "lib")
+    monkeypatch.setattr(type(postgres), "run_as", lambda self: {})  # its own user, not root
     _server_programs(tmp_path / "lib", "15")
     argv, env = postgres.command()
     assert argv == [str(tmp_path / "lib" / "15" / "bin" / "postgres"), "-D", str(tmp_path / "postgres" / "data"),
@@ -96,14 +97,24 @@ def test_as_root_without_a_postgres_user_is_one_sentence(postgres, monkeypatch):
         postgres.run_as()
 
 
-def test_a_root_server_must_reach_its_folders(tmp_path):
+def test_a_root_server_that_cannot_enter_the_stack_home_keeps_its_folders_under_var_tmp(tmp_path, monkeypatch):
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)
     service = Stack(StackSettings(home=closed / "devstack")).services["postgres"]
     service.state_dir.mkdir(parents=True)
     # Any account other than the folder's owner and group: it cannot enter a 0700 folder.
-    with pytest.raises(StackError, match=rf"who cannot enter {closed}; choose a DEVSTACK_HOME"):
-        service._check_reachable(uid=closed.stat().st_uid + 4242, gid=closed.stat().st_gid + 4242)
+    stranger = {"user": closed.stat().st_uid + 4242, "group": closed.stat().st_gid + 4242, "extra_groups": []}
+    monkeypatch.setattr(type(service), "run_as", lambda self: stranger)
+    assert str(service.data_dir).startswith("/var/tmp/avazu-devstack/postgres-")
+    assert service.data_dir == Stack(StackSettings(home=closed / "devstack")).services["postgres"].data_dir
+    assert service.data_dir != Stack(StackSettings(home=tmp_path / "other")).services["postgres"].data_dir
+    # A server user who owns every folder on the way enters them: the state folder it is.
+    owner = {**stranger, "user": closed.stat().st_uid}
+    monkeypatch.setattr(type(service), "run_as", lambda self: owner)
+    assert service.data_dir == service.state_dir / "data"
+    # As its own user the server always lives in the state folder.
+    monkeypatch.setattr(type(service), "run_as", lambda self: {})
+    assert service.socket_dir == service.state_dir / "run"
 
 
 def test_port_taken_names_postgres_port(tmp_path):
