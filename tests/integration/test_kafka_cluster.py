@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -40,6 +43,7 @@ from include.kafka_admin.sandbox import sandbox_catalog
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 HOUR = 14102100
 CHUNK_ROWS = 2_000
 
@@ -287,3 +291,59 @@ def test_one_broker_down_fails_the_brokers_check_naming_it_and_fires_its_alerts_
     assert check().ok
     _wait_for(lambda: not {"AvazuKafkaBrokerMissing", "AvazuCheckFailing/brokers", "KafkaBrokerMetricsDown"}
               & _alerts(cluster).keys(), 60, "the alerts did not clear")
+
+
+# -- a running stream processor while brokers fail ----------------------------------------------
+
+def test_two_of_three_down_stop_a_running_processor_in_one_sentence_and_its_restart_resumes_exactly_once(
+        cluster, tmp_path):
+    _all_up(cluster)
+    config = _config(cluster)
+    name = f"cluster_stream_{uuid.uuid4().hex[:8]}"
+    source, target, group = f"{name}_in", f"{name}_out", f"{name}_g"
+    admin = AdminClient(config)
+    futures = admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=3,
+                                            config={"min.insync.replicas": "2"}) for t in (source, target)])
+    for future in futures.values():
+        future.result(60)
+    words = [f"word-{i:05d}" for i in range(3000)]
+    producer = TransactionalProducer(config, f"{name}-feed", label="feed")
+    producer.init()
+    producer.begin()
+    for i, word in enumerate(words):
+        producer.produce(source, word.encode(), partition=i % 3)
+    producer.commit()
+    producer.close()
+
+    def start(log: Path, *options: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "include.streaming", "uppercase", "--input", source, "--output", target,
+             "--group", group, "--bootstrap-servers", config["bootstrap.servers"], "--max-runtime", "240",
+             *options], cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+
+    first_log = tmp_path / "first.log"
+    first = start(first_log, "--max-rate", "200")
+    deadline = time.monotonic() + 60
+    while ": assigned " not in first_log.read_text() and time.monotonic() < deadline:
+        assert first.poll() is None, first_log.read_text()[-3000:]
+        time.sleep(0.5)
+    time.sleep(3)  # a few hundred records committed
+    down = sorted(n for n in (1, 2, 3) if n != _leader(cluster, target))
+    _kill(cluster, *down)
+    killed_at = time.monotonic()
+    first.communicate(timeout=180)
+    stopped_after = time.monotonic() - killed_at
+    errors = [line for line in first_log.read_text().splitlines() if "TooFewInSyncReplicas" in line]
+    print(f"\nbrokers {down} killed under a running processor: it stopped {stopped_after:.1f} s later: "
+          f"{errors[-1] if errors else first_log.read_text()[-2000:]}")
+    assert first.returncode == 1 and len(errors) == 1
+    assert "too few in-sync replicas" in errors[0] and "min.insync.replicas is 2" in errors[0]
+    assert all(f"{n} at {cluster.services[f'kafka-{n}'].endpoint()}" in errors[0] for n in down)
+
+    _all_up(cluster, [source, target])
+    second_log = tmp_path / "second.log"
+    second = start(second_log, "--idle-timeout", "3")
+    out, _ = second.communicate(timeout=180)
+    assert second.returncode == 0, second_log.read_text()[-3000:]
+    output = sorted(r.value.decode() for r in read_topic(config, target))
+    assert output == sorted(w.upper() for w in words)  # every record once: none lost, none twice
