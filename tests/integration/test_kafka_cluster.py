@@ -10,6 +10,7 @@ The registry is the local stack's (schemas do not live in Kafka).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -28,6 +29,9 @@ from devstack.probes import free_ports, http_json, port_in_use
 from devstack.stack import KAFKA_NODE_PORT_STEP
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import read_all
+from include.dead_letters import FROM, OUTCOME, coordinates
+from include.dlq.config import load_dlq_config
+from include.dlq.reprocessor import DlqReprocessor
 from include.health.checks import HealthInputs, run_check
 from include.health.config import load_health_config
 from include.health.metrics import push_metrics
@@ -37,10 +41,10 @@ from include.ingest.staging import find_partition, stage_source
 from include.ingest.topics import DECLARED, provision_ingest_topics
 from include.kafka.errors import TooFewInSyncReplicas
 from include.kafka.reader import read_topic
-from include.kafka.transactions import PHASE_AFTER_COMMIT, TransactionalProducer
+from include.kafka.transactions import PHASE_AFTER_BEGIN, PHASE_AFTER_COMMIT, TransactionalProducer
 from include.kafka.wire import AvroDecoder
 from include.kafka.registry import schema_fetcher
-from include.kafka_admin.sandbox import sandbox_catalog
+from include.kafka_admin.sandbox import provision_sandbox, sandbox_catalog
 
 pytestmark = pytest.mark.integration
 
@@ -413,3 +417,43 @@ def test_a_rolling_restart_of_all_three_brokers_during_a_backfill_loses_and_repe
     assert ids == Counter(r["id"] for r in good)  # none lost, none twice
     assert lines == Counter(truth.bad_lines().keys())
     assert sum(ids.values()) + sum(lines.values()) == truth.rows
+
+
+# -- the DLQ reprocessor while brokers fail -----------------------------------------------------
+
+def test_two_of_three_down_stop_the_dlq_reprocessing_in_one_sentence_and_its_retry_leaves_one_outcome_each(
+        cluster, hour, registry_client, tmp_path):
+    config, topics = _config(cluster), hour["topics"]
+    assert _ingest(cluster, hour, registry_client).complete
+    suffix = uuid.uuid4().hex[:8]
+    copies = {declared: f"cluster_{declared}_{suffix}"
+              for declared in ("ad_events_retry", "ad_events_retry_2", "ad_events_retry_3", "ad_events_parked")}
+    provision_sandbox(AdminClient(config), registry_client, copies)
+    dlq_config = dataclasses.replace(load_dlq_config(), archive_uri=str(tmp_path / "archive"), batch_records=10)
+    spec = dlq_config.dlq("ad_events_error").sandboxed(
+        {"dlq": topics.dlq, "repaired": topics.raw, "parked": copies["ad_events_parked"],
+         "retry1": copies["ad_events_retry"], "retry2": copies["ad_events_retry_2"],
+         "retry3": copies["ad_events_retry_3"]}, group_id=f"cluster-reprocess-{suffix}")
+    down: dict = {}
+
+    def kill_two(phase: str, batch: int) -> None:
+        if (phase, batch) == (PHASE_AFTER_BEGIN, 3) and not down:
+            down["nodes"] = sorted(n for n in (1, 2, 3) if n != _leader(cluster, spec.parked_topic))
+            _kill(cluster, *down["nodes"])
+            down["at"] = time.monotonic()
+
+    with pytest.raises(TooFewInSyncReplicas) as stopped:
+        DlqReprocessor(spec, dlq_config, kafka_config=config, registry=registry_client, phase_hook=kill_two).run()
+    message = str(stopped.value)
+    print(f"\nbrokers {down['nodes']} killed under the DLQ reprocessing: it stopped "
+          f"{time.monotonic() - down['at']:.1f} s later: {message}")
+    assert "too few in-sync replicas" in message and "min.insync.replicas is 2" in message
+
+    _all_up(cluster, [topics.raw, topics.dlq, *copies.values()])
+    result = DlqReprocessor(spec, dlq_config, kafka_config=config, registry=registry_client).run()
+    dlq_records = read_topic(config, spec.topic)
+    assert len(dlq_records) == len(hour["truth"].bad_lines()) and result.consumed > 0
+    outcomes = Counter(dict(r.headers or [])[FROM].decode()
+                       for t in (spec.repaired_topic, spec.parked_topic, *spec.retry_topics)
+                       for r in read_topic(config, t) if OUTCOME in dict(r.headers or []))
+    assert outcomes == Counter({coordinates(spec.topic, r.partition, r.offset): 1 for r in dlq_records})
