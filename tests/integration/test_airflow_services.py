@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient
 from include.kafka.reader import read_topic
 from include.kafka.registry import registry_client, schema_fetcher
 from include.kafka_admin.sandbox import provision_sandbox
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_IDS = sorted(p.stem for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
@@ -65,13 +66,7 @@ class Api:
         return self.get(f"/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
 
     def wait_for(self, what: str, check, timeout: float):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = check()
-            if found:
-                return found
-            time.sleep(1)
-        raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        return wait_for(what, check, timeout)
 
     def wait_for_success(self, dag_id: str, run_id: str, timeout: float = 180) -> dict:
         def finished():

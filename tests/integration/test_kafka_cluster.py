@@ -45,6 +45,7 @@ from include.kafka.transactions import PHASE_AFTER_BEGIN, PHASE_AFTER_COMMIT, Tr
 from include.kafka.wire import AvroDecoder
 from include.kafka.registry import schema_fetcher
 from include.kafka_admin.sandbox import provision_sandbox, sandbox_catalog
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -247,16 +248,6 @@ def _alerts(cluster: Stack) -> dict[str, str]:
             for a in answer.get("data", {}).get("alerts", [])}
 
 
-def _wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"{what} within {timeout:.0f} s")
-
-
 def test_one_broker_down_fails_the_brokers_check_naming_it_and_fires_its_alerts_until_it_returns(
         cluster, hour, registry_client, tmp_path):
     cluster.start(["pushgateway", "prometheus"], echo=lambda line: None)
@@ -281,12 +272,11 @@ def test_one_broker_down_fails_the_brokers_check_naming_it_and_fires_its_alerts_
         outcome = check()
         return outcome if not outcome.ok and "not in the cluster" in outcome.summary else None
 
-    outcome = _wait_for(sees_it_gone, 60, "the brokers check did not see broker 2 go")
+    outcome = wait_for("the brokers check seeing broker 2 gone", sees_it_gone, 60)
     assert outcome.summary.startswith("broker(s) 2 (replicas of ")
     assert f"under-replicated partitions: {topics.raw} [0, 1, 2]" in outcome.summary
     assert {m.name: m.value for m in outcome.metrics}["brokers_missing"] == 1.0
-    _wait_for(lambda: _alerts(cluster).get("AvazuKafkaBrokerMissing") == "firing", 60,
-              "AvazuKafkaBrokerMissing did not fire")
+    wait_for("AvazuKafkaBrokerMissing firing", lambda: _alerts(cluster).get("AvazuKafkaBrokerMissing") == "firing", 60)
     assert _alerts(cluster).get("AvazuCheckFailing/brokers") == "firing"
     print(f"\nbroker 2 killed: {outcome.summary}")
     # The broker's own scrape fails too: KafkaBrokerMetricsDown waits two minutes before it fires.
@@ -294,8 +284,8 @@ def test_one_broker_down_fails_the_brokers_check_naming_it_and_fires_its_alerts_
 
     _all_up(cluster, [topics.raw, topics.dlq, topics.checkpoints])
     assert check().ok
-    _wait_for(lambda: not {"AvazuKafkaBrokerMissing", "AvazuCheckFailing/brokers", "KafkaBrokerMetricsDown"}
-              & _alerts(cluster).keys(), 60, "the alerts did not clear")
+    wait_for("the alerts clearing", lambda: not {"AvazuKafkaBrokerMissing", "AvazuCheckFailing/brokers",
+                                                 "KafkaBrokerMetricsDown"} & _alerts(cluster).keys(), 60)
 
 
 # -- a running stream processor while brokers fail ----------------------------------------------
