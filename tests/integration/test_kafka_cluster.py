@@ -38,7 +38,7 @@ from include.health.metrics import push_metrics
 from include.ingest.config import IngestTopics, load_ingest_config
 from include.ingest.ingestor import PHASE_MID_PRODUCE, HourlyIngestor
 from include.ingest.staging import find_partition, stage_source
-from include.ingest.topics import DECLARED, provision_ingest_topics
+from include.ingest.topics import provision_ingest_topics
 from include.kafka.errors import TooFewInSyncReplicas
 from include.kafka.reader import read_topic
 from include.kafka.transactions import PHASE_AFTER_BEGIN, PHASE_AFTER_COMMIT, TransactionalProducer
@@ -252,7 +252,7 @@ def test_one_broker_down_fails_the_brokers_check_naming_it_and_fires_its_alerts_
         cluster, hour, registry_client, tmp_path):
     cluster.start(["pushgateway", "prometheus"], echo=lambda line: None)
     topics = hour["topics"]
-    catalog = sandbox_catalog({DECLARED[role]: getattr(topics, role) for role in DECLARED})
+    catalog = sandbox_catalog(topics.as_dict())
     inputs = HealthInputs(config=load_health_config().replace(report_uri=str(tmp_path / "reports"),
                                                               state_uri=str(tmp_path / "state.json")),
                           kafka_config=_config(cluster), registry=registry_client, ingest=hour["config"],
