@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from include.health.outcome import CheckOutcome, Metric, first_problems
+from include.kafka.registry import list_subjects
 from include.kafka_admin.subjects import subject_specs
 from include.kafka_admin.topics import plan_topics
 
@@ -54,7 +55,7 @@ def check_topic_drift(inputs: HealthInputs) -> CheckOutcome:
 
 def check_registry_drift(inputs: HealthInputs) -> CheckOutcome:
     client = inputs.registry
-    existing = set(client.get_subjects())
+    existing = set(list_subjects(client))
     rows, problems = [], []
     for spec in subject_specs(inputs.catalog):
         row = {"subject": spec.subject, "schema_file": spec.schema_path.name, "latest_version": "-",

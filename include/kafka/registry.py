@@ -32,6 +32,21 @@ class SchemaNotRegistered(PermanentError):
     """A topic's value schema is not registered (as the ingestion's schema file) under its subject."""
 
 
+# Subjects asked for per request: Apicurio's Confluent API answers at most 1,000 however many
+# are asked for (limit=-1 included), so a registry with more is read page by page.
+SUBJECTS_PAGE = 1000
+
+
+def list_subjects(registry: SchemaRegistryClient, page: int = SUBJECTS_PAGE) -> list[str]:
+    """Every subject the registry holds, read ``page`` at a time."""
+    subjects: list[str] = []
+    while True:
+        batch = registry.get_subjects(offset=len(subjects), limit=page)
+        subjects.extend(batch)
+        if len(batch) < page:
+            return subjects
+
+
 def lookup_schema_id(registry: SchemaRegistryClient, subject: str, schema: dict[str, Any]) -> int:
     """The id under which ``schema`` is registered in ``subject``; the error says what to run if none."""
     try:

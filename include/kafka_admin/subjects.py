@@ -14,7 +14,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from include.errors import PermanentError
-from include.kafka.registry import SCHEMA_NOT_FOUND, SUBJECT_NOT_FOUND
+from include.kafka.registry import SCHEMA_NOT_FOUND, SUBJECT_NOT_FOUND, list_subjects
 from include.kafka_admin.catalog import TopicCatalog
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def register_subjects(client: SchemaRegistryClient, specs: list[SubjectSpec], *,
     """
     pending: list[tuple[SubjectSpec, Schema]] = []
     outcomes: dict[str, SubjectOutcome] = {}
-    existing = set(client.get_subjects())
+    existing = set(list_subjects(client))
     for spec in specs:
         schema = spec.schema()
         if spec.subject in existing:

@@ -44,6 +44,7 @@ from include.kafka.reader import read_topic
 from include.kafka.transactions import PHASE_AFTER_BEGIN, PHASE_AFTER_COMMIT, TransactionalProducer
 from include.kafka.wire import AvroDecoder
 from include.kafka.registry import schema_fetcher
+from include.kafka_admin.catalog import topic_for
 from include.kafka_admin.sandbox import provision_sandbox, sandbox_catalog
 from tests.waiting import wait_for
 
@@ -416,14 +417,13 @@ def test_two_of_three_down_stop_the_dlq_reprocessing_in_one_sentence_and_its_ret
     config, topics = _config(cluster), hour["topics"]
     assert _ingest(cluster, hour, registry_client).complete
     suffix = uuid.uuid4().hex[:8]
-    copies = {declared: f"cluster_{declared}_{suffix}"
-              for declared in ("ad_events_retry", "ad_events_retry_2", "ad_events_retry_3", "ad_events_parked")}
+    copies = {role: f"cluster_{role}_{suffix}" for role in ("dlq_retry_1", "dlq_retry_2", "dlq_retry_3", "dlq_parked")}
     provision_sandbox(AdminClient(config), registry_client, copies)
     dlq_config = dataclasses.replace(load_dlq_config(), archive_uri=str(tmp_path / "archive"), batch_records=10)
-    spec = dlq_config.dlq("ad_events_error").sandboxed(
-        {"dlq": topics.dlq, "repaired": topics.raw, "parked": copies["ad_events_parked"],
-         "retry1": copies["ad_events_retry"], "retry2": copies["ad_events_retry_2"],
-         "retry3": copies["ad_events_retry_3"]}, group_id=f"cluster-reprocess-{suffix}")
+    spec = dlq_config.dlq(topic_for("dlq")).sandboxed(
+        {"dlq": topics.dlq, "repaired": topics.raw, "parked": copies["dlq_parked"],
+         "retry1": copies["dlq_retry_1"], "retry2": copies["dlq_retry_2"],
+         "retry3": copies["dlq_retry_3"]}, group_id=f"cluster-reprocess-{suffix}")
     down: dict = {}
 
     def kill_two(phase: str, batch: int) -> None:
