@@ -53,15 +53,11 @@ class FlinkSettings:
 
     @property
     def conf_dir(self) -> Path:
-        return self.home / "conf"
+        return self.stack.home / "flink" / "conf"
 
     @property
     def rest_url(self) -> str:
         return f"http://{self.stack.host}:{self.rest_port}"
-
-    @property
-    def python(self) -> Path:
-        return self.venv / "bin" / "python"
 
     @property
     def flink_home(self) -> Path:
@@ -132,8 +128,8 @@ def write_config(settings: FlinkSettings) -> Path:
         "execution.checkpointing.dir": (settings.home / "checkpoints").as_uri(),
         "execution.checkpointing.savepoint-dir": (settings.home / "savepoints").as_uri(),
         # `flink run -py` plans the job with this Python, not whatever is first on PATH.
-        "python.client.executable": str(settings.python),
-        "python.executable": str(settings.python),
+        "python.client.executable": str(settings.venv / "bin" / "python"),
+        "python.executable": str(settings.venv / "bin" / "python"),
     }
     # The distribution's own config holds the JVM flags Flink needs on Java 17 (--add-opens ...).
     tree = yaml.safe_load((settings.flink_home / "conf" / "config.yaml").read_text()) or {}
