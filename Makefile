@@ -16,7 +16,7 @@ NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) | sha256sum | cut 
 help:
 	@echo "make demo          run the whole pipeline on generated data against the local stack"
 	@echo "make test          run the test suite (unit, integration on the real stack, DAG tests)"
-	@echo "make stack-start   start Kafka, the Schema Registry, the S3 endpoint, the Pushgateway and Prometheus (idempotent; KAFKA_BROKERS=3: Kafka as a three-node cluster)"
+	@echo "make stack-start   start Kafka, the Schema Registry, the S3 endpoint, the Pushgateway, Prometheus and PostgreSQL (idempotent; KAFKA_BROKERS=3: Kafka as a three-node cluster)"
 	@echo "make stack-status  show what runs where, and where its log is"
 	@echo "make stack-stop    stop the local stack"
 	@echo "make airflow       start Airflow's api-server (UI), scheduler, dag-processor and triggerer (idempotent)"

@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 import time
+import urllib.parse
 
 from devstack.stack import SERVICE_TYPES, Stack, StackError
 
@@ -14,7 +15,7 @@ ports and places (environment variables, all optional):
   KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  KAFKA_METRICS_PORT=7071 (the broker's JMX exporter)
   KAFKA_BROKERS=1 (3: a cluster of nodes kafka-1..3, node n on those ports + 100*(n-1))
   SCHEMA_REGISTRY_PORT=8081  SCHEMA_REGISTRY_MANAGEMENT_PORT=8091  S3_PORT=9000
-  PUSHGATEWAY_PORT=9091  PROMETHEUS_PORT=9090
+  PUSHGATEWAY_PORT=9091  PROMETHEUS_PORT=9090  POSTGRES_PORT=5432
   DEVSTACK_HOME=<project>/.devstack (state, logs)  DEVSTACK_CACHE=~/.cache/avazu-kafka-devstack (jars)
   KAFKA_JAVA_HOME / REGISTRY_JAVA_HOME (a JDK to use instead of the newest one found)
 """
@@ -29,11 +30,20 @@ def _print_status(stack: Stack, names: list[str] | None) -> bool:
     return all(r.state == "running" for r in rows)
 
 
+def redacted(value: str) -> str:
+    """value with the password of a URL's user replaced by ***, so printing it shows no secret."""
+    url = urllib.parse.urlsplit(value)
+    if not url.password:
+        return value
+    netloc = f"{url.username}:***@{url.netloc.rpartition('@')[2]}"
+    return urllib.parse.urlunsplit(url._replace(netloc=netloc))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devstack",
-        description="The local Kafka + Schema Registry + S3 + Prometheus stack, as processes on "
-                    "loopback.",
+        description="The local Kafka + Schema Registry + S3 + Prometheus + PostgreSQL stack, as "
+                    "processes on loopback.",
         epilog=PORT_VARIABLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -47,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack()
         names = args.services or None
         if args.action == "env":
+            # Passwords stay out of terminals and logs; scripts/local-env.sh reads them from their files.
             for key, value in stack.environment().items():
-                print(f"export {key}={shlex.quote(value)}")
+                print(f"export {key}={shlex.quote(redacted(value))}")
             return 0
         if args.action == "status":
             return 0 if _print_status(stack, names) else 1

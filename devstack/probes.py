@@ -94,3 +94,27 @@ def free_ports(count: int) -> list[int]:
             if sock.getsockname()[1] not in ports:
                 ports.append(sock.getsockname()[1])
     return ports
+
+
+def postgres_answers(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> bool:
+    """Send a PostgreSQL StartupMessage and expect the server to go on with authentication.
+
+    This is what pg_isready does: a server that asks for credentials (or refuses this made-up user)
+    accepts connections, while one still starting or shutting down answers SQLSTATE 57P03.
+    """
+    params = b"user\0devstack-probe\0database\0postgres\0\0"
+    # Protocol 3.0; the length counts itself.
+    startup = struct.pack(">ii", 8 + len(params), 196608) + params
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(startup)
+            kind = _recv_exact(sock, 1)
+            (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+            body = _recv_exact(sock, size - 4)
+    except (OSError, ConnectionError):
+        return False
+    if kind == b"R":
+        return True
+    # An ErrorResponse: fields of a type byte and a NUL-terminated text; C is the SQLSTATE.
+    fields = {field[:1]: field[1:] for field in body.split(b"\0") if field}
+    return kind == b"E" and fields.get(b"C") != b"57P03"

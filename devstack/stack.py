@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import os
+import pwd
 import re
+import secrets
 import shutil
 import signal
+import stat
 import string
 import subprocess
 import sys
@@ -66,6 +70,7 @@ class StackSettings:
     kafka_metrics_port: int = field(default_factory=lambda: _env_int("KAFKA_METRICS_PORT", 7071))
     prometheus_port: int = field(default_factory=lambda: _env_int("PROMETHEUS_PORT", 9090))
     pushgateway_port: int = field(default_factory=lambda: _env_int("PUSHGATEWAY_PORT", 9091))
+    postgres_port: int = field(default_factory=lambda: _env_int("POSTGRES_PORT", 5432))
     # One node by default; 3 makes a cluster of three nodes, each broker and KRaft controller.
     kafka_brokers: int = field(default_factory=lambda: _env_int("KAFKA_BROKERS", 1))
     kafka_heap: str = field(default_factory=lambda: os.environ.get("KAFKA_HEAP", "1g"))
@@ -209,7 +214,23 @@ class Service:
     def answers(self) -> bool:
         raise NotImplementedError
 
+    def run_as(self) -> dict:
+        """Popen's user, group and extra_groups for a process that must not run as this user."""
+        return {}
+
+    def after_start(self) -> None:
+        """Set up what needs the running process (a database, say); called once it answers."""
+
+    def signal_stop(self, pid: int) -> None:
+        """Ask the process to stop: SIGTERM to its whole process group."""
+        os.killpg(pid, signal.SIGTERM)
+
     # Shared process handling.
+    @property
+    def state_dir(self) -> Path:
+        """The service's own folder under the stack home (a service that keeps state uses it)."""
+        return self.settings.home / self.name
+
     @property
     def log(self) -> Path:
         return self.settings.logs / f"{self.name}.log"
@@ -262,7 +283,7 @@ class Service:
             out.flush()
             process = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=self.settings.home, start_new_session=True,
+                env=env, cwd=self.settings.home, start_new_session=True, **self.run_as(),
             )
         self.pidfile.write_text(f"{process.pid} {_proc_state(process.pid)[1]}")
         self._process = process
@@ -296,7 +317,7 @@ class Service:
         if pid is None:
             return False
         try:
-            os.killpg(pid, signal.SIGTERM)
+            self.signal_stop(pid)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
@@ -660,10 +681,6 @@ class Pushgateway(Service):
     name = "pushgateway"
     start_timeout = 30.0
 
-    @property
-    def state_dir(self) -> Path:
-        return self.settings.home / "pushgateway"
-
     def ports(self) -> list[int]:
         return [self.settings.pushgateway_port]
 
@@ -702,10 +719,6 @@ class Prometheus(Service):
     start_timeout = 60.0
     config_template = DEVSTACK_DIR / "prometheus" / "prometheus.yml"
     alert_rules = DEVSTACK_DIR / "prometheus" / "alerts.yml"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.settings.home / "prometheus"
 
     @property
     def config_file(self) -> Path:
@@ -760,8 +773,188 @@ class Prometheus(Service):
         return probes.http_ok(f"{self.endpoint()}/-/ready")
 
 
+# Debian installs each PostgreSQL major version's server programs in <major>/bin here.
+POSTGRES_LIB = Path("/usr/lib/postgresql")
+# A root devstack whose home its server user cannot enter keeps the server's folders here.
+SHARED_SERVER_ROOT = Path("/var/tmp/avazu-devstack")
+
+
+class Postgres(Service):
+    """PostgreSQL (Debian's server programs): the store the real-time CTR figures are served from.
+
+    A cluster of its own under the stack home with a role and a database both named ``ctr``. It
+    listens on loopback only and keeps its socket in its state folder (/var/run/postgresql is
+    root's). PostgreSQL refuses to run as root, so a root devstack runs it as the postgres user.
+    """
+
+    name = "postgres"
+    start_timeout = 60.0
+    database = "ctr"
+    role = "ctr"
+    # The cluster's superuser, reached without a password through the socket folder only (mode 0700).
+    superuser = "postgres"
+    # Whom a root devstack runs the server as; Debian's package creates this user.
+    os_user = "postgres"
+
+    @property
+    def server_dir(self) -> Path:
+        """Where the server's own folders live: the state folder, unless a root devstack's server
+        user cannot enter it (a checkout under a private temporary folder, as CI's): then a folder
+        of this stack's own under /var/tmp, named after the stack home."""
+        owner = self.run_as()
+        if not owner or self._reachable(owner["user"], owner["group"]):
+            return self.state_dir
+        digest = hashlib.sha256(str(self.settings.home.resolve()).encode()).hexdigest()[:12]
+        return SHARED_SERVER_ROOT / f"postgres-{digest}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server_dir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.server_dir / "run"
+
+    @property
+    def password_file(self) -> Path:
+        return self.state_dir / "ctr.password"
+
+    def ports(self) -> list[int]:
+        return [self.settings.postgres_port]
+
+    def endpoint(self) -> str:
+        return f"postgresql://{self.settings.host}:{self.settings.postgres_port}/{self.database}"
+
+    def url(self) -> str:
+        """The ctr database's URL with the role's password (without it before the first start)."""
+        s = self.settings
+        password = f":{self.password_file.read_text().strip()}" if self.password_file.exists() else ""
+        return f"postgresql://{self.role}{password}@{s.host}:{s.postgres_port}/{self.database}"
+
+    def _port_hint(self, port: int) -> str:
+        return "POSTGRES_PORT"
+
+    def bin_dir(self) -> Path:
+        """The newest PostgreSQL major version's bin folder that has the server programs."""
+        installed = [d for d in POSTGRES_LIB.glob("*/bin")
+                     if d.parent.name.isdigit() and (d / "postgres").is_file() and (d / "initdb").is_file()]
+        if not installed:
+            raise StackError(
+                "PostgreSQL is needed for the real-time CTR store but its server is not installed "
+                f"(no {POSTGRES_LIB}/<major>/bin/postgres); install Debian's package "
+                "(apt-get install postgresql)"
+            )
+        return max(installed, key=lambda d: int(d.parent.name))
+
+    def run_as(self) -> dict:
+        if os.geteuid() != 0:
+            return {}
+        try:
+            user = pwd.getpwnam(self.os_user)
+        except KeyError:
+            raise StackError(
+                f"PostgreSQL refuses to run as root and there is no {self.os_user} user to run it "
+                "as; install Debian's package (apt-get install postgresql), which creates it"
+            ) from None
+        # No supplementary groups: root's must not come along.
+        return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+    def _reachable(self, uid: int, gid: int) -> bool:
+        """Whether the server's user can enter every folder down to the state folder (root can, it may not)."""
+        for folder in (self.state_dir, *self.state_dir.parents):
+            if not folder.exists():
+                continue
+            info = folder.stat()
+            bit = (stat.S_IXUSR if info.st_uid == uid else stat.S_IXGRP if info.st_gid == gid
+                   else stat.S_IXOTH)
+            if not info.st_mode & bit:
+                return False
+        return True
+
+    def _write_password(self) -> None:
+        # Generated on each machine, not written in the repository: the server listens on TCP, and
+        # a password in git would be everyone's. Only its owner may read the file.
+        try:
+            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(24))
+
+    def initdb_command(self) -> list[str]:
+        return [
+            str(self.bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", self.superuser,
+            "--encoding=UTF8", "--no-locale",
+            # Over TCP only with a password; the socket needs none, as its folder is closed to others.
+            "--auth-local=trust", "--auth-host=scram-sha-256",
+        ]
+
+    def prepare(self) -> None:
+        self.bin_dir()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._write_password()
+        owner = self.run_as()
+        self.server_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.data_dir, self.socket_dir):
+            folder.mkdir(exist_ok=True)
+            folder.chmod(0o700)
+            if owner:
+                os.chown(folder, owner["user"], owner["group"])
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        log = self.settings.logs / "postgres-initdb.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as out:
+            result = subprocess.run(self.initdb_command(), stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, **owner)
+        if result.returncode != 0:
+            # initdb refuses a folder that is not empty, so a half-made one would block every retry.
+            for entry in self.data_dir.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            raise StackError(f"initialising PostgreSQL's data folder {self.data_dir} failed; see {log}")
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        s = self.settings
+        # Command-line settings win over postgresql.conf, so a new POSTGRES_PORT needs no rewrite.
+        return [
+            str(self.bin_dir() / "postgres"), "-D", str(self.data_dir),
+            "-c", f"listen_addresses={s.host}",
+            "-c", f"port={s.postgres_port}",
+            "-c", f"unix_socket_directories={self.socket_dir}",
+        ], {}
+
+    def answers(self) -> bool:
+        return probes.postgres_answers(self.settings.postgres_port, self.settings.host)
+
+    def after_start(self) -> None:
+        """Create the ctr role and database when missing and set the role's password from its file."""
+        password = self.password_file.read_text().strip()
+        script = (
+            f"SELECT 'CREATE ROLE {self.role} LOGIN' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_roles WHERE rolname = '{self.role}')\\gexec\n"
+            # The password goes through stdin: on psql's command line any user could read it.
+            f"ALTER ROLE {self.role} PASSWORD '{password}';\n"
+            f"SELECT 'CREATE DATABASE {self.database} OWNER {self.role}' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_database WHERE datname = '{self.database}')\\gexec\n"
+        )
+        result = subprocess.run(
+            [str(self.bin_dir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+             "-h", str(self.socket_dir), "-p", str(self.settings.postgres_port),
+             "-U", self.superuser, "-d", "postgres"],
+            input=script, text=True, capture_output=True,
+        )
+        if result.returncode != 0:
+            reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            raise StackError(f"creating the {self.database} role and database in PostgreSQL failed: {reason}")
+
+    def signal_stop(self, pid: int) -> None:
+        # SIGINT is PostgreSQL's fast shutdown: clients are disconnected rather than waited for,
+        # and only the postmaster is told (it stops its own children).
+        os.kill(pid, signal.SIGINT)
+
+
 SERVICE_TYPES: dict[str, type[Service]] = {
-    cls.name: cls for cls in (KafkaBroker, SchemaRegistry, S3Endpoint, Pushgateway, Prometheus)
+    cls.name: cls for cls in (KafkaBroker, SchemaRegistry, S3Endpoint, Pushgateway, Prometheus, Postgres)
 }
 
 
@@ -830,6 +1023,7 @@ class Stack:
             waiting.append(service)
         for service in waiting:
             service.wait_until_answers(time.monotonic() + service.start_timeout)
+            service.after_start()
         return self.status(names)
 
     def stop(self, names: list[str] | None = None, echo=print) -> None:
@@ -853,4 +1047,6 @@ class Stack:
             "S3_ENDPOINT_URL": self.services["s3"].endpoint(),
             "PROMETHEUS_URL": self.services["prometheus"].endpoint(),
             "PUSHGATEWAY_URL": self.services["pushgateway"].endpoint(),
+            # Holds the ctr role's password: `python -m devstack env` prints it redacted.
+            "POSTGRES_URL": self.services["postgres"].url(),
         }

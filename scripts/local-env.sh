@@ -30,6 +30,13 @@ export SCHEMA_REGISTRY_URL="${SCHEMA_REGISTRY_URL:-http://127.0.0.1:${SCHEMA_REG
 export S3_ENDPOINT_URL="${S3_ENDPOINT_URL:-http://127.0.0.1:${S3_PORT:-9000}}"
 export PROMETHEUS_URL="${PROMETHEUS_URL:-http://127.0.0.1:${PROMETHEUS_PORT:-9090}}"
 export PUSHGATEWAY_URL="${PUSHGATEWAY_URL:-http://127.0.0.1:${PUSHGATEWAY_PORT:-9091}}"
+# The CTR store (devstack's postgres): the ctr role's password is generated at the stack's first
+# start into a file only its owner reads, so no committed file holds it. Before that start there
+# is no POSTGRES_URL (nor postgres_default); source this file again after it.
+_ctr_password_file="${DEVSTACK_HOME:-$_root/.devstack}/postgres/ctr.password"
+if [ -z "${POSTGRES_URL:-}" ] && [ -r "$_ctr_password_file" ]; then
+  export POSTGRES_URL="postgresql://ctr:$(cat "$_ctr_password_file")@127.0.0.1:${POSTGRES_PORT:-5432}/ctr"
+fi
 
 # The same connection ids exist in docker-compose.airflow.yml, so DAG code never knows where it runs.
 # kafka_default follows the Kafka provider's convention: librdkafka settings as the extra JSON.
@@ -44,4 +51,8 @@ fi
 if [ -z "${AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT:-}" ]; then
   export AIRFLOW_CONN_SCHEMA_REGISTRY_DEFAULT='{"conn_type": "http", "host": "'"$SCHEMA_REGISTRY_URL"'"}'
 fi
-unset _root
+# postgres_default: the Postgres provider's convention; Airflow reads postgresql:// as conn type postgres.
+if [ -z "${AIRFLOW_CONN_POSTGRES_DEFAULT:-}" ] && [ -n "${POSTGRES_URL:-}" ]; then
+  export AIRFLOW_CONN_POSTGRES_DEFAULT="$POSTGRES_URL"
+fi
+unset _root _ctr_password_file

@@ -29,12 +29,15 @@ if [ "$with_tests" -eq 1 ]; then
   # The browser test of Airflow's UI drives Debian's headless Chromium.
   command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
 fi
-# Prometheus and its Pushgateway: the local stack runs them as its own processes (devstack).
-need_monitoring=()
-command -v prometheus >/dev/null || need_monitoring+=(prometheus)
-command -v prometheus-pushgateway >/dev/null || need_monitoring+=(prometheus-pushgateway)
+# Prometheus, its Pushgateway and PostgreSQL: the local stack runs them as its own processes
+# (devstack), so Debian's system daemons of the same must not run.
+need_daemons=()
+command -v prometheus >/dev/null || need_daemons+=(prometheus)
+command -v prometheus-pushgateway >/dev/null || need_daemons+=(prometheus-pushgateway)
+# devstack runs the newest server under /usr/lib/postgresql (psql and pg_isready come with it).
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_daemons+=(postgresql)
 
-all=("${need[@]}" "${need_monitoring[@]}")
+all=("${need[@]}" "${need_daemons[@]}")
 [ ${#all[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
@@ -55,22 +58,29 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "system packages: installing ${need[*]} from Debian's packages"
   apt install -y "${need[@]}"
 fi
-if [ ${#need_monitoring[@]} -gt 0 ]; then
-  # Debian's packages start (and enable) them as system daemons on 9090 and 9091, the ports the
-  # stack's own Prometheus and Pushgateway take: install them under a policy-rc.d that forbids
-  # starting services, then stop and disable whatever started anyway. Without recommends, as
-  # prometheus recommends node-exporter, one more daemon.
-  echo "system packages: installing ${need_monitoring[*]} from Debian's packages (not as daemons)"
+if [ ${#need_daemons[@]} -gt 0 ]; then
+  # Debian's packages start (and enable) them as system daemons on 9090, 9091 and 5432, the ports
+  # the stack's own Prometheus, Pushgateway and PostgreSQL take: install them under a policy-rc.d
+  # that forbids starting services, then stop and disable whatever started anyway. Without
+  # recommends, as prometheus recommends node-exporter, one more daemon.
+  echo "system packages: installing ${need_daemons[*]} from Debian's packages (not as daemons)"
+  if [[ " ${need_daemons[*]} " == *" postgresql "* ]]; then
+    # Nor a cluster of Debian's: postgresql would create "main" on 5432 and start it at boot. This
+    # stays for later upgrades (a new major version would create one again).
+    mkdir -p /etc/postgresql-common/createcluster.d
+    printf '# devstack runs a PostgreSQL cluster of its own (scripts/system-packages.sh)\ncreate_main_cluster = false\n' \
+      > /etc/postgresql-common/createcluster.d/devstack.conf
+  fi
   own_policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
     own_policy=/usr/sbin/policy-rc.d
   fi
   installed=0
-  apt install -y --no-install-recommends "${need_monitoring[@]}" || installed=$?
+  apt install -y --no-install-recommends "${need_daemons[@]}" || installed=$?
   if [ -n "$own_policy" ]; then rm -f "$own_policy"; fi
   [ "$installed" -eq 0 ] || exit "$installed"
-  for daemon in prometheus prometheus-pushgateway; do
+  for daemon in prometheus prometheus-pushgateway postgresql; do
     if [ -d /run/systemd/system ]; then
       systemctl disable --now "$daemon" >/dev/null 2>&1 || true
     else

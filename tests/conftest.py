@@ -44,16 +44,33 @@ _load_local_env()
 sys.path.append(str(ROOT / "dags"))
 
 
+def _started_stack(names: list[str] | None = None):
+    """The local stack with these services (default: all) started when not already running."""
+    from devstack import Stack, StackError
+
+    stack = Stack()
+    try:
+        stack.start(names, echo=lambda line: None)
+    except StackError as error:
+        pytest.fail(f"the local stack could not start: {error}", pytrace=False)
+    return stack
+
+
 @pytest.fixture(scope="session")
 def local_stack():
     """The local Kafka, Schema Registry and S3 endpoint, started when not already running."""
-    from devstack import Stack, StackError
-
-    try:
-        Stack().start(echo=lambda line: None)
-    except StackError as error:
-        pytest.fail(f"the local stack could not start: {error}", pytrace=False)
+    _started_stack()
     return os.environ
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The URL of the local stack's CTR store (its PostgreSQL, started alone when not running).
+
+    Taken from the stack rather than the environment: the ctr role's password is written at the
+    stack's first start, which may be this one.
+    """
+    return _started_stack(["postgres"]).environment()["POSTGRES_URL"]
 
 
 @pytest.fixture(scope="session")

@@ -1,1 +1,1 @@
-"""Real-time CTR: the Flink job's tables and the REST client Airflow watches the job with (no PyFlink here)."""
+"""Click-through rates: the PostgreSQL store real-time (Flink) and batch CTR figures are written to, its migrations, and the REST client Airflow watches the Flink job with (no PyFlink here)."""

@@ -64,5 +64,13 @@ class KafkaUnavailable(RetriableError):
     """The broker did not answer, or a call kept timing out; another try may pass."""
 
 
+class TooFewInSyncReplicas(KafkaUnavailable):
+    """Brokers holding the replicas are down: acks=all writes wait until they return.
+
+    The open transaction is left to the next attempt's ``init()`` (aborting it needs those
+    brokers too); a retry of the task resumes from the last commit.
+    """
+
+
 class TransactionAborted(RetriableError):
     """The open transaction had to be aborted; nothing of it is visible and its work can be redone."""

@@ -50,11 +50,13 @@ from include.kafka.errors import (
     KafkaFatalError,
     KafkaUnavailable,
     ProducerFenced,
+    TooFewInSyncReplicas,
     TopicsMissing,
     TransactionAborted,
     classify,
     kafka_error,
 )
+from include.kafka.replicas import cluster_admin, find_replica_shortage, min_insync_replicas
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class TransactionPolicy:
     attempts: int = 3
     # What close() waits for records outside a transaction (there are none in a clean run).
     close_timeout_s: float = 5.0
+    # How long a flush waits for acknowledgements before it asks whether brokers are down.
+    stall_check_s: float = 10.0
 
 
 class TransactionalProducer:
@@ -98,6 +102,10 @@ class TransactionalProducer:
                        "transactional.id": transactional_id}
         self.client = client_factory(self.config)
         self._broken: ErrorKind | None = None
+        # The topics this producer writes and their min.insync.replicas (check_topics, while the
+        # cluster answers), where a stalled write looks for its cause.
+        self.topics: list[str] = []
+        self.min_insync: dict[str, int] | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -117,6 +125,10 @@ class TransactionalProducer:
         if missing:
             raise TopicsMissing(f"{self.label}: topic(s) {', '.join(missing)} do not exist on the cluster at {servers}; "
                                 "create them with the kafka_provisioning DAG first")
+        self.topics = list(dict.fromkeys(topics))
+        if len(metadata.brokers) > 1:
+            # Only a cluster can lose in-sync replicas; one broker down is simply unreachable.
+            self.min_insync = min_insync_replicas(cluster_admin(self.config), self.topics, timeout)
         return {t: len(metadata.topics[t].partitions) for t in topics}
 
     def init(self) -> None:
@@ -182,11 +194,39 @@ class TransactionalProducer:
                 self.client.poll(0.05)
 
     def flush(self, timeout: float) -> int:
-        """Wait for the open transaction's records to be acknowledged; the number still waiting after ``timeout``."""
-        try:
-            return self.client.flush(timeout)
-        except KafkaException as exc:
-            raise self.error_for("flush the transaction's records", exc) from None
+        """Wait for the open transaction's records to be acknowledged; the number still waiting after ``timeout``.
+
+        Every ``policy.stall_check_s`` without the last acknowledgement, the brokers under
+        :attr:`topics` are looked at: with too few of them answering, :class:`TooFewInSyncReplicas`
+        says so at once instead of after the whole timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                remaining = self.client.flush(max(0.0, min(deadline - time.monotonic(), self.policy.stall_check_s)))
+            except KafkaException as exc:
+                raise self.error_for("flush the transaction's records", exc) from None
+            if remaining == 0 or time.monotonic() >= deadline:
+                return remaining
+            shortage = self.replica_shortage()
+            if shortage is not None:
+                raise shortage
+
+    def replica_shortage(self) -> TooFewInSyncReplicas | None:
+        """The error to stop with when a failed call's cause is brokers down under :attr:`topics`, else None.
+
+        The open transaction is given up, not aborted: aborting needs the same brokers. The next
+        ``init()`` with this transactional id aborts it once they are back.
+        """
+        if self.min_insync is None:  # one broker, or topics never checked: no replicas to lose
+            return None
+        # A client of its own: this producer's may still wait on a connection to a dead broker.
+        shortage = find_replica_shortage(self.config, self.topics, min_insync=self.min_insync)
+        if shortage is None:
+            return None
+        self._broken = ErrorKind.RETRIABLE
+        return TooFewInSyncReplicas(f"{self.label}: {shortage.sentence()}; a retry resumes from the last commit "
+                                    f"(transactional.id {self.transactional_id})")
 
     def error_for(self, action: str, exc: KafkaException) -> PipelineError:
         """The project's error for a KafkaException raised by a direct call on :attr:`client` (e.g. a hot-path produce)."""
@@ -337,6 +377,7 @@ class TransactionUnit:
             self.phase_hook(PHASE_BEFORE_COMMIT, txn.number)
             self.producer.commit()
         except _ABORTABLE as error:
+            self._stop_if_replicas_short(error)
             self.abort()
             self.last_error = error
             if self.on_abort is OnAbort.RAISE:
@@ -368,6 +409,7 @@ class TransactionUnit:
             try:
                 work(txn)
             except _ABORTABLE as error:
+                self._stop_if_replicas_short(error)
                 self.abort()
                 self.last_error = error
             except BaseException:
@@ -381,6 +423,17 @@ class TransactionUnit:
                             self.producer.label, self.noun, txn.number, attempt, self.max_attempts, self.last_error)
         raise TransactionAborted(f"{self.producer.label}: {self.noun} {txn.number} was aborted {self.max_attempts} "
                                  f"time(s), last: {self.last_error}; nothing of it is visible, a retry resumes there")
+
+    def _stop_if_replicas_short(self, error: Exception) -> None:
+        """Raise :class:`TooFewInSyncReplicas` when the failure is brokers down (no abort, no redo: both would wait)."""
+        if isinstance(error, TooFewInSyncReplicas):
+            shortage: TooFewInSyncReplicas | None = error
+        else:
+            shortage = self.producer.replica_shortage()
+        if shortage is None:
+            return
+        self.open = None
+        raise shortage from error
 
     def abort(self) -> None:
         """Abort the open transaction: nothing of it becomes visible, and its counts are dropped."""

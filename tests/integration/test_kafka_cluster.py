@@ -1,6 +1,12 @@
-"""The stack's three-node KRaft cluster (KAFKA_BROKERS=3) on ports of its own: started, probed and
-stopped as one service, replicated three ways with two in sync required, and still taking
-exactly-once writes with one node killed."""
+"""The stack's three-node KRaft cluster (KAFKA_BROKERS=3) on ports of its own, and what the
+pipeline does when its brokers fail.
+
+One cluster for the module, with a Pushgateway and a Prometheus of its own scraping its three
+JMX agents: started, probed and stopped as one service, replicated three ways with two in sync
+required. The failure tests kill brokers with SIGKILL in the middle of an hour's ingestion and
+check the topics whole with a read_committed consumer: every row once, none lost, none twice.
+The registry is the local stack's (schemas do not live in Kafka).
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,34 @@ import os
 import signal
 import time
 import uuid
+from collections import Counter
 
 import pytest
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from devstack import Stack, StackSettings
-from devstack.probes import free_ports, port_in_use
+from devstack.probes import free_ports, http_json, port_in_use
 from devstack.stack import KAFKA_NODE_PORT_STEP
+from include.avazu.generator import FaultKind, GeneratorSpec, generate
+from include.avazu.reader import read_all
+from include.health.checks import HealthInputs, run_check
+from include.health.config import load_health_config
+from include.health.metrics import push_metrics
+from include.ingest.config import IngestTopics, load_ingest_config
+from include.ingest.ingestor import PHASE_MID_PRODUCE, HourlyIngestor
+from include.ingest.staging import find_partition, stage_source
+from include.ingest.topics import DECLARED, provision_ingest_topics
+from include.kafka.errors import TooFewInSyncReplicas
 from include.kafka.reader import read_topic
-from include.kafka.transactions import TransactionalProducer
+from include.kafka.transactions import PHASE_AFTER_COMMIT, TransactionalProducer
+from include.kafka.wire import AvroDecoder
+from include.kafka.registry import schema_fetcher
+from include.kafka_admin.sandbox import sandbox_catalog
 
 pytestmark = pytest.mark.integration
+
+HOUR = 14102100
+CHUNK_ROWS = 2_000
 
 
 def _ports_with_two_more_nodes_free() -> tuple[int, int, int]:
@@ -32,18 +54,48 @@ def _ports_with_two_more_nodes_free() -> tuple[int, int, int]:
     raise AssertionError("no free ports for a three-node cluster")
 
 
-@pytest.fixture
-def cluster(tmp_path, local_stack):
-    """A cluster of our own; local_stack makes sure the jar cache is filled."""
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, local_stack):
+    """A cluster of our own with its Prometheus; local_stack makes sure the jar cache is filled."""
     client, controller, metrics = _ports_with_two_more_nodes_free()
-    settings = StackSettings(home=tmp_path / "devstack", kafka_port=client, kafka_controller_port=controller,
-                             kafka_metrics_port=metrics, kafka_brokers=3, kafka_heap="512m")
+    pushgateway, prometheus = free_ports(2)
+    settings = StackSettings(home=tmp_path_factory.mktemp("cluster") / "devstack", kafka_port=client,
+                             kafka_controller_port=controller, kafka_metrics_port=metrics, kafka_brokers=3,
+                             kafka_heap="512m", pushgateway_port=pushgateway, prometheus_port=prometheus)
     stack = Stack(settings)
     yield stack
-    stack.stop(["kafka"], echo=lambda line: None)
+    stack.stop(["kafka", "pushgateway", "prometheus"], echo=lambda line: None)
+
+
+def _config(cluster: Stack) -> dict:
+    return {"bootstrap.servers": cluster.environment()["KAFKA_BOOTSTRAP_SERVERS"]}
+
+
+def _all_up(cluster: Stack, topics: list[str] = ()) -> None:
+    """Every node running and in the cluster, and every partition of ``topics`` fully in sync."""
+    cluster.start(["kafka"], echo=lambda line: None)
+    admin = AdminClient(_config(cluster))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=10)
+        synced = all(len(p.isrs) == len(p.replicas) for t in topics for p in metadata.topics[t].partitions.values())
+        if len(metadata.brokers) == 3 and synced:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the cluster did not come back whole: {metadata.brokers}")
+
+
+def _kill(cluster: Stack, *nodes: int) -> None:
+    for node in nodes:
+        os.kill(cluster.services[f"kafka-{node}"].pid(), signal.SIGKILL)
+
+
+def _leader(cluster: Stack, topic: str, partition: int = 0) -> int:
+    return AdminClient(_config(cluster)).list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
 
 
 def test_three_nodes_start_as_one_service_replicate_and_survive_a_killed_node(cluster):
+    cluster.stop(["kafka"], echo=lambda line: None)
     lines: list[str] = []
     cluster.start(["kafka"], echo=lines.append)
     assert lines == ["  kafka-1: starting", "  kafka-2: starting", "  kafka-3: starting"]
@@ -52,12 +104,10 @@ def test_three_nodes_start_as_one_service_replicate_and_survive_a_killed_node(cl
     assert len({s.endpoint for s in statuses}) == 3 and len({s.log for s in statuses}) == 3
     bootstrap = cluster.environment()["KAFKA_BOOTSTRAP_SERVERS"]
     assert bootstrap.count(",") == 2
-    config = {"bootstrap.servers": bootstrap}
+    config = _config(cluster)
+    _all_up(cluster)
 
     admin = AdminClient(config)
-    deadline = time.monotonic() + 60
-    while len(admin.list_topics(timeout=10).brokers) < 3 and time.monotonic() < deadline:
-        time.sleep(0.5)
     metadata = admin.list_topics(timeout=10)
     assert sorted(metadata.brokers) == [1, 2, 3] and metadata.controller_id in (1, 2, 3)
     topic = f"cluster_{uuid.uuid4().hex[:8]}"
@@ -78,11 +128,162 @@ def test_three_nodes_start_as_one_service_replicate_and_survive_a_killed_node(cl
 
     write("all-up", 100)
     # One node killed: two replicas of three stay in sync, as min.insync.replicas=2 asks.
-    os.kill(cluster.services["kafka-3"].pid(), signal.SIGKILL)
+    _kill(cluster, 3)
     deadline = time.monotonic() + 60
     while cluster.services["kafka-3"].pid() is not None and time.monotonic() < deadline:
         time.sleep(0.2)
     write("one-down", 100)
-    cluster.start(["kafka-3"], echo=lambda line: None)
+    _all_up(cluster)
     values = sorted(r.value.decode() for r in read_topic(config, topic))
     assert values == sorted([f"all-up-{i}" for i in range(100)] + [f"one-down-{i}" for i in range(100)])
+
+
+# -- the ingestion while brokers fail -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cluster-hour")
+    source = folder / "train.csv.gz"
+    truth = generate(GeneratorSpec(30_000, hours=1, seed=33, fault_rates={kind: 0.001 for kind in FaultKind}), source)
+    stage_source(str(source), str(folder / "staging"))
+    good, _, _ = read_all(str(source))
+    return {"staging": str(folder / "staging"), "truth": truth, "good_ids": Counter(r["id"] for r in good)}
+
+
+@pytest.fixture
+def hour(cluster, staged, registry_client):
+    """Fresh ingestion topics on the whole cluster (replication 3, min.insync.replicas 2) and the hour to write."""
+    _all_up(cluster)
+    suffix = uuid.uuid4().hex[:8]
+    topics = IngestTopics(f"cluster_raw_{suffix}", f"cluster_dlq_{suffix}", f"cluster_ckpt_{suffix}")
+    provision_ingest_topics(AdminClient(_config(cluster)), registry_client, topics)
+    config = load_ingest_config().with_topics(topics).replace("test", chunk_rows=CHUNK_ROWS)
+    return {"topics": topics, "config": config, "partition": find_partition(staged["staging"], HOUR),
+            "truth": staged["truth"], "good_ids": staged["good_ids"]}
+
+
+def _ingest(cluster: Stack, hour: dict, registry_client, hook=None):
+    return HourlyIngestor(hour["partition"], config=hour["config"], kafka_config=_config(cluster),
+                          registry=registry_client, phase_hook=hook).run()
+
+
+def _assert_exactly_once(cluster: Stack, hour: dict, registry_client) -> None:
+    """Every source row once in the committed topics: good ones in raw, bad ones in the DLQ."""
+    config, topics, truth = _config(cluster), hour["topics"], hour["truth"]
+    decoder = AvroDecoder(schema_fetcher(registry_client))
+    ids = Counter(decoder.decode(r.value)["id"] for r in read_topic(config, topics.raw))
+    lines = Counter(decoder.decode(r.value)["source"]["line"] for r in read_topic(config, topics.dlq))
+    # The file's own duplicate ids (a fault kind) arrive as often as they are in it: none twice more.
+    assert ids == hour["good_ids"] and lines == Counter(truth.bad_lines().keys())
+    assert sum(ids.values()) + sum(lines.values()) == truth.rows == hour["partition"].rows  # none lost
+
+
+def test_the_leader_killed_mid_hour_the_ingestion_goes_on_and_every_row_lands_once(cluster, hour, registry_client):
+    raw = hour["topics"].raw
+    killed: dict = {}
+
+    def kill_the_leader(phase: str, chunk: int) -> None:
+        if (phase, chunk) == (PHASE_MID_PRODUCE, 3) and not killed:
+            killed["node"] = _leader(cluster, raw)
+            _kill(cluster, killed["node"])
+            killed["at"] = time.monotonic()
+        elif phase == PHASE_AFTER_COMMIT and killed and "recovered_s" not in killed:
+            killed["recovered_s"] = time.monotonic() - killed["at"]
+
+    result = _ingest(cluster, hour, registry_client, kill_the_leader)
+    assert killed["node"] in (1, 2, 3) and result.complete and result.rows_read == hour["partition"].rows
+    print(f"\nleader {killed['node']} of {raw}[0] killed mid-chunk: the next chunk committed "
+          f"{killed['recovered_s']:.1f} s later; {result.chunk_attempts_aborted} chunk attempt(s) aborted")
+    assert _leader(cluster, raw) != killed["node"]
+    _all_up(cluster, [raw])
+    _assert_exactly_once(cluster, hour, registry_client)
+
+
+def test_two_of_three_down_stop_the_ingestion_in_one_sentence_and_its_retry_resumes_exactly_once(
+        cluster, hour, registry_client):
+    raw = hour["topics"].raw
+    down: dict = {}
+
+    def kill_two(phase: str, chunk: int) -> None:
+        if (phase, chunk) == (PHASE_MID_PRODUCE, 3) and not down:
+            down["nodes"] = sorted(n for n in (1, 2, 3) if n != _leader(cluster, raw))
+            _kill(cluster, *down["nodes"])
+            down["at"] = time.monotonic()
+
+    with pytest.raises(TooFewInSyncReplicas) as stopped:
+        _ingest(cluster, hour, registry_client, kill_two)
+    stopped_after = time.monotonic() - down["at"]
+    message = str(stopped.value)
+    print(f"\nbrokers {down['nodes']} killed mid-chunk: the ingestion stopped {stopped_after:.1f} s later: {message}")
+    assert "too few in-sync replicas" in message and "min.insync.replicas is 2" in message
+    nodes = cluster.services
+    for node in down["nodes"]:
+        assert f"{node} at {nodes[f'kafka-{node}'].endpoint()}" in message
+    assert "a retry resumes from the last commit" in message and "\n" not in message
+    # The flush looks for brokers down after 10 s without acknowledgements, not after its 120 s.
+    assert stopped_after < 45
+
+    _all_up(cluster, [raw])
+    retried = _ingest(cluster, hour, registry_client)
+    assert retried.action == "resume" and retried.resumed_from_chunk == 3 and retried.complete
+    _assert_exactly_once(cluster, hour, registry_client)
+
+
+# -- pipeline_health and Prometheus with a broker down ------------------------------------------
+
+def _alerts(cluster: Stack) -> dict[str, str]:
+    """alert name (with its check label) -> state, from Prometheus's HTTP API."""
+    answer = http_json(f"{cluster.services['prometheus'].endpoint()}/api/v1/alerts", timeout=5) or {}
+    return {a["labels"]["alertname"] + (f"/{a['labels']['check']}" if "check" in a["labels"] else ""): a["state"]
+            for a in answer.get("data", {}).get("alerts", [])}
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"{what} within {timeout:.0f} s")
+
+
+def test_one_broker_down_fails_the_brokers_check_naming_it_and_fires_its_alerts_until_it_returns(
+        cluster, hour, registry_client, tmp_path):
+    cluster.start(["pushgateway", "prometheus"], echo=lambda line: None)
+    topics = hour["topics"]
+    catalog = sandbox_catalog({DECLARED[role]: getattr(topics, role) for role in DECLARED})
+    inputs = HealthInputs(config=load_health_config().replace(report_uri=str(tmp_path / "reports"),
+                                                              state_uri=str(tmp_path / "state.json")),
+                          kafka_config=_config(cluster), registry=registry_client, ingest=hour["config"],
+                          catalog=catalog)
+    pushgateway = cluster.services["pushgateway"].endpoint()
+
+    def check():
+        inputs.cache.clear()
+        outcome = run_check("brokers", inputs)
+        push_metrics(pushgateway, [outcome])
+        return outcome
+
+    assert check().ok
+    _kill(cluster, 2)
+    # The controller fences a broker that stopped heartbeating (broker.session.timeout.ms, 9 s).
+    def sees_it_gone():
+        outcome = check()
+        return outcome if not outcome.ok and "not in the cluster" in outcome.summary else None
+
+    outcome = _wait_for(sees_it_gone, 60, "the brokers check did not see broker 2 go")
+    assert outcome.summary.startswith("broker(s) 2 (replicas of ")
+    assert f"under-replicated partitions: {topics.raw} [0, 1, 2]" in outcome.summary
+    assert {m.name: m.value for m in outcome.metrics}["brokers_missing"] == 1.0
+    _wait_for(lambda: _alerts(cluster).get("AvazuKafkaBrokerMissing") == "firing", 60,
+              "AvazuKafkaBrokerMissing did not fire")
+    assert _alerts(cluster).get("AvazuCheckFailing/brokers") == "firing"
+    print(f"\nbroker 2 killed: {outcome.summary}")
+    # The broker's own scrape fails too: KafkaBrokerMetricsDown waits two minutes before it fires.
+    assert _alerts(cluster).get("KafkaBrokerMetricsDown") in ("pending", "firing")
+
+    _all_up(cluster, [topics.raw, topics.dlq, topics.checkpoints])
+    assert check().ok
+    _wait_for(lambda: not {"AvazuKafkaBrokerMissing", "AvazuCheckFailing/brokers", "KafkaBrokerMetricsDown"}
+              & _alerts(cluster).keys(), 60, "the alerts did not clear")

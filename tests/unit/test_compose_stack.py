@@ -266,10 +266,13 @@ def test_airflow_services_run_the_project_image_after_airflow_init(services):
 
 
 def test_airflow_init_creates_exactly_the_connections_the_code_uses(init_connections, init_script):
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
     from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
     from kafka_pipeline.triggers import DLQ_WATCH_CONN_ID
 
-    hook_ids = {KafkaClusterHook.default_conn_name, SchemaRegistryHook.default_conn_name, DLQ_WATCH_CONN_ID}
+    # The CTR store is reached through the Postgres provider's hook and its default connection.
+    hook_ids = {KafkaClusterHook.default_conn_name, SchemaRegistryHook.default_conn_name, DLQ_WATCH_CONN_ID,
+                PostgresHook.default_conn_name}
     local_ids = {name.lower() for name in
                  re.findall(r"\bAIRFLOW_CONN_([A-Z0-9_]+)=", LOCAL_ENV.read_text())}
     assert set(init_connections) == hook_ids == local_ids
@@ -283,6 +286,20 @@ def test_airflow_init_creates_exactly_the_connections_the_code_uses(init_connect
         deleted = [i for i, line in enumerate(lines) if f"airflow connections delete {conn_id} " in line]
         added = [i for i, line in enumerate(lines) if f"airflow connections add {conn_id} " in line]
         assert deleted and added and deleted[0] < added[0], conn_id
+
+
+def test_ctr_store_connection_is_the_ctr_database_beside_the_metadata_db(services, init_connections,
+                                                                        init_script, airflow_env):
+    from airflow.models.connection import Connection
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    assert init_connections["postgres_default"].conn_uri == "${POSTGRES_URL}"
+    connection = Connection(uri=_interpolate(airflow_env["POSTGRES_URL"]))
+    assert connection.conn_type == PostgresHook.conn_type
+    assert (connection.host, connection.port, connection.login, connection.schema) == ("postgres", 5432, "ctr", "ctr")
+    assert "postgres" in services and "python -m include.ctr.migrate" in init_script.splitlines()
+    # On the host the same variable and connection come from devstack's cluster.
+    assert re.search(r"^\s*export AIRFLOW_CONN_POSTGRES_DEFAULT=\"\$POSTGRES_URL\"$", LOCAL_ENV.read_text(), re.MULTILINE)
 
 
 def test_kafka_connection_uses_the_brokers_internal_listener(services, init_connections, airflow_env):

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError
 
 import include
 from include.avazu.lines import AvazuInputError, CorruptInputError, HeaderMismatchError, TruncatedInputError
+from include.ctr.migrate import MigrationError, StoreUnreachable
 from include.dlq.config import DlqConfigError
 from include.dlq.reprocessor import ReprocessingMismatch
 from include.eda.sampling import SamplingConfigError
@@ -30,6 +31,7 @@ from include.kafka.errors import (
     KafkaFatalError,
     KafkaUnavailable,
     ProducerFenced,
+    TooFewInSyncReplicas,
     TopicsMissing,
     TransactionAborted,
     classify,
@@ -82,12 +84,15 @@ KINDS = {
     ProcessorFailed: PERMANENT,
     PipelineMismatch: PERMANENT,
     SmokeFailure: PERMANENT,
+    MigrationError: PERMANENT,  # a misnamed, duplicated, edited or removed migration
     ServiceUnreachable: RETRIABLE,  # broker or registry down
     StorageUnavailable: RETRIABLE,  # S3 endpoint down
     KafkaUnavailable: RETRIABLE,
+    TooFewInSyncReplicas: RETRIABLE,  # brokers down under the replicas
     TransactionAborted: RETRIABLE,
     ReadTimedOut: RETRIABLE,
     SimulationFailed: RETRIABLE,
+    StoreUnreachable: RETRIABLE,  # the CTR store's PostgreSQL down
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.kafka.errors import KafkaFatalError, KafkaUnavailable, TransactionAborted
+from include.kafka.errors import KafkaFatalError, KafkaUnavailable, TooFewInSyncReplicas, TransactionAborted
 from include.kafka.transactions import OnAbort, TransactionUnit
 
 
@@ -13,7 +13,8 @@ class ScriptedProducer:
 
     label = "test unit"
 
-    def __init__(self, **failures):
+    def __init__(self, shortage: TooFewInSyncReplicas | None = None, **failures):
+        self.shortage = shortage
         self.failures = {name: list(errors) for name, errors in failures.items()}
         self.calls: list[str] = []
         self.offsets = []
@@ -39,6 +40,10 @@ class ScriptedProducer:
     def abort_quietly(self):
         self.calls.append("abort_quietly")
         return True
+
+    def replica_shortage(self):
+        self.calls.append("replica_shortage")
+        return self.shortage
 
 
 class Group:
@@ -71,7 +76,8 @@ def test_rewind_aborts_drops_the_counts_and_hands_back():
     unit.begin().counts["records_in"] += 5
     assert unit.commit() is False
     assert (unit.committed["records_in"], unit.aborted, unit.transactions, unit.open) == (0, 1, 0, None)
-    assert producer.calls == ["begin", "commit", "abort"]
+    # Every broker answers (no shortage), so the abort follows the policy.
+    assert producer.calls == ["begin", "commit", "replica_shortage", "abort"]
 
 
 def test_raise_aborts_and_fails_with_one_sentence():
@@ -124,3 +130,19 @@ def test_before_commit_runs_inside_the_transaction_and_its_abort_follows_the_pol
     unit.begin()
     unit.commit()
     assert archived == [1] and producer.calls == ["begin", "commit"]
+
+
+@pytest.mark.parametrize("on_abort", list(OnAbort))
+def test_brokers_down_under_the_replicas_stop_every_policy_without_an_abort_that_would_wait(on_abort):
+    shortage = TooFewInSyncReplicas("test unit: too few in-sync replicas: raw partition(s) 0 have 1 ...")
+    producer = ScriptedProducer(shortage, commit=[KafkaUnavailable("commit timed out 3 times")])
+    unit = TransactionUnit(producer, on_abort=on_abort, max_attempts=3)
+    with pytest.raises(TooFewInSyncReplicas, match="too few in-sync replicas"):
+        if on_abort is OnAbort.REDO:
+            unit.run(lambda txn: None)
+        else:
+            unit.begin()
+            unit.commit()
+    assert producer.calls == ["begin", "commit", "replica_shortage"]
+    assert unit.open is None and unit.aborted == 0 and unit.transactions == 0
+

@@ -44,7 +44,7 @@ class FakeProducer:
     def list_topics(self, timeout=None):
         topics = {name: SimpleNamespace(error=None, partitions={p: None for p in range(count)})
                   for name, count in self.broker.partitions.items()}
-        return SimpleNamespace(topics=topics)
+        return SimpleNamespace(topics=topics, brokers={1: None})  # one broker: no replicas to lose
 
     def init_transactions(self, timeout=None):
         self.broker.calls.append("init")
