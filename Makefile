@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-16)
 NATIVE_SOURCES := native/avazu_rowcodec.c native/setup.py native/pyproject.toml
 NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) | sha256sum | cut -c1-16)
 
-.PHONY: help system-packages install flink-venv flink-start flink-stop flink-proof lock stack-start stack-stop stack-status airflow-db airflow airflow-stop airflow-status demo test test-unit clean
+.PHONY: help system-packages install flink-venv flink-start flink-stop lock stack-start stack-stop stack-status airflow-db airflow airflow-stop airflow-status demo test test-unit clean
 
 help:
 	@echo "make demo          run the whole pipeline on generated data against the local stack"
@@ -25,7 +25,6 @@ help:
 	@echo "make lock          re-resolve requirements.in into requirements.txt"
 	@echo "make flink-venv    create .venv-flink with PyFlink (its own venv: it would downgrade pandas and pyarrow here)"
 	@echo "make flink-start   start the Flink session cluster for the CTR job (REST on FLINK_REST_PORT, 8082)"
-	@echo "make flink-proof   run the CTR job on generated hours and compare it with pandas (needs PostgreSQL, CTR_JDBC_PASSWORD)"
 
 # The Debian packages (Maven, Java, gcc, Prometheus ...): installed when missing and run as root,
 # otherwise named in one sentence. `make test` adds the tests' own (Chromium); .ci/run runs the same.
@@ -63,9 +62,6 @@ flink-start: install flink-venv
 
 flink-stop:
 	$(PY) -m devstack.flink stop
-
-flink-proof: stack-start flink-start
-	@$(LOCAL_ENV) $(PY) -m scripts.flink_ctr_proof $(PROOF_ARGS)
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
@@ -106,7 +102,9 @@ demo: stack-start
 	@export AIRFLOW_HOME=$(DEMO_HOME) && $(LOCAL_ENV) $(PY) -m scripts.demo
 
 test: SYSTEM_PACKAGES_ARGS := --tests
-test: stack-start
+# flink-venv: tests/integration/test_ctr_flink.py runs the CTR job on a Flink session cluster of its
+# own (its jars are fetched and its format built into the shared cache by the test's fixture).
+test: stack-start flink-venv
 	@$(LOCAL_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install

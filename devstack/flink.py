@@ -28,7 +28,8 @@ from pathlib import Path
 import yaml
 
 from devstack import probes
-from devstack.stack import PROJECT_ROOT, Service, StackError, StackSettings, _env_int, _maven_fetch, _pom_property
+from devstack.stack import (PROJECT_ROOT, Service, StackError, StackSettings, _cache_lock, _env_int, _maven_fetch,
+                            _pom_property)
 
 FLINK_DIR = PROJECT_ROOT / "flink"
 JARS_POM = FLINK_DIR / "jars" / "pom.xml"
@@ -77,26 +78,30 @@ def connector_jars(settings: FlinkSettings) -> list[Path]:
 
 
 def format_jar(settings: FlinkSettings) -> Path:
-    """The avro-wire format, built with Maven once per version of its sources."""
+    """The avro-wire format, built with Maven once per version of its sources into the shared cache."""
     sources = sorted(p for p in (FLINK_DIR / "format").rglob("*") if p.is_file() and "target" not in p.parts)
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
-    build = settings.home / f"format-{digest}"
+    build = settings.stack.cache / f"flink-avro-wire-format-{digest}"
     jar = build / "flink-avro-wire-format.jar"
     if jar.exists():
         return jar
     mvn = shutil.which("mvn")
     if not mvn:
         raise StackError("Maven (mvn) is needed to build flink/format but is not on PATH; install it (apt-get install maven)")
-    log = settings.stack.logs / "build-flink-format.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print("  building the avro-wire format (flink/format) with Maven ...", flush=True)
-    with log.open("w") as out:
-        result = subprocess.run([mvn, "-B", "-f", str(FORMAT_POM), "package", f"-Dformat.build.dir={build}"],
-                                stdout=out, stderr=subprocess.STDOUT)
-    built = build / "flink-avro-wire-format-1.jar"
-    if result.returncode != 0 or not built.exists():
-        raise StackError(f"building flink/format with mvn failed (exit {result.returncode}); see {log}")
-    built.rename(jar)
+    with _cache_lock(build, "the avro-wire format"):
+        # Another start may have built it while this one waited for the lock.
+        if jar.exists():
+            return jar
+        log = settings.stack.logs / "build-flink-format.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print("  building the avro-wire format (flink/format) with Maven ...", flush=True)
+        with log.open("w") as out:
+            result = subprocess.run([mvn, "-B", "-f", str(FORMAT_POM), "package", f"-Dformat.build.dir={build}"],
+                                    stdout=out, stderr=subprocess.STDOUT)
+        built = build / "flink-avro-wire-format-1.jar"
+        if result.returncode != 0 or not built.exists():
+            raise StackError(f"building flink/format with mvn failed (exit {result.returncode}); see {log}")
+        built.rename(jar)
     return jar
 
 
@@ -125,6 +130,9 @@ def write_config(settings: FlinkSettings) -> Path:
         "rest.bind-address": host,
         "rest.port": settings.rest_port,
         "state.backend.type": "hashmap",
+        # A task manager that died is noticed in seconds, not Flink's default of 50 s.
+        "heartbeat.interval": 2000,
+        "heartbeat.timeout": 10000,
         "execution.checkpointing.dir": (settings.home / "checkpoints").as_uri(),
         "execution.checkpointing.savepoint-dir": (settings.home / "savepoints").as_uri(),
         # `flink run -py` plans the job with this Python, not whatever is first on PATH.
@@ -222,10 +230,12 @@ class FlinkCluster:
         return [(p.name, p.pid(), p.answers()) for p in self.processes]
 
 
-def submit(settings: FlinkSettings, job_args: list[str], savepoint: str | None = None) -> str:
+def submit(settings: FlinkSettings, job_args: list[str], savepoint: str | None = None,
+           environment: dict[str, str] | None = None) -> str:
     """Submit flink/ctr_job.py to the cluster (detached) and return the job id.
 
-    The JDBC password travels in the environment ($CTR_JDBC_PASSWORD), never on the command line.
+    The sinks' database comes from $POSTGRES_URL in the environment (``environment`` adds to
+    os.environ), never from the command line, which every process on the machine can read.
     """
     jars = job_jars(settings)
     argv = [str(settings.flink_home / "bin" / "flink"), "run", "--detached", "-m", f"{settings.stack.host}:{settings.rest_port}",
@@ -233,7 +243,8 @@ def submit(settings: FlinkSettings, job_args: list[str], savepoint: str | None =
     if savepoint:
         argv += ["--fromSavepoint", savepoint]
     argv += ["--jars", ";".join(str(j) for j in jars), *job_args]
-    env = {**os.environ, "FLINK_CONF_DIR": str(settings.conf_dir), "FLINK_LOG_DIR": str(settings.home / "log")}
+    env = {**os.environ, **(environment or {}),
+           "FLINK_CONF_DIR": str(settings.conf_dir), "FLINK_LOG_DIR": str(settings.home / "log")}
     write_config(settings)
     result = subprocess.run(argv, env=env, capture_output=True, text=True)
     output = result.stdout + result.stderr

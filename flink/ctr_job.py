@@ -11,8 +11,10 @@ plans SQL, so no Python worker runs beside the tasks. Two windows, each from a s
 Each is grouped by the grouping sets (), site_id, app_id, device_type and banner_pos, so one pass
 gives the five dimensions ('all' has value ''; a null value is '' too). A record whose window has
 already fired when it arrives goes to ``ctr_late`` (window kind, window start, records) instead:
-the filter that routes it compares with the watermark upstream of the window, which is never
-behind the window's own, so every record lands in exactly one of the two.
+one flag, ``late``, computed once per record, routes it, so every record lands in exactly one of
+the two. The flag compares with the newest time the record's Kafka partition has shown (minus the
+lateness), kept in checkpointed state (Flink restores no watermark), so a restart does not reopen
+a window that had fired.
 
 Exactly once: checkpoints, read_committed, and sinks that upsert on the window key, so a replay
 after a restart writes the same rows again instead of adding to them.
@@ -25,12 +27,33 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlencode, urlsplit
 
 log = logging.getLogger("ctr_job")
 
 DIMENSIONS = ("site_id", "app_id", "device_type", "banner_pos")
-PASSWORD_ENV = "CTR_JDBC_PASSWORD"
+POSTGRES_URL_ENV = "POSTGRES_URL"
+
+
+@dataclass(frozen=True)
+class JdbcTarget:
+    """Where the sinks write: a JDBC URL, user and password, from the stack's postgresql:// URL."""
+
+    url: str
+    user: str
+    password: str
+
+    @classmethod
+    def from_postgres_url(cls, postgres_url: str, schema: str | None = None) -> "JdbcTarget":
+        parts = urlsplit(postgres_url)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.username:
+            raise SystemExit(f"${POSTGRES_URL_ENV} is not a postgresql://user:password@host:port/database URL")
+        # The JDBC driver sets the search_path from currentSchema, so the table names stay plain.
+        query = f"?{urlencode({'currentSchema': schema})}" if schema else ""
+        return cls(f"jdbc:postgresql://{parts.hostname}:{parts.port or 5432}{parts.path}{query}",
+                   unquote(parts.username), unquote(parts.password or ""))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -41,8 +64,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source.add_argument("--registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL"),
                         help="Confluent-API registry the writer schemas are looked up in by id")
     source.add_argument("--writer-schema-file", help="an .avsc to decode every record with, instead of a registry")
-    parser.add_argument("--jdbc-url", default=os.environ.get("CTR_JDBC_URL", "jdbc:postgresql://127.0.0.1:5432/ctr"))
-    parser.add_argument("--jdbc-user", default=os.environ.get("CTR_JDBC_USER", "ctr"))
+    parser.add_argument("--schema", help="the PostgreSQL schema of the tables (default: the role's search_path)")
     parser.add_argument("--group-id", default="ctr-flink",
                         help="the sources commit their offsets as <group-id>.hourly and <group-id>.minute")
     parser.add_argument("--startup-mode", default="group-offsets",
@@ -109,17 +131,19 @@ CREATE TEMPORARY TABLE {name} (
   device_type INT,
   banner_pos INT,
   {extra_columns},
+  kafka_partition INT METADATA FROM 'partition' VIRTUAL,
+  read_at AS PROCTIME(),
   WATERMARK FOR {watermark}
 ) {_with(options)}"""
 
 
-def sink_ddl(name: str, columns: str, key: str, args: argparse.Namespace, password: str) -> str:
+def sink_ddl(name: str, columns: str, key: str, target: JdbcTarget) -> str:
     options = {
         "connector": "jdbc",
-        "url": args.jdbc_url,
+        "url": target.url,
         "table-name": name,
-        "username": args.jdbc_user,
-        "password": password,
+        "username": target.user,
+        "password": target.password,
         # Rows are flushed at every checkpoint anyway; these bound what waits in between.
         "sink.buffer-flush.max-rows": "5000",
         "sink.buffer-flush.interval": "2s",
@@ -135,34 +159,52 @@ def _dimension_columns() -> str:
     return f"CASE {dimension} ELSE 'all' END AS dimension, CASE {value} ELSE '' END AS `value`"
 
 
-def window_insert(sink: str, source: str, time_column: str, size: str, late_filter: str) -> str:
+def window_insert(sink: str, source: str, time_column: str, size: str) -> str:
     grouping = ", ".join(["()", *(f"({d})" for d in DIMENSIONS)])
     return f"""
 INSERT INTO {sink}_sink
 SELECT CAST(window_start AS TIMESTAMP(3)), {_dimension_columns()},
        COUNT(*) AS impressions, SUM(CAST(click AS BIGINT)) AS clicks
 FROM TABLE(TUMBLE(
-  (SELECT * FROM {source} WHERE NOT ({late_filter})), DESCRIPTOR({time_column}), {size}))
+  (SELECT * FROM {source}_checked WHERE NOT late), DESCRIPTOR({time_column}), {size}))
 GROUP BY window_start, window_end, GROUPING SETS ({grouping})"""
 
 
-def late_filter(time_column: str, unit: str) -> str:
-    """True for a record whose window had fired: its last millisecond is at or behind the watermark
-    (the window operator's own test). CURRENT_WATERMARK is NULL before the first watermark."""
-    window_end = f"TIMESTAMPADD({unit}, 1, FLOOR({time_column} TO {unit}))"
-    return (f"CURRENT_WATERMARK({time_column}) IS NOT NULL AND "
-            f"{window_end} - INTERVAL '0.001' SECOND <= CURRENT_WATERMARK({time_column})")
+def checked_view(source: str, time_column: str, unit: str, lateness: str) -> str:
+    """The source's records with ``late``: true for a record whose window has fired, or would have
+    if the watermark followed its Kafka partition alone.
+
+    A window has fired once its last millisecond is at or behind the watermark (the window
+    operator's own test). Two clocks are compared with, both never behind the window operator's:
+
+    - the newest time the record's partition has shown, minus the lateness: the watermark of that
+      partition alone, kept in keyed state that checkpoints and savepoints hold. Flink restores no
+      watermark, so without it a record of a window that fired before a restart would open that
+      window again and its partial count overwrite the final row. Each partition is read in
+      order, so this clock takes the same values when a restart replays it;
+    - CURRENT_WATERMARK, the source's own, for a partition that comes back after being idle
+      while the others went on (NULL before the first watermark).
+    """
+    last_ms = f"TIMESTAMPADD({unit}, 1, FLOOR({time_column} TO {unit})) - INTERVAL '0.001' SECOND"
+    return f"""
+CREATE TEMPORARY VIEW {source}_checked AS
+SELECT *, ({last_ms} <= partition_watermark OR {last_ms} <= source_watermark) IS TRUE AS late
+FROM (
+  SELECT *, MAX({time_column}) OVER (
+      PARTITION BY kafka_partition ORDER BY read_at ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+    ) - {lateness} AS partition_watermark
+  FROM (SELECT *, CURRENT_WATERMARK({time_column}) AS source_watermark FROM {source}))"""
 
 
 def late_insert(kind: str, source: str, time_column: str, unit: str) -> str:
     return f"""
 INSERT INTO ctr_late_sink
 SELECT '{kind}', CAST(FLOOR({time_column} TO {unit}) AS TIMESTAMP(3)) AS window_start, COUNT(*) AS records
-FROM {source} WHERE {late_filter(time_column, unit)}
+FROM {source}_checked WHERE late
 GROUP BY FLOOR({time_column} TO {unit})"""
 
 
-def statements(args: argparse.Namespace, password: str) -> tuple[list[str], list[str]]:
+def statements(args: argparse.Namespace, target: JdbcTarget) -> tuple[list[str], list[str]]:
     """(DDL, INSERTs) of the job."""
     counts = "impressions BIGINT, clicks BIGINT"
     ddl = [
@@ -173,17 +215,17 @@ def statements(args: argparse.Namespace, password: str) -> tuple[list[str], list
                    f"arrival AS arrival - {_interval(args.minute_lateness)}",
                    "arrival TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL"),
         sink_ddl("ctr_hourly", f"`hour` TIMESTAMP(3), dimension STRING, `value` STRING, {counts}",
-                 "`hour`, dimension, `value`", args, password),
+                 "`hour`, dimension, `value`", target),
         sink_ddl("ctr_minute", f"`minute` TIMESTAMP(3), dimension STRING, `value` STRING, {counts}",
-                 "`minute`, dimension, `value`", args, password),
+                 "`minute`, dimension, `value`", target),
         sink_ddl("ctr_late", "window_kind STRING, window_start TIMESTAMP(3), records BIGINT",
-                 "window_kind, window_start", args, password),
+                 "window_kind, window_start", target),
     ]
+    ddl += [checked_view("events_by_hour", "event_time", "HOUR", _interval(args.hour_lateness)),
+            checked_view("events_by_arrival", "arrival", "MINUTE", _interval(args.minute_lateness))]
     inserts = [
-        window_insert("ctr_hourly", "events_by_hour", "event_time", "INTERVAL '1' HOUR",
-                      late_filter("event_time", "HOUR")),
-        window_insert("ctr_minute", "events_by_arrival", "arrival", "INTERVAL '1' MINUTE",
-                      late_filter("arrival", "MINUTE")),
+        window_insert("ctr_hourly", "events_by_hour", "event_time", "INTERVAL '1' HOUR"),
+        window_insert("ctr_minute", "events_by_arrival", "arrival", "INTERVAL '1' MINUTE"),
         late_insert("hour", "events_by_hour", "event_time", "HOUR"),
         late_insert("minute", "events_by_arrival", "arrival", "MINUTE"),
     ]
@@ -195,9 +237,9 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if not (args.registry_url or args.writer_schema_file):
         raise SystemExit("give --registry-url (or SCHEMA_REGISTRY_URL) or --writer-schema-file")
-    password = os.environ.get(PASSWORD_ENV)
-    if password is None:
-        raise SystemExit(f"the JDBC password is read from ${PASSWORD_ENV}, which is not set")
+    if not os.environ.get(POSTGRES_URL_ENV):
+        raise SystemExit(f"the sinks' database is read from ${POSTGRES_URL_ENV}, which is not set (. scripts/local-env.sh)")
+    target = JdbcTarget.from_postgres_url(os.environ[POSTGRES_URL_ENV], args.schema)
 
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
@@ -218,11 +260,11 @@ def main(argv: list[str]) -> None:
         settings["pipeline.jars"] = ";".join(Path(j).resolve().as_uri() for j in args.jars.split(";") if j)
     for key, value in settings.items():
         config.set(key, value)
-    log.info("CTR job %s on topic %s at %s -> %s as %s (password from $%s), checkpoints every %s",
-             args.name, args.topic, args.bootstrap_servers, args.jdbc_url, args.jdbc_user, PASSWORD_ENV,
+    log.info("CTR job %s on topic %s at %s -> %s as %s (from $%s), checkpoints every %s",
+             args.name, args.topic, args.bootstrap_servers, target.url, target.user, POSTGRES_URL_ENV,
              args.checkpoint_interval)
 
-    ddl, inserts = statements(args, password)
+    ddl, inserts = statements(args, target)
     for statement in ddl:
         env.execute_sql(statement)
     job = env.create_statement_set()

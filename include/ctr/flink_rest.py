@@ -1,6 +1,6 @@
 """Flink's REST API, the part the CTR job is watched and stopped through (no PyFlink import).
 
-Airflow's tasks and the proof script use it: which jobs run, stop one with a savepoint (so the
+Airflow's tasks and the CTR job's integration test use it: which jobs run, stop one with a savepoint (so the
 next start resumes exactly where it stopped), and how far its sources have read.
 """
 
@@ -49,6 +49,9 @@ class JobMetrics:
     sources: tuple[SourceProgress, ...]
     completed_checkpoints: int
     last_checkpoint: str | None
+    # The checkpoint or savepoint the job's current run restored (None for a fresh start): it
+    # changes when the job recovers from a failure.
+    restored_checkpoint: int | None = None
 
     @property
     def records_in(self) -> int:
@@ -134,6 +137,7 @@ class FlinkRestClient:
                 watermark_ms=None if watermark is None or watermark <= _NO_WATERMARK else int(watermark),
             ))
         checkpoints = self._call(f"/jobs/{job_id}/checkpoints")
-        latest = (checkpoints.get("latest") or {}).get("completed") or {}
+        latest = checkpoints.get("latest") or {}
         return JobMetrics(job_id, job["state"], tuple(sources), checkpoints["counts"]["completed"],
-                          latest.get("external_path"))
+                          (latest.get("completed") or {}).get("external_path"),
+                          (latest.get("restored") or {}).get("id"))
