@@ -63,15 +63,15 @@ def _fill_dlq(rows: int, fault_rate: float, workdir: Path, run: str) -> tuple[di
     admin, registry = AdminClient(_kafka_config()), _registry()
     ingest = IngestTopics(f"bench_dlq_raw_{run}", f"bench_dlq_dlq_{run}", f"bench_dlq_ckpt_{run}")
     provision_ingest_topics(admin, registry, ingest)
-    copies = {"ad_events_retry": f"bench_dlq_retry1_{run}", "ad_events_retry_2": f"bench_dlq_retry2_{run}",
-              "ad_events_retry_3": f"bench_dlq_retry3_{run}", "ad_events_parked": f"bench_dlq_parked_{run}"}
+    copies = {"dlq_retry_1": f"bench_dlq_retry1_{run}", "dlq_retry_2": f"bench_dlq_retry2_{run}",
+              "dlq_retry_3": f"bench_dlq_retry3_{run}", "dlq_parked": f"bench_dlq_parked_{run}"}
     provision_sandbox(admin, registry, copies)
     config = load_ingest_config().with_topics(ingest)
     result = HourlyIngestor(find_partition(str(workdir / "staging"), 14102100), config=config,
                             kafka_config=_kafka_config(), registry=registry).run()
-    topics = {"dlq": ingest.dlq, "repaired": ingest.raw, "parked": copies["ad_events_parked"],
-              "retry1": copies["ad_events_retry"], "retry2": copies["ad_events_retry_2"],
-              "retry3": copies["ad_events_retry_3"]}
+    topics = {"dlq": ingest.dlq, "repaired": ingest.raw, "parked": copies["dlq_parked"],
+              "retry1": copies["dlq_retry_1"], "retry2": copies["dlq_retry_2"],
+              "retry3": copies["dlq_retry_3"]}
     return topics, result.rows_dead_lettered, truth
 
 
@@ -142,6 +142,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from include.dlq.config import load_dlq_config
     from include.dlq.reprocessor import DlqReprocessor
+    from include.kafka_admin.catalog import topic_for
 
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory(prefix="bench-dlq-") as tmp:
@@ -155,7 +156,7 @@ def main() -> None:
         print(f"{dead:,} dead letters ({len(truth.repairs):,} repairable) from {args.rows:,} generated rows")
 
         config = dataclasses.replace(load_dlq_config(), archive_uri=str(workdir / "archive"))
-        spec = config.dlq("ad_events_error").sandboxed(topics, group_id=f"bench-dlq-{run}")
+        spec = config.dlq(topic_for("dlq")).sandboxed(topics, group_id=f"bench-dlq-{run}")
         ours = DlqReprocessor(spec, config, kafka_config=_kafka_config(), registry=_registry()).run()
         seed = _run_seed(seed_dlq, seed_retry, dead)
     assert ours.consumed == dead and seed["processed"] == dead, (ours.consumed, seed["processed"], dead)

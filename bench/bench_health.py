@@ -67,7 +67,7 @@ def main() -> None:
                        registry=registry).run()
     health = load_health_config().replace(state_uri=str(work / "state.json"), report_uri=str(work / "reports"))
     inputs = HealthInputs(config=health, kafka_config=kafka, registry=registry, ingest=config,
-                          catalog=sandbox_catalog({"ad_events_raw": topics.raw}))
+                          catalog=sandbox_catalog({"raw": topics.raw}))
 
     began = time.monotonic()
     outcome = check_reconciliation(inputs)

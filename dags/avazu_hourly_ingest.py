@@ -10,7 +10,7 @@ resolve_hour -> stage_source -> wait_for_partition -> ingest_hour
 * stage_source splits the source into hour partitions once; later runs find it staged (a no-op).
 * wait_for_partition waits (reschedule mode, bounded) for the hour and, on timeout, fails naming
   the hour and the path it looked at.
-* ingest_hour writes the hour's rows to ad_events_raw and its bad rows to ad_events_error in
+* ingest_hour writes the hour's rows to the raw topic and its bad rows to the DLQ topic in
   chunks, one transaction per chunk with the hour's checkpoint; a retry resumes after the last
   committed chunk and a finished hour writes nothing again unless ``reingest`` is set. Each
   successful run updates the ``avazu_ingested_hours`` asset, which starts a pipeline_health run.
@@ -44,7 +44,7 @@ DEFAULT_ARGS = {
 }
 @dag(
     dag_id="avazu_hourly_ingest",
-    description="Ingest one Avazu hour per run into ad_events_raw / ad_events_error, exactly once",
+    description="Ingest one Avazu hour per run into the raw topic and its DLQ, exactly once",
     # Airflow 3's @hourly triggers at each hour with the run's logical date on it; the run
     # ingests the hour its logical date falls in (manual, scheduled and backfill runs alike).
     schedule="@hourly",
@@ -62,9 +62,9 @@ DEFAULT_ARGS = {
         "source_uri": Param(None, type=["null", "string"], description="Avazu CSV to stage; empty: the config's."),
         "staging_uri": Param(None, type=["null", "string"], description="Partition folder or s3:// prefix; empty: the config's."),
         "chunk_rows": Param(None, type=["null", "integer"], minimum=1, description="Rows per chunk (one transaction each)."),
-        "raw_topic": Param(None, type=["null", "string"], description="Topic for good rows; empty: the config's."),
-        "dlq_topic": Param(None, type=["null", "string"], description="Topic for dead letters; empty: the config's."),
-        "checkpoint_topic": Param(None, type=["null", "string"], description="Checkpoint topic; empty: the config's."),
+        "raw_topic": Param(None, type=["null", "string"], description="Topic for good rows; empty: topics.yaml's role raw."),
+        "dlq_topic": Param(None, type=["null", "string"], description="Topic for dead letters; empty: topics.yaml's role dlq."),
+        "checkpoint_topic": Param(None, type=["null", "string"], description="Checkpoint topic; empty: topics.yaml's role checkpoints."),
         "partition_wait_s": Param(None, type=["null", "number"], minimum=0,
                                   description="How long to wait for the hour's partition; empty: the config's."),
         "reingest": Param(False, type="boolean",

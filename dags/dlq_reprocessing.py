@@ -1,6 +1,6 @@
 """dlq_reprocessing: repair, retry or park every declared DLQ's dead letters, exactly once.
 
-declared_dlqs -> reprocess[ad_events_error, analytics-dlq]
+declared_dlqs -> reprocess[one mapped task per DLQ of include/config/dlq.yaml]
 
 * Scheduled both every 30 minutes and whenever records arrive on a DLQ topic: the
   ``dead_letters`` asset's watcher (a shared Kafka consumer in the triggerer, connection
@@ -8,11 +8,11 @@ declared_dlqs -> reprocess[ad_events_error, analytics-dlq]
   reads is decided by the reprocessor's own consumer group, so a missed or doubled event changes
   nothing. ``max_active_runs=1``: one reprocessor per DLQ at a time.
 * Each DLQ of include/config/dlq.yaml is one mapped task: dead letters are classified by reason,
-  repaired back into ad_events_raw (re-validated by the row contract), retried with backoff through
-  ad_events_retry, ad_events_retry_2 and ad_events_retry_3, or parked (ad_events_parked,
-  analytics-parked) and archived as Avro files (``archive_uri``). Outcomes and consumed offsets
-  commit in one transaction; every run checks consumed = repaired + retried + parked and logs its
-  table by reason and outcome.
+  repaired back into the raw topic (re-validated by the row contract), retried with backoff through
+  the retry topics, or parked (the DLQ's parked topic) and archived as Avro files
+  (``archive_uri``); dlq.yaml names these topics by their roles in include/config/topics.yaml.
+  Outcomes and consumed offsets commit in one transaction; every run checks consumed = repaired +
+  retried + parked and logs its table by reason and outcome.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from kafka_pipeline.failures import fails_cleanly
 from kafka_pipeline.operators.dlq import ReprocessDlqOperator
 from kafka_pipeline.triggers import DLQ_WATCH_CONN_ID, DeadLettersArrived
 
-# The declared DLQ topics (include/config/dlq.yaml; a DAG test keeps the two equal: a DAG file
-# reads no files when it is parsed). A deployment on other topics names them in AVAZU_DLQ_TOPICS.
-DLQ_TOPICS = os.environ.get("AVAZU_DLQ_TOPICS", "ad_events_error,analytics-dlq").split(",")
+# Empty: the trigger watches every DLQ of include/config/dlq.yaml, looked up in the triggerer (a DAG
+# file reads no files when it is parsed). A deployment on other topics names them in AVAZU_DLQ_TOPICS.
+DLQ_TOPICS = [topic for topic in os.environ.get("AVAZU_DLQ_TOPICS", "").split(",") if topic]
 DEAD_LETTERS = Asset(
     name="dead_letters",
-    uri="kafka://dlq-topics/ad_events_error",
+    uri="kafka://dlq-topics/declared",
     watchers=[AssetWatcher(name="dead_letters_arrived",
                            trigger=DeadLettersArrived(topics=DLQ_TOPICS, kafka_config_id=DLQ_WATCH_CONN_ID))],
 )

@@ -17,10 +17,13 @@ import pendulum
 from airflow.sdk import Param, dag, task
 from kafka_pipeline.failures import fails_cleanly
 from _stream_pipelines import (
+    STREAM_MACROS,
+    STREAM_TOPICS,
     analytics_processor,
     publish_words,
     simulate_purchase_events,
     simulate_web_events,
+    stream_topic,
     stream_topic_params,
     uppercase_processor,
 )
@@ -38,6 +41,7 @@ DEFAULT_ARGS = {"owner": "stream-processing", "retries": 1, "retry_delay": pendu
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     default_args=DEFAULT_ARGS,
+    user_defined_macros=STREAM_MACROS,
     tags=["streaming", "kafka", "e2e", "seed-003", "seed-004"],
     params={
         **stream_topic_params(),
@@ -69,9 +73,7 @@ def stream_pipelines_e2e():
 
         from include.streaming.topics import ensure_topics
 
-        names = [params[name] for name in ("web_events_topic", "purchase_events_topic",
-                                           "analytics_events_topic", "analytics_dlq_topic",
-                                           "input_topic", "output_topic")]
+        names = [stream_topic(params, name) for name in STREAM_TOPICS]
         return ensure_topics(KafkaClusterHook().admin(), names, partitions=params["partitions"])
 
     analytics = analytics_processor("{{ params.group_prefix }}-analytics",
@@ -95,7 +97,7 @@ def stream_pipelines_e2e():
                                   **READER_SETTINGS)
         try:
             decoder = AvroDecoder(schema_fetcher(registry))
-            report = read_analytics_report(consumer, params["analytics_events_topic"],
+            report = read_analytics_report(consumer, stream_topic(params, "analytics_events_topic"),
                                            decoder.decode).as_dict()
         finally:
             consumer.close()
@@ -112,7 +114,7 @@ def stream_pipelines_e2e():
         consumer = KafkaClusterHook().consumer(f"{params['group_prefix']}-words-report",
                                                **READER_SETTINGS)
         try:
-            report = read_words_report(consumer, params["output_topic"]).as_dict()
+            report = read_words_report(consumer, stream_topic(params, "output_topic")).as_dict()
         finally:
             consumer.close()
         return {**report, "check": check_words_run(report, params["words"])}

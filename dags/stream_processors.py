@@ -1,7 +1,7 @@
 """stream_processors: the seed 004 and seed 003 stream processors, always on.
 
-    web-events + purchase-events -> analytics_processor -> analytics-events   (failures: analytics-dlq)
-    input-topic                  -> uppercase_processor -> output-topic
+    web events + purchase events -> analytics_processor -> analytics events   (failures: analytics DLQ)
+    words                        -> uppercase_processor -> upper-cased words
 
 ``schedule="@continuous"`` with ``max_active_runs=1`` is how Airflow keeps them running: a run's
 tasks stop after ``max_runtime`` seconds (or when the task is stopped from the UI: the batch in hand
@@ -16,7 +16,7 @@ import os
 
 import pendulum
 from airflow.sdk import Param, dag
-from _stream_pipelines import STREAM_SUFFIX, analytics_processor, stream_topic_params, uppercase_processor
+from _stream_pipelines import STREAM_MACROS, STREAM_SUFFIX, analytics_processor, stream_topic_params, uppercase_processor
 
 
 DEFAULT_ARGS = {
@@ -36,6 +36,7 @@ DEFAULT_ARGS = {
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     default_args=DEFAULT_ARGS,
+    user_defined_macros=STREAM_MACROS,
     tags=["streaming", "kafka", "always-on", "seed-003", "seed-004"],
     params={
         **stream_topic_params(),

@@ -1,8 +1,8 @@
 """stream_simulators: feed the stream pipelines (seed 004's two producers, seed 003's words).
 
-    simulate_web_events       -> web-events        (some events miss a field)
-    simulate_purchase_events  -> purchase-events   (some are broken JSON or mistyped)
-    publish_words             -> input-topic       (the seed's five words, or the given ones)
+    simulate_web_events       -> web events        (some events miss a field)
+    simulate_purchase_events  -> purchase events   (some are broken JSON or mistyped)
+    publish_words             -> words             (the seed's five words, or the given ones)
 
 Bounded runs, triggered by hand: ``count`` events at ``rate`` events/s from a seeded generator (the
 same seed gives the same events). Each task returns what it sent, naming every bad event.
@@ -46,7 +46,7 @@ DEFAULT_ARGS = {"owner": "stream-processing", "retries": 1, "retry_delay": pendu
         "seed": Param(0, type="integer",
                       description="Random seed: the same seed gives the same events."),
         "words": Param(list(SEED_WORDS), type="array",
-                       description="The words for input-topic (seed 003)."),
+                       description="The words for the words topic (seed 003)."),
     },
     doc_md=__doc__,
 )

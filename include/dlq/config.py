@@ -11,6 +11,7 @@ from typing import Any
 
 from include.dlq.repairs import REPAIRS
 from include.errors import PermanentError
+from include.kafka_admin.catalog import DeclarationError, TopicCatalog, declared_catalog
 from include.paths import CONFIG_DIR, settings_file
 from include.settings import Checks, read_yaml_file
 
@@ -164,34 +165,45 @@ def _rule(where: str, raw: Any, format: DlqFormat, has_retry: bool) -> Rule:
                 _CHECK.text(f"{where}: stage", stage) if stage is not None else None, repairs)
 
 
-def _dlq(where: str, raw: Any) -> DlqSpec:
+def _dlq(where: str, raw: Any, catalog: TopicCatalog) -> DlqSpec:
     raw = _CHECK.mapping(where, raw, _DLQ_KEYS)
-    _CHECK.required(where, raw, ("name", "topic", "format", "parked_topic"))
-    name = _CHECK.text(f"{where}: name", raw["name"])
+    _CHECK.required(where, raw, ("topic", "format", "parked_topic"))
+
+    def topic(key: str, role: Any) -> str:
+        """The declared name of the topic ``role`` (the settings name topics by role)."""
+        try:
+            return catalog.topic_for(_CHECK.text(f"{where}: {key}", role))
+        except DeclarationError as error:
+            raise DlqConfigError(f"{where}: {key}: {error}") from None
+
+    dlq_topic = topic("topic", raw["topic"])
+    # A DLQ is called by its topic's name unless it says otherwise (its group id derives from it).
+    name = _CHECK.text(f"{where}: name", raw.get("name", dlq_topic))
     where = f"{where.rsplit(':', 1)[0]}: dlq {name}"
     format = DlqFormat(_CHECK.choice(f"{where}: format", raw["format"], [f.value for f in DlqFormat]))
-    retry_topics = tuple(_CHECK.text(f"{where}: retry_topics", t) for t in raw.get("retry_topics") or ())
+    retry_topics = tuple(topic("retry_topics", t) for t in raw.get("retry_topics") or ())
     rules = tuple(_rule(f"{where}: rule #{i + 1}", r, format, bool(retry_topics)) for i, r in enumerate(raw.get("rules") or ()))
-    repaired = raw.get("repaired_topic")
+    repaired = topic("repaired_topic", raw["repaired_topic"]) if raw.get("repaired_topic") else None
     if any(rule.action is Action.REPAIR for rule in rules) and not repaired:
         raise DlqConfigError(f"{where}: repair rules need a repaired_topic")
-    topics = [raw["topic"], raw["parked_topic"], *retry_topics, *([repaired] if repaired else [])]
+    parked = topic("parked_topic", raw["parked_topic"])
+    topics = [dlq_topic, parked, *retry_topics, *([repaired] if repaired else [])]
     if len(set(topics)) != len(topics):
         raise DlqConfigError(f"{where}: the DLQ, repaired, retry and parked topics must all differ")
     return DlqSpec(
         name=name,
-        topic=_CHECK.text(f"{where}: topic", raw["topic"]),
+        topic=dlq_topic,
         format=format,
-        parked_topic=_CHECK.text(f"{where}: parked_topic", raw["parked_topic"]),
-        repaired_topic=_CHECK.text(f"{where}: repaired_topic", repaired) if repaired else None,
+        parked_topic=parked,
+        repaired_topic=repaired,
         retry_topics=retry_topics,
         rules=rules,
         group_id=_CHECK.text(f"{where}: group_id", raw.get("group_id") or f"dlq-reprocessing.{name}"),
     )
 
 
-def parse_dlq_config(document: Any, source: str) -> DlqConfig:
-    """Check a parsed YAML document and turn it into a :class:`DlqConfig`."""
+def parse_dlq_config(document: Any, source: str, catalog: TopicCatalog | None = None) -> DlqConfig:
+    """Check a parsed YAML document and turn it into a :class:`DlqConfig`, its topic roles into ``catalog``'s names."""
     top = _CHECK.mapping(source, document, _TOP_KEYS)
     _CHECK.required(source, top, ("dlqs",))
     retry = _CHECK.mapping(f"{source}: retry", top.get("retry"), _RETRY_KEYS)
@@ -209,7 +221,8 @@ def parse_dlq_config(document: Any, source: str) -> DlqConfig:
     raw_dlqs = top["dlqs"]
     if not isinstance(raw_dlqs, list) or not raw_dlqs:
         raise DlqConfigError(f"{source}: dlqs must be a non-empty list")
-    dlqs = tuple(_dlq(f"{source}: dlqs #{i + 1}", raw) for i, raw in enumerate(raw_dlqs))
+    catalog = catalog or declared_catalog()
+    dlqs = tuple(_dlq(f"{source}: dlqs #{i + 1}", raw, catalog) for i, raw in enumerate(raw_dlqs))
     names = [spec.name for spec in dlqs]
     if len(set(names)) != len(names):
         raise DlqConfigError(f"{source}: two DLQs have the same name")

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from include.encoding.batch import RowCodec
 from include.errors import PermanentError
 from include.ingest.hours import Mode
+from include.kafka_admin.catalog import DeclarationError, TopicCatalog, declared_catalog
 from include.paths import CONFIG_DIR, settings_file
 from include.settings import Checks, read_yaml_file
 
@@ -31,11 +32,10 @@ RESERVED_PRODUCER_SETTINGS = frozenset({
 # A chunk is held in memory and committed as one transaction; keep both bounded.
 MAX_CHUNK_ROWS = 2_000_000
 
-_TOP_KEYS = {"source_uri", "staging_uri", "stage_before_ingest", "mode", "replay", "chunk_rows", "topics",
+_TOP_KEYS = {"source_uri", "staging_uri", "stage_before_ingest", "mode", "replay", "chunk_rows",
              "partition_wait", "progress_every_s", "transaction", "producer", "row_codec", "generate_if_missing"}
 _GENERATE_KEYS = {"rows", "seed", "fault_rate"}
 _REPLAY_KEYS = {"offset_hours", "wrap"}
-_TOPIC_KEYS = {"raw", "dlq", "checkpoints"}
 _WAIT_KEYS = {"timeout_s", "poke_interval_s"}
 _TRANSACTION_KEYS = {"timeout_ms", "max_chunk_attempts"}
 # DAG params that override config values, and the config field each one sets.
@@ -57,13 +57,20 @@ class IngestConfigError(PermanentError, ValueError):
 
 @dataclass(frozen=True)
 class IngestTopics:
-    """Where the rows, the dead letters and the checkpoints go (the declared topics by default)."""
+    """Where the rows, the dead letters and the checkpoints go; the fields are the topics' catalog roles."""
 
-    raw: str = "ad_events_raw"
-    dlq: str = "ad_events_error"
-    checkpoints: str = "ingest_checkpoints"
+    raw: str
+    dlq: str
+    checkpoints: str
+
+    @classmethod
+    def declared(cls, catalog: TopicCatalog | None = None) -> IngestTopics:
+        """The topics include/config/topics.yaml declares for these roles."""
+        catalog = catalog or declared_catalog()
+        return cls(**{role.name: catalog.topic_for(role.name) for role in dataclasses.fields(cls)})
 
     def as_dict(self) -> dict[str, str]:
+        """``{role: name}``, as :func:`include.kafka_admin.sandbox.provision_sandbox` takes copies."""
         return dataclasses.asdict(self)
 
 
@@ -191,12 +198,17 @@ def _checked(config: IngestConfig) -> IngestConfig:
     )
 
 
-def parse_ingest_config(document: Any, source: str) -> IngestConfig:
-    """Check a parsed YAML document and turn it into an :class:`IngestConfig`."""
+def parse_ingest_config(document: Any, source: str, catalog: TopicCatalog | None = None) -> IngestConfig:
+    """Check a parsed YAML document and turn it into an :class:`IngestConfig` writing to ``catalog``'s topics."""
+    if isinstance(document, dict) and "topics" in document:
+        raise IngestConfigError(f"{source}: topics: the ingestion writes to the topics with roles raw, dlq and "
+                                "checkpoints in include/config/topics.yaml; remove this key")
     top = _CHECK.mapping(source, document, _TOP_KEYS)
-    _CHECK.required(source, top, ("source_uri", "staging_uri", "topics"))
-    topics = _CHECK.mapping(f"{source}: topics", top["topics"], _TOPIC_KEYS)
-    _CHECK.required(f"{source}: topics", topics, sorted(_TOPIC_KEYS))
+    _CHECK.required(source, top, ("source_uri", "staging_uri"))
+    try:
+        topics = IngestTopics.declared(catalog)
+    except DeclarationError as error:
+        raise IngestConfigError(f"{source}: {error}") from None
     replay = _CHECK.mapping(f"{source}: replay", top.get("replay"), _REPLAY_KEYS)
     wait = _CHECK.mapping(f"{source}: partition_wait", top.get("partition_wait"), _WAIT_KEYS)
     transaction = _CHECK.mapping(f"{source}: transaction", top.get("transaction"), _TRANSACTION_KEYS)
@@ -216,9 +228,9 @@ def parse_ingest_config(document: Any, source: str) -> IngestConfig:
     return _checked(IngestConfig(
         source_uri=top["source_uri"],
         staging_uri=top["staging_uri"],
-        raw_topic=topics["raw"],
-        dlq_topic=topics["dlq"],
-        checkpoint_topic=topics["checkpoints"],
+        raw_topic=topics.raw,
+        dlq_topic=topics.dlq,
+        checkpoint_topic=topics.checkpoints,
         stage_before_ingest=top.get("stage_before_ingest", defaults.stage_before_ingest),
         mode=top.get("mode", defaults.mode.value),
         replay=ReplaySettings(replay.get("offset_hours", 0), replay.get("wrap", True)),

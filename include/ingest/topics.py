@@ -18,10 +18,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from include.ingest.config import IngestTopics
 from include.kafka_admin.sandbox import provision_sandbox
 
-# The declared topics whose layout a sandbox copies.
-DECLARED = IngestTopics().as_dict()
-
 
 def provision_ingest_topics(admin: AdminClient, registry: SchemaRegistryClient, topics: IngestTopics) -> dict[str, Any]:
     """Create ``topics`` (when missing) and register their schemas, as kafka_provisioning would."""
-    return provision_sandbox(admin, registry, {DECLARED[role]: getattr(topics, role) for role in DECLARED})
+    return provision_sandbox(admin, registry, topics.as_dict())

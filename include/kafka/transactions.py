@@ -247,6 +247,11 @@ class TransactionalProducer:
                 if error is None:
                     raise
                 kind = classify(error)
+                if kind is ErrorKind.RETRIABLE:
+                    # A call that timed out with brokers down would time out again: say why now.
+                    shortage = self.replica_shortage()
+                    if shortage is not None:
+                        raise shortage from None
                 if kind is ErrorKind.RETRIABLE and attempt < attempts:
                     log.warning("%s: %s failed (attempt %d of %d), trying again: %s", self.label, action, attempt,
                                 attempts, error)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +41,12 @@ TEXT_CONFIGS = {"follower.replication.throttled.replicas", "leader.replication.t
 COMPATIBILITY_LEVELS = {"BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
                         "FULL", "FULL_TRANSITIVE", "NONE"}
 
-TOPIC_KEYS = {"name", "description", "partitions", "replication_factor", "configs",
+TOPIC_KEYS = {"name", "role", "description", "partitions", "replication_factor", "configs",
               "value_schema", "key_schema", "compatibility"}
 DEFAULT_KEYS = {"replication_factor", "configs", "compatibility"}
 FILE_KEYS = {"defaults", "topics"}
+# A role is how code and the other settings files name a topic; it stays when the name changes.
+_ROLE = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class DeclarationError(PermanentError, ValueError):
@@ -57,6 +61,7 @@ class TopicSpec:
     """One declared topic, with the defaults already applied."""
 
     name: str
+    role: str
     description: str
     partitions: int
     replication_factor: int
@@ -88,6 +93,22 @@ class TopicCatalog:
 
     def names(self) -> list[str]:
         return [t.name for t in self.topics]
+
+    def spec_for(self, role: str) -> TopicSpec:
+        """The topic declared with ``role``; one sentence naming the file when there is none."""
+        for topic in self.topics:
+            if topic.role == role:
+                return topic
+        roles = [t.role for t in self.topics]
+        named = [t.role for t in self.topics if t.name == role]
+        hint = (f" ({role!r} is the name of role {named[0]!r}: name topics by role)" if named
+                else did_you_mean(role, roles))
+        raise DeclarationError(f"{self.source} declares no topic with role {role!r}{hint}; "
+                               f"roles: {', '.join(roles)}")
+
+    def topic_for(self, role: str) -> str:
+        """The name of the topic declared with ``role`` (how code refers to a topic)."""
+        return self.spec_for(role).name
 
 
 def _config_value(where: str, name: str, value: Any) -> str:
@@ -138,6 +159,12 @@ def parse_catalog(document: Any, source: Path, schemas_dir: Path = SCHEMAS_DIR) 
         _CHECK.mapping(where, raw, TOPIC_KEYS)
         if name in {t.name for t in topics}:
             raise DeclarationError(f"{where}: declared twice")
+        role = raw.get("role")
+        if not isinstance(role, str) or not _ROLE.fullmatch(role):
+            raise DeclarationError(f"{where}: role must be a lower-case identifier (what code calls the topic), "
+                                   f"not {role!r}")
+        if role in {t.role for t in topics}:
+            raise DeclarationError(f"{where}: role {role!r} is already topic {next(t.name for t in topics if t.role == role)}'s")
         if "partitions" not in raw:
             raise DeclarationError(f"{where}: partitions is missing")
         configs = dict(default_configs)
@@ -148,6 +175,7 @@ def parse_catalog(document: Any, source: Path, schemas_dir: Path = SCHEMAS_DIR) 
                                       sorted(COMPATIBILITY_LEVELS))
         topics.append(TopicSpec(
             name=name,
+            role=role,
             description=str(raw.get("description", "")),
             partitions=_CHECK.whole(f"{where}: partitions", raw["partitions"], 1),
             replication_factor=_CHECK.whole(f"{where}: replication_factor",
@@ -165,3 +193,18 @@ def load_catalog(path: str | Path | None = None, schemas_dir: Path = SCHEMAS_DIR
     path = Path(path) if path is not None else settings_file(DEFAULT_DECLARATIONS.name)
     document = read_yaml_file(path, DeclarationError, "declarations file")
     return parse_catalog(document, path, schemas_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _declared(path: Path) -> TopicCatalog:
+    return load_catalog(path)
+
+
+def declared_catalog() -> TopicCatalog:
+    """The catalog in use (:func:`include.paths.settings_file`), read once per process and file."""
+    return _declared(settings_file(DEFAULT_DECLARATIONS.name))
+
+
+def topic_for(role: str) -> str:
+    """The declared name of the topic with ``role``: ``topic_for("raw")``. Roles are written in code, names only in topics.yaml."""
+    return declared_catalog().topic_for(role)

@@ -18,14 +18,14 @@ from include.kafka_admin.topics import apply_plans, plan_topics
 
 
 def sandbox_catalog(copies: dict[str, str], catalog: TopicCatalog | None = None) -> TopicCatalog:
-    """A catalog declaring each ``copies`` value exactly like the declared topic its key names."""
+    """A catalog declaring each ``copies`` value (``{role: name}``) exactly like the declared topic of that role."""
     catalog = catalog or load_catalog()
-    specs = [dataclasses.replace(catalog[declared], name=name) for declared, name in copies.items()]
+    specs = [dataclasses.replace(catalog.spec_for(role), name=name) for role, name in copies.items()]
     return TopicCatalog(catalog.source, tuple(specs))
 
 
 def provision_sandbox(admin: AdminClient, registry: SchemaRegistryClient, copies: dict[str, str]) -> dict[str, Any]:
-    """Create copies of declared topics (``{declared: copy}``) and register their schemas, as kafka_provisioning would."""
+    """Create copies of declared topics (``{role: copy}``) and register their schemas, as kafka_provisioning would."""
     catalog = sandbox_catalog(copies)
     outcomes = apply_plans(admin, catalog, plan_topics(admin, catalog), fix_drift=False, grow_partitions=False, dry_run=False)
     subjects = register_subjects(registry, subject_specs(catalog))

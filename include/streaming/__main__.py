@@ -19,8 +19,9 @@ import signal
 import sys
 import time
 
+from include.errors import PipelineError
 from include.streaming.analytics import DLQ_NOTICE, analytics_transform
-from include.streaming.processor import ProcessorFailed, StreamProcessor
+from include.streaming.processor import StreamProcessor
 from include.streaming.records import Transform, TransformContext
 from include.streaming.words import uppercase_transform
 from include.kafka.registry import registry_client
@@ -102,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda number, _frame: processor.stop(signal.Signals(number).name))
     try:
         counts = processor.run(max_runtime=args.max_runtime, idle_timeout=args.idle_timeout)
-    except ProcessorFailed as exc:
-        logging.getLogger(__name__).error("%s", exc)
+    except PipelineError as exc:  # ProcessorFailed, brokers down ...: the one sentence, no traceback
+        logging.getLogger(__name__).error("%s: %s", type(exc).__name__, exc)
         return 1
     print(json.dumps(counts.as_dict()), flush=True)
     return 0

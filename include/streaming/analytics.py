@@ -33,8 +33,9 @@ from include.paths import SCHEMAS_DIR
 from include.streaming.records import InputRecord, OutputRecord, TransformContext
 
 SCHEMA_PATH = SCHEMAS_DIR / "analytics_event.avsc"
-# The seed's assignment (004, step 4): this exact line, once per event sent to the DLQ.
-DLQ_NOTICE = "[DLQ] 처리 실패 이벤트를 analytics-dlq 토픽으로 전송합니다."
+# The seed's assignment (004, step 4): this exact line, once per event sent to the DLQ; the
+# processor fills in the DLQ's name (the declared one is in include/config/topics.yaml).
+DLQ_NOTICE = "[DLQ] 처리 실패 이벤트를 {dlq_topic} 토픽으로 전송합니다."
 
 WEB_EVENT_TYPES = {"page_view": "PAGE_VIEW", "click": "CLICK", "add_to_cart": "ADD_TO_CART"}
 _CURRENCY = re.compile(r"^[A-Z]{3}$")

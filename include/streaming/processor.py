@@ -91,7 +91,8 @@ class StreamProcessor:
 
     ``client_config`` holds the librdkafka settings of the cluster (bootstrap servers, security);
     the settings exactly-once depends on are set here and win over overrides. With
-    ``dead_letter_notice`` set, that line is logged verbatim once per dead-lettered record.
+    ``dead_letter_notice`` set, that line is logged verbatim once per dead-lettered record, with
+    ``{dlq_topic}`` in it replaced by the DLQ topic's name.
     """
 
     name: str
@@ -295,7 +296,7 @@ class StreamProcessor:
         # One line per dead letter: the seed's notice when there is one (why and where are in the
         # record's dlq.* headers and the counts in the progress lines), else the details.
         if self.dead_letter_notice:
-            log.warning(self.dead_letter_notice)
+            log.warning(self.dead_letter_notice.replace("{dlq_topic}", self.dlq_topic))
         else:
             log.info("%s: dead-lettered %s to %s: %s: %s", self.name, where, self.dlq_topic,
                      type(error).__name__, error)

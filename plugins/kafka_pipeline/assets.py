@@ -5,5 +5,6 @@ from __future__ import annotations
 from airflow.sdk import Asset
 
 # Updated by every successful ingest_hour run (dags/avazu_hourly_ingest.py); its event's extra
-# carries what the run did (hour, rows read, rows/s, seconds), which pipeline_health times.
-INGESTED_HOURS = Asset(name="avazu_ingested_hours", uri="kafka://ingestion/ad_events_raw")
+# carries what the run did (hour, rows read, rows/s, seconds), which pipeline_health times. The
+# URI names the raw topic by its role (include/config/topics.yaml), not by its name.
+INGESTED_HOURS = Asset(name="avazu_ingested_hours", uri="kafka://ingestion/raw")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable, Sequence
 from typing import Any
 
 from airflow.providers.apache.kafka.triggers.shared_stream import KafkaSharedStreamTrigger
@@ -23,12 +23,35 @@ class DeadLettersArrived(KafkaSharedStreamTrigger):
     missed. The record itself is not read here - DLQ values are Avro or arbitrary bytes - and the
     run that wakes up reads the DLQ from its own group's committed offsets: a missed or doubled
     event changes nothing but when that run starts.
+
+    Without ``topics`` it watches the topic of every DLQ in include/config/dlq.yaml, looked up in
+    the triggerer: the DAG file that creates the trigger reads no settings when it is parsed.
     """
+
+    def __init__(self, *, topics: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(topics=topics, **kwargs)
+
+    @staticmethod
+    def watched(topics: Sequence[str]) -> list[str]:
+        """``topics``, or when there are none the declared DLQ topics; sorted."""
+        if topics:
+            return sorted(topics)
+        from include.dlq.config import load_dlq_config
+
+        return sorted(spec.topic for spec in load_dlq_config().dlqs)
+
+    def shared_stream_key(self) -> Hashable:
+        return "kafka-shared-stream", tuple(self.watched(self.topics)), self.kafka_config_id
+
+    @classmethod
+    def create_shared_stream_producer(cls, kwargs: dict[str, Any]) -> Any:
+        return super().create_shared_stream_producer({**kwargs, "topics": cls.watched(kwargs["topics"])})
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         _, kwargs = super().serialize()
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
+        topics = self.watched(self.topics)
         async for value in shared_stream:
-            yield TriggerEvent({"topics": self.topics, "value_bytes": len(value or b"")})
+            yield TriggerEvent({"topics": topics, "value_bytes": len(value or b"")})

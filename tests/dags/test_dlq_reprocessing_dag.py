@@ -13,6 +13,7 @@ from include.ingest.ingestor import HourlyIngestor
 from include.ingest.staging import find_partition, stage_source
 from include.ingest.topics import provision_ingest_topics
 from include.kafka.reader import read_topic
+from include.kafka_admin.catalog import topic_for
 from include.kafka_admin.sandbox import provision_sandbox
 from include.kafka.registry import registry_client
 
@@ -37,7 +38,10 @@ def test_runs_every_30_minutes_and_when_dead_letters_arrive_on_every_declared_dl
     assert dag.timetable.asset_condition.name == "dead_letters"
     [watcher] = dlq_reprocessing.DEAD_LETTERS.watchers
     assert isinstance(watcher.trigger, DeadLettersArrived)
-    assert watcher.trigger.topics == sorted(spec.topic for spec in load_dlq_config().dlqs)
+    # The DAG file names no topic: the trigger looks the declared DLQs up where it runs.
+    assert watcher.trigger.topics == []
+    assert watcher.trigger.watched(watcher.trigger.topics) == sorted(spec.topic for spec in load_dlq_config().dlqs)
+    assert watcher.trigger.shared_stream_key()[1] == tuple(sorted(spec.topic for spec in load_dlq_config().dlqs))
     assert watcher.trigger.kafka_config_id == "kafka_dlq_watch"
     path, kwargs = watcher.trigger.serialize()
     assert path == "kafka_pipeline.triggers.DeadLettersArrived" and kwargs["topics"] == watcher.trigger.topics
@@ -59,16 +63,17 @@ def test_a_run_reprocesses_the_dlq_and_a_second_finds_nothing_new(airflow_db, ka
     registry = registry_client(schema_registry_url)
     topics = IngestTopics(unique_name("raw"), unique_name("dlq"), unique_name("ckpt"))
     provision_ingest_topics(AdminClient(kafka_config), registry, topics)
-    copies = {"ad_events_retry": unique_name("r1"), "ad_events_retry_2": unique_name("r2"),
-              "ad_events_retry_3": unique_name("r3"), "ad_events_parked": unique_name("parked")}
+    copies = {"dlq_retry_1": unique_name("r1"), "dlq_retry_2": unique_name("r2"),
+              "dlq_retry_3": unique_name("r3"), "dlq_parked": unique_name("parked")}
     provision_sandbox(AdminClient(kafka_config), registry, copies)
     config = load_ingest_config().with_topics(topics)
     HourlyIngestor(find_partition(str(tmp_path / "staging"), 14102100), config=config, kafka_config=kafka_config,
                    registry=registry).run()
-    conf = {"dlqs": ["ad_events_error"], "archive_uri": str(tmp_path / "archive"),
-            "topics": {"ad_events_error": {"dlq": topics.dlq, "repaired": topics.raw, "parked": copies["ad_events_parked"],
-                                           "retry1": copies["ad_events_retry"], "retry2": copies["ad_events_retry_2"],
-                                           "retry3": copies["ad_events_retry_3"], "group": unique_name("group")}}}
+    dlq = topic_for("dlq")  # the DLQ's name in dlq.yaml
+    conf = {"dlqs": [dlq], "archive_uri": str(tmp_path / "archive"),
+            "topics": {dlq: {"dlq": topics.dlq, "repaired": topics.raw, "parked": copies["dlq_parked"],
+                             "retry1": copies["dlq_retry_1"], "retry2": copies["dlq_retry_2"],
+                             "retry3": copies["dlq_retry_3"], "group": unique_name("group")}}}
     dag = _load_dag()
     first = dag.test(run_conf=conf)
     assert str(first.state) == "success"
@@ -76,7 +81,7 @@ def test_a_run_reprocesses_the_dlq_and_a_second_finds_nothing_new(airflow_db, ka
     bad = truth.bad_lines()
     assert (result["consumed"], result["repaired"], result["parked"]) == (len(bad), len(truth.repairs),
                                                                           len(bad) - len(truth.repairs))
-    assert len(read_topic(kafka_config, copies["ad_events_parked"])) == result["parked"]
+    assert len(read_topic(kafka_config, copies["dlq_parked"])) == result["parked"]
     second = dag.test(run_conf=conf)
     assert str(second.state) == "success"
     again = second.get_task_instance("reprocess", map_index=0).xcom_pull(task_ids="reprocess", map_indexes=0)
@@ -93,9 +98,9 @@ def test_the_trigger_fires_once_per_dead_letter_without_decoding_it():
             yield value
 
     async def events():
-        trigger = DeadLettersArrived(topics=["analytics-dlq", "ad_events_error"], kafka_config_id="kafka_dlq_watch")
+        trigger = DeadLettersArrived(topics=["dlq_b", "dlq_a"], kafka_config_id="kafka_dlq_watch")
         return [event.payload async for event in trigger.filter_shared_stream(arrivals())]
 
     payloads = asyncio.run(events())
     assert [p["value_bytes"] for p in payloads] == [9, 12, 0]
-    assert all(p["topics"] == ["ad_events_error", "analytics-dlq"] for p in payloads)
+    assert all(p["topics"] == ["dlq_a", "dlq_b"] for p in payloads)

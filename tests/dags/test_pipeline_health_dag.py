@@ -1,8 +1,8 @@
 """pipeline_health with dag.test(): wired as documented, started by the ingest DAG's asset, a green
 run after an ingestion run it times, and a red one whose failing check does not stop the report.
 
-The settings files are sandboxed (AVAZU_CONFIG_DIR): ingest.yaml and topics.yaml name topics of
-the test's own, health.yaml puts the report and the lag window in a temporary folder.
+The settings files are sandboxed (AVAZU_CONFIG_DIR): topics.yaml gives the ingestion's roles topics
+of the test's own, health.yaml puts the report and the lag window in a temporary folder.
 """
 
 from __future__ import annotations
@@ -66,12 +66,12 @@ def sandbox(tmp_path, monkeypatch, kafka_config, schema_registry_url, unique_nam
     folder = tmp_path / "config"
     folder.mkdir()
     ingest = yaml.safe_load((CONFIG_DIR / "ingest.yaml").read_text())
-    ingest["topics"] = {"raw": topics.raw, "dlq": topics.dlq, "checkpoints": topics.checkpoints}
     ingest["staging_uri"] = str(tmp_path / "staging")
     (folder / "ingest.yaml").write_text(yaml.safe_dump(ingest))
     declared = yaml.safe_load((CONFIG_DIR / "topics.yaml").read_text())
-    names = {"ad_events_raw": topics.raw, "ad_events_error": topics.dlq, "ingest_checkpoints": topics.checkpoints}
-    declared["topics"] = [{**t, "name": names[t["name"]]} for t in declared["topics"] if t["name"] in names]
+    # The ingestion's roles renamed to this test's topics: ingest.yaml follows, as it names no topic.
+    names = topics.as_dict()
+    declared["topics"] = [{**t, "name": names[t["role"]]} for t in declared["topics"] if t["role"] in names]
     (folder / "topics.yaml").write_text(yaml.safe_dump(declared))
     health = yaml.safe_load((CONFIG_DIR / "health.yaml").read_text())
     health.update(report_uri=str(tmp_path / "reports"), state_uri=str(tmp_path / "state.json"))

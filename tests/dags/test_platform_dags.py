@@ -44,9 +44,9 @@ def test_provisioning_dag_creates_then_reports_unchanged(airflow_db, local_stack
     topics = [unique_name("raw"), unique_name("dlq")]
     declarations = tmp_path / "topics.yaml"
     declarations.write_text(yaml.safe_dump({"topics": [
-        {"name": topics[0], "partitions": 3, "configs": {"retention.ms": 86400000},
+        {"name": topics[0], "role": "raw", "partitions": 3, "configs": {"retention.ms": 86400000},
          "value_schema": str(schemas / "ad_event.avsc")},
-        {"name": topics[1], "partitions": 1, "configs": {"retention.ms": 604800000, "compression.type": "gzip"},
+        {"name": topics[1], "role": "dlq", "partitions": 1, "configs": {"retention.ms": 604800000, "compression.type": "gzip"},
          "value_schema": str(schemas / "dlq_envelope.avsc")},
     ]}))
     dag = _dag("kafka_provisioning")
@@ -68,7 +68,7 @@ def test_provisioning_dag_creates_then_reports_unchanged(airflow_db, local_stack
 
 def test_provisioning_dag_fails_on_a_bad_declaration_before_touching_kafka(airflow_db, local_stack, tmp_path):
     declarations = tmp_path / "topics.yaml"
-    declarations.write_text(json.dumps({"topics": [{"name": "x", "partitions": 0}]}))
+    declarations.write_text(json.dumps({"topics": [{"name": "x", "role": "x", "partitions": 0}]}))
     run = _dag("kafka_provisioning").test(run_conf={"declarations": str(declarations)})
     assert run.state == "failed"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}

@@ -64,3 +64,25 @@ def test_stream_pipelines_e2e_delivers_every_event_once(airflow_db, kafka_config
     finally:
         consumer.close()
     assert len(dead) == bad
+
+
+@pytest.mark.parametrize("dag_id", ["stream_processors", "stream_simulators", "stream_pipelines_e2e"])
+def test_an_empty_topic_param_is_the_declared_topic_of_its_role_looked_up_when_the_task_runs(dag_id):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from _stream_pipelines import STREAM_TOPICS, stream_topic
+    from include.kafka_admin.catalog import topic_for
+
+    dag = DagBag(dag_folder=str(DAG_FILE.parent / f"{dag_id}.py")).dags[dag_id]
+    params = {name: param.value for name, param in dag.params.items()}
+    topics = [name for name in params if name in STREAM_TOPICS]
+    assert topics and all(params[name] == "" for name in topics)  # the DAG file names no topic
+    assert all(stream_topic(params, name) == topic_for(STREAM_TOPICS[name][0]) for name in topics)
+    assert stream_topic({**params, topics[0]: "mine"}, topics[0]) == "mine"
+    env = dag.get_template_env()
+    for task in dag.tasks:
+        for field in ("input_topics", "output_topic", "dlq_topic"):
+            for template in (lambda v: v if isinstance(v, list) else [v])(getattr(task, field, None)):
+                if template:
+                    rendered = env.from_string(template).render(params=params)
+                    assert rendered in {topic_for(role) for role, _ in STREAM_TOPICS.values()}, (task.task_id, field)

@@ -26,7 +26,9 @@ from confluent_kafka.admin import AdminClient
 
 from include.kafka.reader import read_topic
 from include.kafka.registry import registry_client, schema_fetcher
+from include.kafka_admin.catalog import load_catalog
 from include.kafka_admin.sandbox import provision_sandbox
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_IDS = sorted(p.stem for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
@@ -65,13 +67,7 @@ class Api:
         return self.get(f"/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
 
     def wait_for(self, what: str, check, timeout: float):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = check()
-            if found:
-                return found
-            time.sleep(1)
-        raise AssertionError(f"{what}: not within {timeout:.0f} s")
+        return wait_for(what, check, timeout)
 
     def wait_for_success(self, dag_id: str, run_id: str, timeout: float = 180) -> dict:
         def finished():
@@ -90,34 +86,28 @@ class Api:
 def services(tmp_path_factory, kafka_config, schema_registry_url):
     home = tmp_path_factory.mktemp("airflow-services")
     suffix = uuid.uuid4().hex[:8]
-    declared = ["ad_events_raw", "ad_events_error", "ingest_checkpoints", "ad_events_retry", "ad_events_retry_2",
-                "ad_events_retry_3", "ad_events_parked", "analytics-dlq", "analytics-parked"]
-    topics = {name: f"svc_{name.replace('-', '_')}_{suffix}" for name in declared}
-    # The stream pipelines' sandbox: every stream topic and group with the suffix (AVAZU_STREAM_SUFFIX).
-    stream_suffix = f"-svc-{suffix}"
-    for name in ("web-events", "purchase-events", "analytics-events", "input-topic", "output-topic"):
-        topics[name] = name + stream_suffix
-    topics["analytics-dlq"] = "analytics-dlq" + stream_suffix
+    # Every declared topic under a name of its own ({role: name}): the sandbox's topics.yaml renames
+    # them, and the other settings files and the DAGs follow, as they name topics by role.
+    topics = {t.role: f"svc_{t.role}_{suffix}" for t in load_catalog().topics}
     provision_sandbox(AdminClient(kafka_config), registry_client(schema_registry_url), topics)
+    # The stream pipelines' consumer groups get a suffix (AVAZU_STREAM_SUFFIX).
+    stream_suffix = f"-svc-{suffix}"
 
     config_dir = home / "config"
     shutil.copytree(ROOT / "include" / "config", config_dir)
+    declared = yaml.safe_load((config_dir / "topics.yaml").read_text())
+    for topic in declared["topics"]:
+        topic["name"] = topics[topic["role"]]
+    (config_dir / "topics.yaml").write_text(yaml.safe_dump(declared))
     ingest = yaml.safe_load((config_dir / "ingest.yaml").read_text())
     ingest.update(source_uri=str(home / "data" / "train_sample.csv.gz"), staging_uri=str(home / "staging"),
-                  topics={"raw": topics["ad_events_raw"], "dlq": topics["ad_events_error"],
-                          "checkpoints": topics["ingest_checkpoints"]},
                   generate_if_missing={"rows": 4_800, "seed": 5, "fault_rate": 0.002},
                   partition_wait={"timeout_s": 60, "poke_interval_s": 5})
     (config_dir / "ingest.yaml").write_text(yaml.safe_dump(ingest))
     dlq = yaml.safe_load((config_dir / "dlq.yaml").read_text())
     dlq["archive_uri"] = str(home / "archive")
     for spec in dlq["dlqs"]:
-        spec["topic"] = topics[spec["topic"]]
-        spec["parked_topic"] = topics[spec["parked_topic"]]
-        spec["group_id"] = f"svc-reprocess-{spec['name']}-{suffix}"
-        if "repaired_topic" in spec:
-            spec["repaired_topic"] = topics[spec["repaired_topic"]]
-        spec["retry_topics"] = [topics[t] for t in spec.get("retry_topics", [])]
+        spec["group_id"] = f"svc-reprocess-{spec['topic']}-{suffix}"
     (config_dir / "dlq.yaml").write_text(yaml.safe_dump(dlq))
     health = yaml.safe_load((config_dir / "health.yaml").read_text())
     health.update(report_uri=str(home / "reports"), state_uri=str(home / "reports" / "state.json"))
@@ -129,7 +119,6 @@ def services(tmp_path_factory, kafka_config, schema_registry_url):
              "enable.auto.commit": "false", "auto.offset.reset": "earliest"}
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
            "AIRFLOW_API_PORT": str(port), "AIRFLOW_PARALLELISM": "6", "AVAZU_CONFIG_DIR": str(config_dir),
-           "AVAZU_DLQ_TOPICS": f"{topics['ad_events_error']},{topics['analytics-dlq']}",
            "AIRFLOW_CONN_KAFKA_DLQ_WATCH": json.dumps({"conn_type": "kafka", "extra": watch}),
            "AVAZU_STREAM_SUFFIX": stream_suffix, "AVAZU_STREAM_MAX_RUNTIME": "20",
            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
@@ -197,7 +186,7 @@ def test_new_dead_letters_start_a_reprocessing_run_within_60_s(services, kafka_c
     api.unpause("dlq_reprocessing")
     before = {r["dag_run_id"] for r in api.runs("dlq_reprocessing")}
     producer = Producer(kafka_config)
-    producer.produce(topics["analytics-dlq"], value=b'{"user_id": "u9"}', headers=[
+    producer.produce(topics["analytics_dlq"], value=b'{"user_id": "u9"}', headers=[
         ("dlq.error.class", b"MissingField"), ("dlq.error.message", b"web event has no 'page'"),
         ("dlq.source.topic", b"web-events"), ("dlq.source.partition", b"0"), ("dlq.source.offset", b"7")])
     assert producer.flush(30) == 0
@@ -208,7 +197,7 @@ def test_new_dead_letters_start_a_reprocessing_run_within_60_s(services, kafka_c
     started_after = time.monotonic() - produced
     print(f"the dead letter started run {run['dag_run_id']} after {started_after:.1f} s")
     api.wait_for_success("dlq_reprocessing", run["dag_run_id"])
-    parked = read_topic(kafka_config, topics["analytics-parked"])
+    parked = read_topic(kafka_config, topics["analytics_parked"])
     assert len(parked) == 1 and dict(parked[0].headers)["dlq.outcome"] == b"parked"
 
 
@@ -271,7 +260,7 @@ def test_a_scheduler_backfill_ingests_two_avazu_hours(services, kafka_config):
     registry = registry_client(os.environ["SCHEMA_REGISTRY_URL"])
     codec = CheckpointCodec(load_checkpoint_schema(), 0, schema_fetcher(registry))
     latest = {}
-    for record in read_topic(kafka_config, topics["ingest_checkpoints"]):
+    for record in read_topic(kafka_config, topics["checkpoints"]):
         checkpoint = codec.decode(record.value)
         latest[checkpoint.hour] = checkpoint
     for r in results:
@@ -377,7 +366,7 @@ def test_the_always_on_processors_run_after_run_and_stop_cleanly(services, kafka
                  lambda: any(d["dag_id"] == "stream_processors" for d in api.get("/dags")["dags"]), 90)
     producer = Producer(kafka_config)
     for word in ("hello", "airflow"):
-        producer.produce(topics["input-topic"], value=word.encode())
+        producer.produce(topics["words"], value=word.encode())
     assert producer.flush(30) == 0
     api.unpause("stream_processors")
     first = api.wait_for("a first run that ends", lambda: next(
@@ -386,7 +375,7 @@ def test_the_always_on_processors_run_after_run_and_stop_cleanly(services, kafka
     assert counts["stop_reason"] == "max_runtime" and counts["records_in"] == 2
     api.wait_for("the next run to start", lambda: any(
         r["state"] == "running" and r["dag_run_id"] != first["dag_run_id"] for r in api.runs("stream_processors")), 60)
-    out = sorted(r.value.decode() for r in read_topic(kafka_config, topics["output-topic"]))
+    out = sorted(r.value.decode() for r in read_topic(kafka_config, topics["uppercased_words"]))
     assert out == ["AIRFLOW", "HELLO"]
     # Let the second run's processors take their partitions before the services stop.
     api.wait_for("the second run's processors to run", lambda: [

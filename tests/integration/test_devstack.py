@@ -18,6 +18,7 @@ import pytest
 
 from devstack import Stack, StackError, StackSettings
 from devstack.probes import free_ports, http_json, kafka_answers, port_in_use
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,17 +123,6 @@ def _query(prometheus: str, promql: str) -> dict[tuple, float]:
             float(row["value"][1]) for row in answer["data"]["result"]}
 
 
-def _wait_for(what: str, check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(1)
-
-
 def test_prometheus_sees_the_brokers_jmx_metrics_the_pushed_ones_and_the_alert_rules(isolated,
                                                                                     unique_name):
     from confluent_kafka import Consumer, Producer
@@ -176,16 +166,16 @@ def test_prometheus_sees_the_brokers_jmx_metrics_the_pushed_ones_and_the_alert_r
                     registry=registry)
 
     topic_messages = f'kafka_server_brokertopicmetrics_messagesin_total{{topic="{topic}"}}'
-    _wait_for(f"{topic_messages} == {produced}",
+    wait_for(f"{topic_messages} == {produced}",
               lambda: list(_query(prometheus, topic_messages).values()) == [produced])
     # honor_labels: the pushed job label is kept, not replaced by the scrape's job="pushgateway".
-    pushed = _wait_for("the pushed gauge in Prometheus", lambda: _query(
+    pushed = wait_for("the pushed gauge in Prometheus", lambda: _query(
         prometheus, 'avazu_pipeline_check_ok{job="pipeline_health", check="devstack_test"}'))
     assert list(pushed.values()) == [1.0]
     for name in ("kafka_server_brokertopicmetrics_bytesin_total",
                  "kafka_server_brokertopicmetrics_bytesout_total"):
         # A scrape from before the consumer's fetches has no bytes out yet.
-        _wait_for(f"{name} of the topic", lambda: _query(prometheus, f'{name}{{topic="{topic}"}} > 0'))
+        wait_for(f"{name} of the topic", lambda: _query(prometheus, f'{name}{{topic="{topic}"}} > 0'))
     for name, expected in (("kafka_server_replicamanager_underreplicatedpartitions", 0),
                            ("kafka_server_replicamanager_offlinereplicacount", 0),
                            ("kafka_controller_kafkacontroller_offlinepartitionscount", 0),

@@ -30,6 +30,7 @@ from include.ingest.topics import provision_ingest_topics
 from include.kafka.headers import DLQ_HEADER_PREFIX
 from include.kafka.reader import read_topic
 from include.kafka.wire import AvroDecoder
+from include.kafka_admin.catalog import topic_for
 from include.kafka_admin.sandbox import provision_sandbox
 from include.kafka.registry import registry_client, schema_fetcher
 
@@ -106,19 +107,19 @@ def _ingest_dead_letters(tmp_path, kafka_config, schema_registry_url, unique_nam
     admin = AdminClient(kafka_config)
     ingest_topics = IngestTopics(unique_name("raw"), unique_name("dlq"), unique_name("ckpt"))
     provision_ingest_topics(admin, registry, ingest_topics)
-    copies = {"ad_events_retry": unique_name("retry1"), "ad_events_retry_2": unique_name("retry2"),
-              "ad_events_retry_3": unique_name("retry3"), "ad_events_parked": unique_name("parked")}
+    copies = {"dlq_retry_1": unique_name("retry1"), "dlq_retry_2": unique_name("retry2"),
+              "dlq_retry_3": unique_name("retry3"), "dlq_parked": unique_name("parked")}
     provision_sandbox(admin, registry, copies)
     config = load_ingest_config().with_topics(ingest_topics).replace("test", chunk_rows=2_000)
     partition = find_partition(str(tmp_path / "staging"), HOUR)
     if before_ingest is not None:
-        before_ingest({**copies, "ad_events_error": ingest_topics.dlq})
+        before_ingest({**copies, "dlq": ingest_topics.dlq})
     ingested = HourlyIngestor(partition, config=config, kafka_config=kafka_config, registry=registry).run()
     dlq_config = dataclasses.replace(load_dlq_config(), archive_uri=str(tmp_path / "archive"), linger_s=30.0)
-    spec = dlq_config.dlq("ad_events_error").sandboxed(
-        {"dlq": ingest_topics.dlq, "repaired": ingest_topics.raw, "parked": copies["ad_events_parked"],
-         "retry1": copies["ad_events_retry"], "retry2": copies["ad_events_retry_2"],
-         "retry3": copies["ad_events_retry_3"]}, group_id=unique_name("reprocess"))
+    spec = dlq_config.dlq(topic_for("dlq")).sandboxed(
+        {"dlq": ingest_topics.dlq, "repaired": ingest_topics.raw, "parked": copies["dlq_parked"],
+         "retry1": copies["dlq_retry_1"], "retry2": copies["dlq_retry_2"],
+         "retry3": copies["dlq_retry_3"]}, group_id=unique_name("reprocess"))
     lines = source.read_bytes().split(b"\n")
     return {"truth": truth, "lines": lines, "ingested": ingested, "config": dlq_config, "spec": spec,
             "registry": registry, "source_id": partition.source_id, "tmp": tmp_path}
@@ -254,8 +255,8 @@ def test_records_that_are_no_dead_letter_are_parked_as_they_were_and_every_good_
         tmp_path, kafka_config, schema_registry_url, unique_name):
     # Poison before the hour's dead letters (in the DLQ and the first retry topic) and after them.
     d = _ingest_dead_letters(tmp_path, kafka_config, schema_registry_url, unique_name, before_ingest=lambda t: (
-        _write_poison(kafka_config, t["ad_events_error"], "before"),
-        _write_poison(kafka_config, t["ad_events_retry"], "retry")))
+        _write_poison(kafka_config, t["dlq"], "before"),
+        _write_poison(kafka_config, t["dlq_retry_1"], "retry")))
     spec, truth, registry = d["spec"], d["truth"], d["registry"]
     _write_poison(kafka_config, spec.topic, "after")
     bad = truth.bad_lines()
@@ -336,7 +337,7 @@ def test_stream_dead_letters_are_parked_and_archived_as_they_were_sent(kafka_con
     registry = registry_client(schema_registry_url)
     admin = AdminClient(kafka_config)
     dlq, parked = unique_name("analytics-dlq"), unique_name("analytics-parked")
-    provision_sandbox(admin, registry, {"analytics-dlq": dlq, "analytics-parked": parked})
+    provision_sandbox(admin, registry, {"analytics_dlq": dlq, "analytics_parked": parked})
     producer = Producer(kafka_config)
     values = [b'{"user_id": "u1"}', b"not json at all", b"\xff\xfe binary"]
     for i, value in enumerate(values):
@@ -346,7 +347,7 @@ def test_stream_dead_letters_are_parked_and_archived_as_they_were_sent(kafka_con
             ("dlq.processor", b"analytics_processor"), ("dlq.failed.at", b"2026-11-30T10:00:00.000+00:00")])
     assert producer.flush(30) == 0
     config = dataclasses.replace(load_dlq_config(), archive_uri=str(tmp_path / "archive"))
-    spec = config.dlq("analytics-dlq").sandboxed({"dlq": dlq, "parked": parked}, group_id=unique_name("g"))
+    spec = config.dlq(topic_for("analytics_dlq")).sandboxed({"dlq": dlq, "parked": parked}, group_id=unique_name("g"))
     result = DlqReprocessor(spec, config, kafka_config=kafka_config, registry=registry).run()
     assert (result.consumed, result.parked, result.by_reason) == (3, 3, {"MissingField": {"parked": 3}})
     archived = [e for uri in result.archived for e in read_archive(uri)]
@@ -361,7 +362,7 @@ def test_stream_records_without_dlq_headers_are_parked_undecodable_among_good_on
                                                                                  unique_name, tmp_path):
     registry = registry_client(schema_registry_url)
     dlq, parked = unique_name("analytics-dlq"), unique_name("analytics-parked")
-    provision_sandbox(AdminClient(kafka_config), registry, {"analytics-dlq": dlq, "analytics-parked": parked})
+    provision_sandbox(AdminClient(kafka_config), registry, {"analytics_dlq": dlq, "analytics_parked": parked})
     producer = Producer(kafka_config)
     good = [("dlq.error.class", b"WrongType"), ("dlq.error.message", b"amount is not a number")]
     sent = [(b'{"amount": "x"}', good), (None, [("written-by", b"hand")]), (b"\x00\x00\x00\x00\x63", []),
@@ -370,7 +371,7 @@ def test_stream_records_without_dlq_headers_are_parked_undecodable_among_good_on
         producer.produce(dlq, value=value, key=f"k{i}".encode(), headers=headers)
     assert producer.flush(30) == 0
     config = dataclasses.replace(load_dlq_config(), archive_uri=str(tmp_path / "archive"))
-    spec = config.dlq("analytics-dlq").sandboxed({"dlq": dlq, "parked": parked}, group_id=unique_name("g"))
+    spec = config.dlq(topic_for("analytics_dlq")).sandboxed({"dlq": dlq, "parked": parked}, group_id=unique_name("g"))
     result = DlqReprocessor(spec, config, kafka_config=kafka_config, registry=registry).run()
     assert (result.consumed, result.parked) == (4, 4)
     assert result.by_reason == {"WrongType": {"parked": 2}, "UNDECODABLE": {"parked": 2}}

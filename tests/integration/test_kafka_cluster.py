@@ -10,11 +10,16 @@ The registry is the local stack's (schemas do not live in Kafka).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -24,22 +29,27 @@ from devstack.probes import free_ports, http_json, port_in_use
 from devstack.stack import KAFKA_NODE_PORT_STEP
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import read_all
+from include.dead_letters import FROM, OUTCOME, coordinates
+from include.dlq.config import load_dlq_config
+from include.dlq.reprocessor import DlqReprocessor
 from include.health.checks import HealthInputs, run_check
 from include.health.config import load_health_config
 from include.health.metrics import push_metrics
 from include.ingest.config import IngestTopics, load_ingest_config
 from include.ingest.ingestor import PHASE_MID_PRODUCE, HourlyIngestor
 from include.ingest.staging import find_partition, stage_source
-from include.ingest.topics import DECLARED, provision_ingest_topics
+from include.ingest.topics import provision_ingest_topics
 from include.kafka.errors import TooFewInSyncReplicas
 from include.kafka.reader import read_topic
-from include.kafka.transactions import PHASE_AFTER_COMMIT, TransactionalProducer
+from include.kafka.transactions import PHASE_AFTER_BEGIN, PHASE_AFTER_COMMIT, TransactionalProducer
 from include.kafka.wire import AvroDecoder
 from include.kafka.registry import schema_fetcher
-from include.kafka_admin.sandbox import sandbox_catalog
+from include.kafka_admin.sandbox import provision_sandbox, sandbox_catalog
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 HOUR = 14102100
 CHUNK_ROWS = 2_000
 
@@ -238,21 +248,11 @@ def _alerts(cluster: Stack) -> dict[str, str]:
             for a in answer.get("data", {}).get("alerts", [])}
 
 
-def _wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"{what} within {timeout:.0f} s")
-
-
 def test_one_broker_down_fails_the_brokers_check_naming_it_and_fires_its_alerts_until_it_returns(
         cluster, hour, registry_client, tmp_path):
     cluster.start(["pushgateway", "prometheus"], echo=lambda line: None)
     topics = hour["topics"]
-    catalog = sandbox_catalog({DECLARED[role]: getattr(topics, role) for role in DECLARED})
+    catalog = sandbox_catalog(topics.as_dict())
     inputs = HealthInputs(config=load_health_config().replace(report_uri=str(tmp_path / "reports"),
                                                               state_uri=str(tmp_path / "state.json")),
                           kafka_config=_config(cluster), registry=registry_client, ingest=hour["config"],
@@ -272,12 +272,11 @@ def test_one_broker_down_fails_the_brokers_check_naming_it_and_fires_its_alerts_
         outcome = check()
         return outcome if not outcome.ok and "not in the cluster" in outcome.summary else None
 
-    outcome = _wait_for(sees_it_gone, 60, "the brokers check did not see broker 2 go")
+    outcome = wait_for("the brokers check seeing broker 2 gone", sees_it_gone, 60)
     assert outcome.summary.startswith("broker(s) 2 (replicas of ")
     assert f"under-replicated partitions: {topics.raw} [0, 1, 2]" in outcome.summary
     assert {m.name: m.value for m in outcome.metrics}["brokers_missing"] == 1.0
-    _wait_for(lambda: _alerts(cluster).get("AvazuKafkaBrokerMissing") == "firing", 60,
-              "AvazuKafkaBrokerMissing did not fire")
+    wait_for("AvazuKafkaBrokerMissing firing", lambda: _alerts(cluster).get("AvazuKafkaBrokerMissing") == "firing", 60)
     assert _alerts(cluster).get("AvazuCheckFailing/brokers") == "firing"
     print(f"\nbroker 2 killed: {outcome.summary}")
     # The broker's own scrape fails too: KafkaBrokerMetricsDown waits two minutes before it fires.
@@ -285,5 +284,166 @@ def test_one_broker_down_fails_the_brokers_check_naming_it_and_fires_its_alerts_
 
     _all_up(cluster, [topics.raw, topics.dlq, topics.checkpoints])
     assert check().ok
-    _wait_for(lambda: not {"AvazuKafkaBrokerMissing", "AvazuCheckFailing/brokers", "KafkaBrokerMetricsDown"}
-              & _alerts(cluster).keys(), 60, "the alerts did not clear")
+    wait_for("the alerts clearing", lambda: not {"AvazuKafkaBrokerMissing", "AvazuCheckFailing/brokers",
+                                                 "KafkaBrokerMetricsDown"} & _alerts(cluster).keys(), 60)
+
+
+# -- a running stream processor while brokers fail ----------------------------------------------
+
+def test_two_of_three_down_stop_a_running_processor_in_one_sentence_and_its_restart_resumes_exactly_once(
+        cluster, tmp_path):
+    _all_up(cluster)
+    config = _config(cluster)
+    name = f"cluster_stream_{uuid.uuid4().hex[:8]}"
+    source, target, group = f"{name}_in", f"{name}_out", f"{name}_g"
+    admin = AdminClient(config)
+    futures = admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=3,
+                                            config={"min.insync.replicas": "2"}) for t in (source, target)])
+    for future in futures.values():
+        future.result(60)
+    words = [f"word-{i:05d}" for i in range(3000)]
+    producer = TransactionalProducer(config, f"{name}-feed", label="feed")
+    producer.init()
+    producer.begin()
+    for i, word in enumerate(words):
+        producer.produce(source, word.encode(), partition=i % 3)
+    producer.commit()
+    producer.close()
+
+    def start(log: Path, *options: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "include.streaming", "uppercase", "--input", source, "--output", target,
+             "--group", group, "--bootstrap-servers", config["bootstrap.servers"], "--max-runtime", "240",
+             *options], cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+
+    first_log = tmp_path / "first.log"
+    first = start(first_log, "--max-rate", "200")
+    deadline = time.monotonic() + 60
+    while ": assigned " not in first_log.read_text() and time.monotonic() < deadline:
+        assert first.poll() is None, first_log.read_text()[-3000:]
+        time.sleep(0.5)
+    time.sleep(3)  # a few hundred records committed
+    down = sorted(n for n in (1, 2, 3) if n != _leader(cluster, target))
+    _kill(cluster, *down)
+    killed_at = time.monotonic()
+    first.communicate(timeout=180)
+    stopped_after = time.monotonic() - killed_at
+    errors = [line for line in first_log.read_text().splitlines() if "TooFewInSyncReplicas" in line]
+    print(f"\nbrokers {down} killed under a running processor: it stopped {stopped_after:.1f} s later: "
+          f"{errors[-1] if errors else first_log.read_text()[-2000:]}")
+    assert first.returncode == 1 and len(errors) == 1
+    assert "too few in-sync replicas" in errors[0] and "min.insync.replicas is 2" in errors[0]
+    assert all(f"{n} at {cluster.services[f'kafka-{n}'].endpoint()}" in errors[0] for n in down)
+
+    _all_up(cluster, [source, target])
+    second_log = tmp_path / "second.log"
+    second = start(second_log, "--idle-timeout", "3")
+    out, _ = second.communicate(timeout=180)
+    assert second.returncode == 0, second_log.read_text()[-3000:]
+    output = sorted(r.value.decode() for r in read_topic(config, target))
+    assert output == sorted(w.upper() for w in words)  # every record once: none lost, none twice
+
+
+# -- a rolling restart during a backfill --------------------------------------------------------
+
+BACKFILL_HOURS = (14102100, 14102101, 14102102)
+
+
+def test_a_rolling_restart_of_all_three_brokers_during_a_backfill_loses_and_repeats_nothing(
+        cluster, registry_client, tmp_path):
+    _all_up(cluster)
+    source = tmp_path / "train.csv.gz"
+    truth = generate(GeneratorSpec(45_000, hours=len(BACKFILL_HOURS), seed=71,
+                                   fault_rates={kind: 0.001 for kind in FaultKind}), source)
+    stage_source(str(source), str(tmp_path / "staging"))
+    good, _, _ = read_all(str(source))
+    suffix = uuid.uuid4().hex[:8]
+    topics = IngestTopics(f"rolling_raw_{suffix}", f"rolling_dlq_{suffix}", f"rolling_ckpt_{suffix}")
+    provision_ingest_topics(AdminClient(_config(cluster)), registry_client, topics)
+    config = load_ingest_config().with_topics(topics).replace("test", chunk_rows=1_000)
+
+    restarting = threading.Event()
+    restarting.set()
+    commits: list[tuple[float, int]] = []  # (when, chunk) of every committed chunk
+    stopped: dict[int, tuple[float, float]] = {}  # node -> (stopped at, back at)
+
+    def roll() -> None:
+        try:
+            for node in (1, 2, 3):
+                began = time.monotonic()
+                cluster.stop([f"kafka-{node}"], echo=lambda line: None)  # SIGTERM: a controlled shutdown
+                time.sleep(3)
+                _all_up(cluster, [topics.raw, topics.dlq, topics.checkpoints])
+                stopped[node] = (began, time.monotonic())
+        finally:
+            restarting.clear()
+
+    def slow_while_rolling(phase: str, chunk: int) -> None:
+        if phase == PHASE_AFTER_COMMIT:
+            commits.append((time.monotonic(), chunk))
+            if restarting.is_set():
+                time.sleep(1.5)
+
+    roller = threading.Thread(target=roll, name="rolling-restart")
+    roller.start()
+    try:
+        results = [HourlyIngestor(find_partition(str(tmp_path / "staging"), hour), config=config,
+                                  kafka_config=_config(cluster), registry=registry_client,
+                                  phase_hook=slow_while_rolling).run() for hour in BACKFILL_HOURS]
+    finally:
+        roller.join(300)
+    assert all(r.complete for r in results) and sorted(stopped) == [1, 2, 3]
+    # The backfill really ran through each restart: chunks committed while each node was away.
+    for node, (began, back) in stopped.items():
+        assert any(began <= at <= back for at, _ in commits), (
+            f"no chunk committed while kafka-{node} restarted: {stopped}, commits {commits[0][0]:.0f}..{commits[-1][0]:.0f}")
+    print(f"\nrolling restart: {len(commits)} chunks committed over {len(BACKFILL_HOURS)} hours, "
+          f"{sum(r.chunk_attempts_aborted for r in results)} chunk attempt(s) aborted; nodes away "
+          + ", ".join(f"kafka-{n} {b - a:.1f} s" for n, (a, b) in sorted(stopped.items())))
+
+    decoder = AvroDecoder(schema_fetcher(registry_client))
+    ids = Counter(decoder.decode(r.value)["id"] for r in read_topic(_config(cluster), topics.raw))
+    lines = Counter((decoder.decode(r.value)["source"]["line"]) for r in read_topic(_config(cluster), topics.dlq))
+    assert ids == Counter(r["id"] for r in good)  # none lost, none twice
+    assert lines == Counter(truth.bad_lines().keys())
+    assert sum(ids.values()) + sum(lines.values()) == truth.rows
+
+
+# -- the DLQ reprocessor while brokers fail -----------------------------------------------------
+
+def test_two_of_three_down_stop_the_dlq_reprocessing_in_one_sentence_and_its_retry_leaves_one_outcome_each(
+        cluster, hour, registry_client, tmp_path):
+    config, topics = _config(cluster), hour["topics"]
+    assert _ingest(cluster, hour, registry_client).complete
+    suffix = uuid.uuid4().hex[:8]
+    copies = {declared: f"cluster_{declared}_{suffix}"
+              for declared in ("ad_events_retry", "ad_events_retry_2", "ad_events_retry_3", "ad_events_parked")}
+    provision_sandbox(AdminClient(config), registry_client, copies)
+    dlq_config = dataclasses.replace(load_dlq_config(), archive_uri=str(tmp_path / "archive"), batch_records=10)
+    spec = dlq_config.dlq("ad_events_error").sandboxed(
+        {"dlq": topics.dlq, "repaired": topics.raw, "parked": copies["ad_events_parked"],
+         "retry1": copies["ad_events_retry"], "retry2": copies["ad_events_retry_2"],
+         "retry3": copies["ad_events_retry_3"]}, group_id=f"cluster-reprocess-{suffix}")
+    down: dict = {}
+
+    def kill_two(phase: str, batch: int) -> None:
+        if (phase, batch) == (PHASE_AFTER_BEGIN, 3) and not down:
+            down["nodes"] = sorted(n for n in (1, 2, 3) if n != _leader(cluster, spec.parked_topic))
+            _kill(cluster, *down["nodes"])
+            down["at"] = time.monotonic()
+
+    with pytest.raises(TooFewInSyncReplicas) as stopped:
+        DlqReprocessor(spec, dlq_config, kafka_config=config, registry=registry_client, phase_hook=kill_two).run()
+    message = str(stopped.value)
+    print(f"\nbrokers {down['nodes']} killed under the DLQ reprocessing: it stopped "
+          f"{time.monotonic() - down['at']:.1f} s later: {message}")
+    assert "too few in-sync replicas" in message and "min.insync.replicas is 2" in message
+
+    _all_up(cluster, [topics.raw, topics.dlq, *copies.values()])
+    result = DlqReprocessor(spec, dlq_config, kafka_config=config, registry=registry_client).run()
+    dlq_records = read_topic(config, spec.topic)
+    assert len(dlq_records) == len(hour["truth"].bad_lines()) and result.consumed > 0
+    outcomes = Counter(dict(r.headers or [])[FROM].decode()
+                       for t in (spec.repaired_topic, spec.parked_topic, *spec.retry_topics)
+                       for r in read_topic(config, t) if OUTCOME in dict(r.headers or []))
+    assert outcomes == Counter({coordinates(spec.topic, r.partition, r.offset): 1 for r in dlq_records})

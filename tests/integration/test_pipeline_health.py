@@ -37,7 +37,7 @@ from include.health.report import summary_table, write_report
 from include.ingest.config import IngestTopics, load_ingest_config
 from include.ingest.ingestor import HourlyIngestor
 from include.ingest.staging import find_partition, stage_source
-from include.ingest.topics import DECLARED, provision_ingest_topics
+from include.ingest.topics import provision_ingest_topics
 from include.kafka.reader import read_topic
 from include.kafka_admin.sandbox import sandbox_catalog
 from include.paths import SCHEMAS_DIR
@@ -86,7 +86,7 @@ def pipeline(staging, kafka_config, registry_client, tmp_path):
         dlq={"max_ratio": 0.05, "min_rows": 100},
         throughput={"ingest_min_rows": 100, "ingest_min_rows_per_s": 1.0, "processor_min_records_per_s": 0.0},
         report_uri=str(tmp_path / "reports"), state_uri=str(tmp_path / "state.json"))
-    catalog = sandbox_catalog({DECLARED[role]: getattr(topics, role) for role in DECLARED})
+    catalog = sandbox_catalog(topics.as_dict())
     inputs = HealthInputs(config=config, kafka_config=kafka_config, registry=registry_client, ingest=ingest, catalog=catalog,
                           runs=[r.run_summary() for r in reversed(results.values())])
     return Pipeline(topics, inputs, results)
@@ -269,8 +269,8 @@ def test_isr_below_min_insync_and_a_stopped_broker_fail_the_broker_check(pipelin
                                                   topics=(*pipeline.inputs.catalog.topics, spec))
     outcome = pipeline.check("brokers")
     assert not outcome.ok
-    assert (f"{strict} partition(s) 0, 1, 2 have fewer in-sync replicas than its min.insync.replicas=2"
-            in outcome.summary)
+    assert ("partitions with fewer in-sync replicas than min.insync.replicas, where producers with acks=all are "
+            f"refused: {strict} [0, 1, 2] (min.insync.replicas=2)" in outcome.summary)
 
     # A broker of its own, started and then stopped: the check names the address it could not reach.
     from devstack import Stack, StackSettings

@@ -32,11 +32,11 @@ def declare(tmp_path, unique_name):
         document = {
             "defaults": {"replication_factor": 3, "configs": {"min.insync.replicas": 2}},
             "topics": [
-                {"name": names["events"], "partitions": events_partitions,
+                {"name": names["events"], "role": "events", "partitions": events_partitions,
                  "configs": events_configs or {"retention.ms": 86400000, "compression.type": "producer",
                                                "cleanup.policy": "delete"},
                  "value_schema": "event.avsc"},
-                {"name": names["dlq"], "partitions": 1,
+                {"name": names["dlq"], "role": "dlq", "partitions": 1,
                  "configs": {"retention.ms": 604800000, "compression.type": "gzip"}},
             ],
         }

@@ -64,7 +64,8 @@ def test_seed004_good_events_become_analytics_and_bad_ones_go_to_the_dlq_unchang
     assert (counts.records_in, counts.records_out, counts.dead_lettered, counts.skipped) == \
         (270, 270 - len(bad), len(bad), 0)
     assert counts.stop_reason == "idle_timeout" and counts.aborted_transactions == 0
-    assert sum(1 for r in caplog.records if r.getMessage() == DLQ_NOTICE) == len(bad)
+    notice = DLQ_NOTICE.replace("{dlq_topic}", dlq)
+    assert sum(1 for r in caplog.records if r.getMessage() == notice) == len(bad)
 
     decoder = AvroDecoder(schema_fetcher(registry_client))
     events = [decoder.decode(m.value()) for m in _read(kafka_config, analytics, unique_name)]

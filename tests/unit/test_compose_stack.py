@@ -10,7 +10,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import os
 import shlex
+import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,8 +36,24 @@ PROJECT_DIRS = ("dags", "plugins", "include", "schemas", "scripts")
 IMAGE_HOME = "/opt/airflow"
 
 
-def _interpolate(value: str) -> str:
-    """What compose makes of a value when no variable is set: defaults, and `$$` as `$`."""
+# The secrets compose requires (`${NAME:?...}`), as scripts/compose-secrets.sh writes them.
+SECRETS_SCRIPT = ROOT / "scripts" / "compose-secrets.sh"
+REQUIRED = re.compile(r"(?<!\$)\$\{(\w+):\?[^}]*\}")
+
+
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory) -> dict[str, str]:
+    """The .env the secrets script writes in a fresh folder."""
+    env_file = tmp_path_factory.mktemp("compose") / ".env"
+    subprocess.run(["bash", str(SECRETS_SCRIPT)], env={**os.environ, "COMPOSE_ENV_FILE": str(env_file)},
+                   check=True, capture_output=True, text=True)
+    return dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+
+
+def _interpolate(value: str, variables: dict[str, str] | None = None) -> str:
+    """What compose makes of a value: defaults where no variable is set, required secrets from
+    ``variables`` (a placeholder without them), and `$$` as `$`."""
+    value = REQUIRED.sub(lambda m: (variables or {}).get(m.group(1), f"secret-{m.group(1).lower()}"), value)
     value = re.sub(r"(?<!\$)\$\{\w+:-([^}]*)\}", r"\1", value)
     return value.replace("$$", "$")
 
@@ -402,7 +420,7 @@ def test_every_airflow_component_shares_the_secrets_and_the_api_server(services,
     for name in AIRFLOW_SERVICES:
         env = services[name]["environment"]
         assert {key: env.get(key) for key in shared} == {key: airflow_env[key] for key in shared}, name
-    Fernet(_interpolate(airflow_env["AIRFLOW__CORE__FERNET_KEY"]))  # the default must be a real key
+    assert REQUIRED.fullmatch(airflow_env["AIRFLOW__CORE__FERNET_KEY"])  # no default key
     assert airflow_env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
 
     execution = urlsplit(airflow_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
@@ -411,11 +429,11 @@ def test_every_airflow_component_shares_the_secrets_and_the_api_server(services,
     assert execution.port in {container for _, _, container in _published(apiserver)}
     assert f"localhost:{execution.port}/api/v2/version" in " ".join(apiserver["healthcheck"]["test"])
 
-    database = urlsplit(airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    database = urlsplit(_interpolate(airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]))
     postgres = services["postgres"]["environment"]
     assert database.hostname == "postgres"
     assert (database.username, database.password, database.path.lstrip("/")) == (
-        postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"])
+        postgres["POSTGRES_USER"], _interpolate(postgres["POSTGRES_PASSWORD"]), postgres["POSTGRES_DB"])
 
 
 def test_scheduler_health_check_is_served_where_it_is_probed(services, airflow_env):
@@ -439,8 +457,8 @@ def test_ui_password_file_is_written_by_init_where_the_api_server_reads_it(servi
     assert users == {"admin": "admin"}
     written = re.findall(r"json\.dumps\(\{\"(\w+)\": os\.environ\[\"(\w+)\"\]\}\)", init_script)
     assert written == [("admin", "AIRFLOW_ADMIN_PASSWORD")]
-    assert services["airflow-init"]["environment"]["AIRFLOW_ADMIN_PASSWORD"] == (
-        "${AIRFLOW_ADMIN_PASSWORD:-admin}")
+    assert REQUIRED.fullmatch(services["airflow-init"]["environment"]["AIRFLOW_ADMIN_PASSWORD"]).group(1) == (
+        "AIRFLOW_ADMIN_PASSWORD")
     assert '> "${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE}"' in init_script
 
     folder = str(Path(airflow_env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).parent)
@@ -543,3 +561,30 @@ def test_monitoring_urls_are_the_local_envs_pointed_at_the_containers(services, 
         assert url.port == int(listen.rpartition(":")[2]), variable
         assert url.port in {container for _, _, container in _published(services[service])}
         assert f"localhost:{url.port}/-/ready" in " ".join(services[service]["healthcheck"]["test"])
+
+
+def test_no_secret_has_a_default_and_the_secrets_script_writes_every_one_compose_requires(secrets, tmp_path):
+    from cryptography.fernet import Fernet
+
+    text = COMPOSE_FILE.read_text()
+    required = set(REQUIRED.findall(text))
+    assert required == {"AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_DB_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET",
+                        "AIRFLOW_API_SECRET_KEY", "MINIO_ROOT_PASSWORD", "CTR_DB_PASSWORD"}
+    # Nothing that looks like a secret falls back to a written value.
+    assert not re.findall(r"\$\{\w*(?:PASSWORD|SECRET|KEY)\w*:-", text)
+    assert not re.search(r"://\w+:(?!\$\{)[^@\s]+@", text)  # no password written in a URL
+    assert set(secrets) == required and all(len(v) >= 32 for v in secrets.values())
+    Fernet(secrets["AIRFLOW_FERNET_KEY"])  # a real key
+    # With them, every URL holding one still parses to the same password.
+    airflow_env = yaml.safe_load(text)["x-airflow-common"]["environment"]
+    database = urlsplit(_interpolate(airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], secrets))
+    assert database.password == secrets["AIRFLOW_DB_PASSWORD"]
+
+    # A second run changes nothing; the file is its owner's alone.
+    env_file = tmp_path / ".env"
+    for _ in range(2):
+        run = subprocess.run(["bash", str(SECRETS_SCRIPT)], env={**os.environ, "COMPOSE_ENV_FILE": str(env_file)},
+                             check=True, capture_output=True, text=True)
+    assert "nothing changed" in run.stdout and "AIRFLOW_ADMIN_PASSWORD" in run.stdout
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    assert {line.split("=")[0] for line in env_file.read_text().splitlines()} == required

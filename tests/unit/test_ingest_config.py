@@ -16,6 +16,7 @@ from include.ingest.config import (
     parse_ingest_config,
 )
 from include.ingest.hours import Mode
+from include.kafka_admin.catalog import load_catalog, parse_catalog
 
 
 def _document(**changes) -> dict:
@@ -29,9 +30,10 @@ def _document(**changes) -> dict:
     return document
 
 
-def test_the_shipped_config_is_valid():
-    config = load_ingest_config()
-    assert (config.raw_topic, config.dlq_topic, config.checkpoint_topic) == ("ad_events_raw", "ad_events_error", "ingest_checkpoints")
+def test_the_shipped_config_is_valid_and_writes_to_the_declared_topics_of_its_roles():
+    config, catalog = load_ingest_config(), load_catalog()
+    assert (config.raw_topic, config.dlq_topic, config.checkpoint_topic) == (
+        catalog.topic_for("raw"), catalog.topic_for("dlq"), catalog.topic_for("checkpoints"))
     assert config.mode is Mode.AUTO and config.chunk_rows >= 1
     assert config.producer["compression.type"] in {"lz4", "zstd"}
     assert config.row_codec is RowCodec.AUTO
@@ -42,8 +44,6 @@ def test_the_shipped_config_is_valid():
     ({"mode": "sometimes"}, "mode must be one of auto, backfill, replay"),
     ({"chunk_rows": 0}, "chunk_rows must be a whole number 1..2000000"),
     ({"chunk_rows": "100"}, "chunk_rows must be a whole number"),
-    ({"topics__raw": "bad topic"}, "raw_topic 'bad topic' is not a valid Kafka topic name"),
-    ({"topics__dlq": "ad_events_raw"}, "must be three different topics"),
     ({"producer": {"acks": "1"}}, "acks are set by the ingestion itself"),
     ({"producer": {"transactional.id": "x"}}, "transactional.id are set by the ingestion itself"),
     ({"replay__wrap": "yes"}, "replay.wrap must be true or false"),
@@ -61,16 +61,32 @@ def test_unknown_keys_are_named_with_a_suggestion():
     document["chunk_row"] = 5
     with pytest.raises(IngestConfigError, match=r"ingest.yaml: unknown key 'chunk_row' \(did you mean 'chunk_rows'\?\)"):
         parse_ingest_config(document, "ingest.yaml")
-    document = _document()
-    document["topics"]["deadletter"] = "x"
-    with pytest.raises(IngestConfigError, match="topics: unknown key 'deadletter'"):
-        parse_ingest_config(document, "ingest.yaml")
+
+
+def test_topic_names_in_the_ingestion_settings_are_refused_the_catalog_has_them():
+    with pytest.raises(IngestConfigError, match="ingest.yaml: topics: the ingestion writes to the topics with roles "
+                                                "raw, dlq and checkpoints in include/config/topics.yaml"):
+        parse_ingest_config({**_document(), "topics": {"raw": "clicks"}}, "ingest.yaml")
+
+
+def test_a_catalog_without_an_ingestion_role_is_one_sentence(tmp_path: Path):
+    catalog = parse_catalog({"topics": [{"name": "clicks", "role": "raw", "partitions": 1}]}, tmp_path / "topics.yaml")
+    with pytest.raises(IngestConfigError, match="ingest.yaml: .*topics.yaml declares no topic with role 'dlq'"):
+        parse_ingest_config(_document(), "ingest.yaml", catalog)
+
+
+def test_topics_that_are_not_valid_or_not_three_are_named():
+    config = load_ingest_config()
+    with pytest.raises(IngestConfigError, match="raw_topic 'bad topic' is not a valid Kafka topic name"):
+        config.with_overrides({"raw_topic": "bad topic"})
+    with pytest.raises(IngestConfigError, match="must be three different topics"):
+        config.with_overrides({"dlq_topic": config.raw_topic})
 
 
 def test_missing_keys_are_named():
     document = _document()
-    del document["topics"]["checkpoints"]
-    with pytest.raises(IngestConfigError, match="topics: checkpoints is missing"):
+    del document["staging_uri"]
+    with pytest.raises(IngestConfigError, match="staging_uri is missing"):
         parse_ingest_config(document, "ingest.yaml")
 
 
@@ -78,7 +94,7 @@ def test_a_missing_or_broken_file_is_one_sentence(tmp_path: Path):
     with pytest.raises(IngestConfigError, match="does not exist"):
         load_ingest_config(tmp_path / "nope.yaml")
     broken = tmp_path / "broken.yaml"
-    broken.write_text("topics: [unclosed")
+    broken.write_text("mode: [unclosed")
     with pytest.raises(IngestConfigError, match="is not valid YAML"):
         load_ingest_config(broken)
 

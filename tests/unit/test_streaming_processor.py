@@ -158,7 +158,7 @@ def _processor(**overrides) -> StreamProcessor:
 
 
 def test_good_records_are_written_and_a_failing_one_goes_to_the_dlq_unchanged(broker, caplog):
-    notice = "[DLQ] 처리 실패 이벤트를 analytics-dlq 토픽으로 전송합니다."
+    notice = "[DLQ] 처리 실패 이벤트를 {dlq_topic} 토픽으로 전송합니다."
     with caplog.at_level(logging.INFO, logger="include.streaming"):
         counts = _processor(dead_letter_notice=notice).run(idle_timeout=0.05)
     assert (counts.records_in, counts.records_out, counts.dead_lettered) == (5, 4, 1)
@@ -171,7 +171,8 @@ def test_good_records_are_written_and_a_failing_one_goes_to_the_dlq_unchanged(br
     assert (why["error.class"], why["source.topic"], why["source.offset"]) == \
         ("UnicodeDecodeError", "in", "1")
     assert broker.committed_offsets == {("in", 0): 5}
-    assert [r.getMessage() for r in caplog.records].count(notice) == 1
+    # The DLQ's name is filled in: the processor's dlq_topic ("dlq" here).
+    assert [r.getMessage() for r in caplog.records].count(notice.replace("{dlq_topic}", "dlq")) == 1
 
 
 def test_exactly_once_settings_win_over_overrides(broker):

@@ -40,7 +40,7 @@ def _write(tmp_path: Path, document) -> Path:
 
 
 def _one_topic(**overrides):
-    topic = {"name": "clicks", "partitions": 3, "configs": {"retention.ms": 1000}}
+    topic = {"name": "clicks", "role": "clicks", "partitions": 3, "configs": {"retention.ms": 1000}}
     topic.update(overrides)
     return {"topics": [topic]}
 
@@ -55,10 +55,15 @@ def _one_topic(**overrides):
     (_one_topic(configs={"retention.ms": "a week"}), "retention.ms must be a whole number"),
     (_one_topic(value_schema="nowhere.avsc"), "topic clicks: value_schema: schema file"),
     (_one_topic(compatibility="BACKWARDS"), "compatibility must be one of"),
-    ({"topics": [{"name": "a", "partitions": 1}, {"name": "a", "partitions": 1}]}, "topic a: declared twice"),
+    ({"topics": [{"name": "a", "role": "a", "partitions": 1}, {"name": "a", "role": "b", "partitions": 1}]},
+     "topic a: declared twice"),
+    ({"topics": [{"name": "a", "role": "a", "partitions": 1}, {"name": "b", "role": "a", "partitions": 1}]},
+     "topic b: role 'a' is already topic a's"),
+    (_one_topic(role=None), "topic clicks: role must be a lower-case identifier (what code calls the topic), not None"),
+    (_one_topic(role="Web-Events"), "role must be a lower-case identifier"),
     ({"topic": []}, "unknown key 'topic' (did you mean 'topics'?)"),
     ({"topics": [{"partitions": 1}]}, "topic #1 has no name"),
-    ({"topics": [{"name": "b"}]}, "topic b: partitions is missing"),
+    ({"topics": [{"name": "b", "role": "b"}]}, "topic b: partitions is missing"),
 ])
 def test_bad_declarations_fail_with_one_sentence(tmp_path, document, message):
     with pytest.raises(DeclarationError) as info:
@@ -89,8 +94,33 @@ def test_default_declarations_path_is_in_the_project():
 def test_min_insync_replicas_is_capped_to_the_replication_a_cluster_gives():
     from include.kafka_admin.topics import capped_configs
 
-    raw = load_catalog()["ad_events_raw"]
+    raw = load_catalog().spec_for("raw")
     assert capped_configs(raw, 3)["min.insync.replicas"] == "2"
     assert capped_configs(raw, 1)["min.insync.replicas"] == "1"
     assert capped_configs(raw, 1)["retention.ms"] == raw.configs["retention.ms"]
     assert raw.configs["min.insync.replicas"] == "2"  # the declaration itself is left as it is
+
+
+def test_every_declared_topic_has_a_role_and_code_asks_for_the_name_by_role():
+    from include.kafka_admin.catalog import declared_catalog, topic_for
+
+    catalog = load_catalog()
+    assert len({t.role for t in catalog.topics}) == len(catalog.topics)
+    assert all(catalog.topic_for(t.role) == t.name and topic_for(t.role) == t.name for t in catalog.topics)
+    assert declared_catalog() is declared_catalog()  # read once per process
+
+
+@pytest.mark.parametrize("role, message", [
+    ("raww", "declares no topic with role 'raww' (did you mean 'raw'?); roles: raw, "),
+    ("clicks", "declares no topic with role 'clicks'; roles: raw, "),
+])
+def test_an_unknown_role_is_one_sentence(role, message):
+    with pytest.raises(DeclarationError, match=r"topics.yaml " + message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        load_catalog().topic_for(role)
+
+
+def test_a_name_given_as_a_role_says_whose_name_it_is():
+    catalog = load_catalog()
+    name = catalog.topic_for("raw")
+    with pytest.raises(DeclarationError, match=f"{name!r} is the name of role 'raw': name topics by role"):
+        catalog.topic_for(name)

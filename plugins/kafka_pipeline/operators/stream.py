@@ -49,7 +49,8 @@ class StreamProcessorOperator(BaseOperator):
     :param batch_size: records per consume call.
     :param commit_interval: seconds between checkpoints (transaction commits).
     :param progress_interval: seconds between progress log lines.
-    :param dead_letter_notice: a line to log verbatim for every dead-lettered record.
+    :param dead_letter_notice: a line to log verbatim for every dead-lettered record
+        (``{dlq_topic}`` in it: the DLQ topic's name).
     :param kafka_config_id: the Kafka connection.
     :param schema_registry_conn_id: the registry connection, when the factory needs a client.
     """
