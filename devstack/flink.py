@@ -1,7 +1,7 @@
 """A Flink session cluster from PyFlink's own distribution, for the CTR job (flink/ctr_job.py).
 
     python -m devstack.flink start|stop|restart|status
-    python -m devstack.flink submit [--savepoint PATH] [-- job arguments]
+    python -m devstack.flink submit [--savepoint PATH] [-- job arguments]    # default --topic: the catalog's raw topic
 
 PyFlink lives in ``.venv-flink`` (``make flink-venv``): its wheel is a whole Flink 2.2 (bin/, lib/,
 conf/), and installed into the project's venv it would downgrade pandas and pyarrow. The job
@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(str(j) for j in job_jars(cluster.settings)))
         if args.action == "submit":
             job_args = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
+            if "--topic" not in job_args:
+                from include.kafka_admin.catalog import topic_for
+
+                job_args = ["--topic", topic_for("raw"), *job_args]
             print(submit(cluster.settings, job_args, args.savepoint))
         return 0
     except StackError as error:

@@ -23,7 +23,6 @@ after a restart writes the same rows again instead of adding to them.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -58,7 +57,8 @@ class JdbcTarget:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--topic", default="ad_events_raw")
+    parser.add_argument("--topic", required=True,
+                        help="the topic of Avazu records (devstack.flink submit: the catalog's raw topic)")
     parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL"),

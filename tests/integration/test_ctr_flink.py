@@ -17,7 +17,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -42,6 +41,7 @@ from include.ingest.topics import provision_ingest_topics
 from include.kafka.reader import read_to_end, reader_config
 from include.kafka.registry import registry_client, schema_fetcher
 from include.kafka.wire import AvroDecoder
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -54,15 +54,6 @@ KEY = {"ctr_hourly": ["hour", "dimension", "value"], "ctr_minute": ["minute", "d
 
 def hour_start(hour: int) -> datetime.datetime:
     return datetime.datetime.strptime(str(hour), "%y%m%d%H")
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 120.0) -> float:
-    began = time.monotonic()
-    while not condition():
-        if time.monotonic() - began > timeout:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
-    return time.monotonic() - began
 
 
 def expected_counts(rows: pd.DataFrame, window: str) -> pd.DataFrame:
@@ -130,19 +121,22 @@ class CtrPipeline:
         began = time.monotonic()
         self.job_id = submit(self.cluster.settings, self.job_args, savepoint, {"POSTGRES_URL": self.postgres_url})
         self.timings["submit_s"] = round(time.monotonic() - began, 1)
-        wait_for("the job to run", lambda: self.rest.metrics(self.job_id).state == "RUNNING")
+        wait_for("the job to run", lambda: self.rest.metrics(self.job_id).state == "RUNNING", 120)
 
     def caught_up(self) -> float:
         """Wait until both sources have read every record since the run started."""
         def done() -> bool:
             sources = self.rest.metrics(self.job_id).sources
             return len(sources) == 2 and all(s.records_in >= self.since_start for s in sources)
-        return wait_for(f"both sources to read {self.since_start} records", done)
+        began = time.monotonic()
+        wait_for(f"both sources to read {self.since_start} records", done, 120, interval=0.5)
+        return time.monotonic() - began
 
     def settled(self) -> None:
         """Wait for two checkpoints more: the sinks flush at each, so what has fired is in PostgreSQL."""
         completed = self.rest.metrics(self.job_id).completed_checkpoints
-        wait_for("two more checkpoints", lambda: self.rest.metrics(self.job_id).completed_checkpoints >= completed + 2)
+        wait_for("two more checkpoints", lambda: self.rest.metrics(self.job_id).completed_checkpoints >= completed + 2,
+                 120, interval=0.5)
 
     def frame(self, query: str) -> pd.DataFrame:
         with psycopg.connect(self.postgres_url, options=f"-c search_path={self.schema}") as connection:
@@ -247,7 +241,7 @@ def _all_impressions(ctr: CtrPipeline, hour: int) -> int:
 def test_closed_hours_and_minutes_are_exact(pipeline):
     # The hour watermark is an hour behind the newest hour (2): hour 0 has closed, 1 and 2 are open.
     ctr = pipeline
-    wait_for("hour 0 in ctr_hourly", lambda: _all_impressions(ctr, HOURS[0]) > 0)
+    wait_for("hour 0 in ctr_hourly", lambda: _all_impressions(ctr, HOURS[0]) > 0, 120)
     ctr.settled()
     assert_exact("ctr_hourly", ctr.frame("SELECT * FROM ctr_hourly"), ctr.hourly_truth(HOURS[:1]))
     # The three hours were written within seconds: their minutes close when the next test writes.
@@ -269,7 +263,7 @@ def test_after_a_savepoint_hours_stay_exact_and_a_closed_hour_read_first_is_late
     ctr.start(savepoint)
     ctr.timings["resume_catch_up_s"] = round(ctr.caught_up(), 1)
     # Hour 3 moves the watermark to hour 2: hour 1 closes (its window came through the savepoint).
-    wait_for("hour 1 in ctr_hourly", lambda: _all_impressions(ctr, HOURS[1]) > 0)
+    wait_for("hour 1 in ctr_hourly", lambda: _all_impressions(ctr, HOURS[1]) > 0, 120)
     ctr.settled()
     assert_exact("ctr_hourly", ctr.frame("SELECT * FROM ctr_hourly"), ctr.hourly_truth(HOURS[:2]))
     late = ctr.frame("SELECT window_kind, window_start, records FROM ctr_late WHERE window_kind = 'hour'")
@@ -284,18 +278,18 @@ def test_a_task_manager_killed_mid_stream_recovers_from_its_checkpoint(pipeline)
     ctr.ingest(HOURS[4])
     # Killed as soon as it has read some of hour 4, before a checkpoint can cover all of it.
     wait_for("the job to read hour 4", lambda: min(
-        s.records_in for s in ctr.rest.metrics(ctr.job_id).sources) > read_before, 60)
+        s.records_in for s in ctr.rest.metrics(ctr.job_id).sources) > read_before, 60, interval=0.2)
     restored_before = ctr.rest.metrics(ctr.job_id).restored_checkpoint
     pid = taskmanager.pid()
     os.killpg(pid, signal.SIGKILL)
     began = time.monotonic()
-    wait_for("the killed task manager to be gone", lambda: taskmanager.pid() is None, 30)
+    wait_for("the killed task manager to be gone", lambda: taskmanager.pid() is None, 30, interval=0.2)
     ctr.cluster.start(echo=lambda line: None)
     wait_for("the job to restore a checkpoint and run", lambda: (
         (m := ctr.rest.metrics(ctr.job_id)).state == "RUNNING" and m.restored_checkpoint != restored_before), 180)
     ctr.timings["recovery_s"] = round(time.monotonic() - began, 1)
     # Hour 4 moves the watermark to hour 3: hour 2 closes.
-    wait_for("hour 2 in ctr_hourly", lambda: _all_impressions(ctr, HOURS[2]) > 0)
+    wait_for("hour 2 in ctr_hourly", lambda: _all_impressions(ctr, HOURS[2]) > 0, 120)
     ctr.settled()
     assert_exact("ctr_hourly", ctr.frame("SELECT * FROM ctr_hourly"), ctr.hourly_truth(HOURS[:3]))
     assert len(ctr.frame("SELECT * FROM ctr_late WHERE window_kind = 'hour'")) == 1
