@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -230,21 +231,39 @@ class FlinkCluster:
         return [(p.name, p.pid(), p.answers()) for p in self.processes]
 
 
+def jdbc_environment(postgres_url: str) -> dict[str, str]:
+    """flink/ctr_job.py's CTR_JDBC_URL, _USER and _PASSWORD from a postgresql:// URL.
+
+    Flink's client logs its environment, masking only variables named like a secret: the URL,
+    which holds the password, must not be among them.
+    """
+    parts = urlsplit(postgres_url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.username:
+        raise StackError("POSTGRES_URL is not a postgresql://user:password@host:port/database URL")
+    return {"CTR_JDBC_URL": f"jdbc:postgresql://{parts.hostname}:{parts.port or 5432}{parts.path}",
+            "CTR_JDBC_USER": unquote(parts.username), "CTR_JDBC_PASSWORD": unquote(parts.password or "")}
+
+
 def submit(settings: FlinkSettings, job_args: list[str], savepoint: str | None = None,
-           environment: dict[str, str] | None = None) -> str:
+           postgres_url: str | None = None) -> str:
     """Submit flink/ctr_job.py to the cluster (detached) and return the job id.
 
-    The sinks' database comes from $POSTGRES_URL in the environment (``environment`` adds to
-    os.environ), never from the command line, which every process on the machine can read.
+    The sinks write to ``postgres_url`` (default: $POSTGRES_URL), handed to the job in its
+    environment, never on its command line, which every process on the machine can read.
     """
+    postgres_url = postgres_url or os.environ.get("POSTGRES_URL")
+    if not postgres_url:
+        raise StackError("the CTR job writes to $POSTGRES_URL, which is not set; run `. scripts/local-env.sh` "
+                         "after `make stack-start`")
     jars = job_jars(settings)
     argv = [str(settings.flink_home / "bin" / "flink"), "run", "--detached", "-m", f"{settings.stack.host}:{settings.rest_port}",
             "--python", str(JOB_SCRIPT)]
     if savepoint:
         argv += ["--fromSavepoint", savepoint]
     argv += ["--jars", ";".join(str(j) for j in jars), *job_args]
-    env = {**os.environ, **(environment or {}),
-           "FLINK_CONF_DIR": str(settings.conf_dir), "FLINK_LOG_DIR": str(settings.home / "log")}
+    env = {key: value for key, value in os.environ.items() if key not in ("POSTGRES_URL", "AIRFLOW_CONN_POSTGRES_DEFAULT")}
+    env.update(jdbc_environment(postgres_url), FLINK_CONF_DIR=str(settings.conf_dir),
+               FLINK_LOG_DIR=str(settings.home / "log"))
     write_config(settings)
     result = subprocess.run(argv, env=env, capture_output=True, text=True)
     output = result.stdout + result.stderr

@@ -28,31 +28,34 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import urlencode
 
 log = logging.getLogger("ctr_job")
 
 DIMENSIONS = ("site_id", "app_id", "device_type", "banner_pos")
-POSTGRES_URL_ENV = "POSTGRES_URL"
+# Set by devstack.flink's submit from $POSTGRES_URL. The password has a variable of its own: Flink
+# logs the client's environment and masks only variables named like a secret.
+JDBC_ENV = {"url": "CTR_JDBC_URL", "user": "CTR_JDBC_USER", "password": "CTR_JDBC_PASSWORD"}
 
 
 @dataclass(frozen=True)
 class JdbcTarget:
-    """Where the sinks write: a JDBC URL, user and password, from the stack's postgresql:// URL."""
+    """Where the sinks write: a JDBC URL (with the schema, if any), user and password."""
 
     url: str
     user: str
     password: str
 
     @classmethod
-    def from_postgres_url(cls, postgres_url: str, schema: str | None = None) -> "JdbcTarget":
-        parts = urlsplit(postgres_url)
-        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.username:
-            raise SystemExit(f"${POSTGRES_URL_ENV} is not a postgresql://user:password@host:port/database URL")
-        # The JDBC driver sets the search_path from currentSchema, so the table names stay plain.
-        query = f"?{urlencode({'currentSchema': schema})}" if schema else ""
-        return cls(f"jdbc:postgresql://{parts.hostname}:{parts.port or 5432}{parts.path}{query}",
-                   unquote(parts.username), unquote(parts.password or ""))
+    def from_environment(cls, schema: str | None = None) -> "JdbcTarget":
+        missing = [name for name in JDBC_ENV.values() if name not in os.environ]
+        if missing:
+            raise SystemExit(f"the sinks' database is read from {', '.join(missing)}, not set: submit the job with "
+                             "`python -m devstack.flink submit`, which sets them from $POSTGRES_URL")
+        url = os.environ[JDBC_ENV["url"]]
+        if schema:  # the JDBC driver sets the search_path from currentSchema, so table names stay plain
+            url += ("&" if "?" in url else "?") + urlencode({"currentSchema": schema})
+        return cls(url, os.environ[JDBC_ENV["user"]], os.environ[JDBC_ENV["password"]])
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -237,9 +240,7 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if not (args.registry_url or args.writer_schema_file):
         raise SystemExit("give --registry-url (or SCHEMA_REGISTRY_URL) or --writer-schema-file")
-    if not os.environ.get(POSTGRES_URL_ENV):
-        raise SystemExit(f"the sinks' database is read from ${POSTGRES_URL_ENV}, which is not set (. scripts/local-env.sh)")
-    target = JdbcTarget.from_postgres_url(os.environ[POSTGRES_URL_ENV], args.schema)
+    target = JdbcTarget.from_environment(args.schema)
 
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
@@ -260,8 +261,8 @@ def main(argv: list[str]) -> None:
         settings["pipeline.jars"] = ";".join(Path(j).resolve().as_uri() for j in args.jars.split(";") if j)
     for key, value in settings.items():
         config.set(key, value)
-    log.info("CTR job %s on topic %s at %s -> %s as %s (from $%s), checkpoints every %s",
-             args.name, args.topic, args.bootstrap_servers, target.url, target.user, POSTGRES_URL_ENV,
+    log.info("CTR job %s on topic %s at %s -> %s as %s, checkpoints every %s",
+             args.name, args.topic, args.bootstrap_servers, target.url, target.user,
              args.checkpoint_interval)
 
     ddl, inserts = statements(args, target)

@@ -119,7 +119,7 @@ class CtrPipeline:
 
     def start(self, savepoint: str | None = None) -> None:
         began = time.monotonic()
-        self.job_id = submit(self.cluster.settings, self.job_args, savepoint, {"POSTGRES_URL": self.postgres_url})
+        self.job_id = submit(self.cluster.settings, self.job_args, savepoint, self.postgres_url)
         self.timings["submit_s"] = round(time.monotonic() - began, 1)
         wait_for("the job to run", lambda: self.rest.metrics(self.job_id).state == "RUNNING", 120)
 
