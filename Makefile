@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-16)
 NATIVE_SOURCES := native/avazu_rowcodec.c native/setup.py native/pyproject.toml
 NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) | sha256sum | cut -c1-16)
 
-.PHONY: help system-packages install lock stack-start stack-stop stack-status airflow-db airflow airflow-stop airflow-status demo test test-unit clean
+.PHONY: help system-packages install flink-venv flink-start flink-stop lock stack-start stack-stop stack-status airflow-db airflow airflow-stop airflow-status demo test test-unit clean
 
 help:
 	@echo "make demo          run the whole pipeline on generated data against the local stack"
@@ -23,6 +23,8 @@ help:
 	@echo "make airflow-stop  stop them (running tasks finish their batch and commit)"
 	@echo "make install       install the Debian packages the stack needs (as root), create .venv, install the pinned requirements and build the C codec"
 	@echo "make lock          re-resolve requirements.in into requirements.txt"
+	@echo "make flink-venv    create .venv-flink with PyFlink (its own venv: it would downgrade pandas and pyarrow here)"
+	@echo "make flink-start   start the Flink session cluster for the CTR job (REST on FLINK_REST_PORT, 8082)"
 
 # The Debian packages (Maven, Java, gcc, Prometheus ...): installed when missing and run as root,
 # otherwise named in one sentence. `make test` adds the tests' own (Chromium); .ci/run runs the same.
@@ -41,6 +43,25 @@ $(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
 	@rm -f $(VENV)/.native-* && touch $@
 
 install: $(STAMP) $(NATIVE_STAMP)
+
+# PyFlink in an environment of its own: apache-flink pins pandas, pyarrow and numpy below the
+# project's. Its wheel is a whole Flink distribution, which devstack.flink runs as a session cluster.
+FLINK_VENV := .venv-flink
+FLINK_REQUIREMENTS := flink/requirements.txt
+FLINK_STAMP := $(FLINK_VENV)/.installed-$(shell sha256sum $(FLINK_REQUIREMENTS) | cut -c1-16)
+
+$(FLINK_STAMP): $(FLINK_REQUIREMENTS)
+	@test -x $(FLINK_VENV)/bin/python || $(PYTHON) -m venv $(FLINK_VENV)
+	$(FLINK_VENV)/bin/python -m pip install --quiet -r $(FLINK_REQUIREMENTS)
+	@rm -f $(FLINK_VENV)/.installed-* && touch $@
+
+flink-venv: $(FLINK_STAMP)
+
+flink-start: install flink-venv
+	$(PY) -m devstack.flink start
+
+flink-stop:
+	$(PY) -m devstack.flink stop
 
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
@@ -81,11 +102,13 @@ demo: stack-start
 	@export AIRFLOW_HOME=$(DEMO_HOME) && $(LOCAL_ENV) $(PY) -m scripts.demo
 
 test: SYSTEM_PACKAGES_ARGS := --tests
-test: stack-start
+# flink-venv: tests/integration/test_ctr_flink.py runs the CTR job on a Flink session cluster of its
+# own (its jars are fetched and its format built into the shared cache by the test's fixture).
+test: stack-start flink-venv
 	@$(LOCAL_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install
 	@$(LOCAL_ENV) $(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-clean: airflow-stop stack-stop
+clean: airflow-stop flink-stop stack-stop
 	rm -rf .devstack .airflow .airflow-demo native/build native/*.egg-info

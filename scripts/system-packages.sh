@@ -20,6 +20,8 @@ need=()
 command -v make >/dev/null || need+=(make)
 command -v mvn >/dev/null || need+=(maven)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+# javac: devstack.flink builds the CTR job's table format (flink/format) with Maven.
+command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
 "$python" -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # The ingestion's C codec (native/) is compiled by `make install`.
 command -v gcc >/dev/null || need+=(gcc)

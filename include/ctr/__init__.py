@@ -1,1 +1,1 @@
-"""The CTR serving store: the PostgreSQL tables real-time and batch CTR figures are written to."""
+"""Click-through rates: the PostgreSQL store real-time (Flink) and batch CTR figures are written to, its migrations, and the REST client Airflow watches the Flink job with (no PyFlink here)."""

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError
 
 import include
 from include.avazu.lines import AvazuInputError, CorruptInputError, HeaderMismatchError, TruncatedInputError
+from include.ctr.flink_rest import FlinkJobError, FlinkUnavailable
 from include.ctr.migrate import MigrationError, StoreUnreachable
 from include.dlq.config import DlqConfigError
 from include.dlq.reprocessor import ReprocessingMismatch
@@ -93,6 +94,8 @@ KINDS = {
     ReadTimedOut: RETRIABLE,
     SimulationFailed: RETRIABLE,
     StoreUnreachable: RETRIABLE,  # the CTR store's PostgreSQL down
+    FlinkUnavailable: RETRIABLE,  # the Flink job manager does not answer
+    FlinkJobError: PERMANENT,  # an unknown job, a failed savepoint
 }
 
 
