@@ -29,7 +29,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from include.errors import RetriableError
-from include.kafka.errors import KafkaFatalError, KafkaUnavailable, TopicsMissing
+from include.kafka.errors import KafkaFatalError, KafkaUnavailable, TopicsMissing, kafka_error
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 10.0) -
         try:
             return consumer.get_watermark_offsets(tp, timeout=timeout)
         except KafkaException as error:
-            kafka = error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
+            kafka = kafka_error(error)
             moving = kafka is not None and kafka.code() in _LEADER_MOVING
             if moving and time.monotonic() < deadline:
                 time.sleep(0.1)

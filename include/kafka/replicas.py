@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,36 +55,28 @@ def broker_answers(address: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def cluster_admin(kafka_config: dict[str, Any], bootstrap: str | None = None) -> AdminClient:
+def cluster_admin(kafka_config: dict[str, Any]) -> AdminClient:
     """An admin client with the connection settings of ``kafka_config`` (a producer's has more)."""
-    connection = {k: v for k, v in kafka_config.items() if k.startswith(_CONNECTION_PREFIXES)}
-    if bootstrap:
-        connection["bootstrap.servers"] = bootstrap
-    return AdminClient(connection)
+    return AdminClient({k: v for k, v in kafka_config.items() if k.startswith(_CONNECTION_PREFIXES)})
 
 
-def find_replica_shortage(kafka_config: dict[str, Any], topics: Sequence[str], timeout: float = 10.0,
-                          answers: Callable[[str], bool] = broker_answers,
-                          min_insync: dict[str, int] | None = None) -> ReplicaShortage | None:
+def find_replica_shortage(kafka_config: dict[str, Any], topics: Sequence[str], min_insync: dict[str, int],
+                          timeout: float = 10.0) -> ReplicaShortage | None:
     """The partitions of ``topics`` with fewer answering in-sync replicas than they need, if any.
 
-    ``min_insync`` the topics' min.insync.replicas as the caller read them while the cluster was
-    whole (a cluster with brokers down may not answer DescribeConfigs in time), else asked now.
-    None also when the cluster cannot be asked at all: the caller's own error says that better.
+    ``min_insync`` is the topics' min.insync.replicas as the caller read them while the cluster was
+    whole: a cluster with brokers down may not answer DescribeConfigs in time. None also when the
+    cluster cannot be asked at all: the caller's own error says that better.
     """
     try:
         metadata = cluster_admin(kafka_config).list_topics(timeout=timeout)
     except KafkaException:
         return None
     addresses = {node: f"{b.host}:{b.port}" for node, b in metadata.brokers.items()}
-    down = {node: address for node, address in addresses.items() if not answers(address)}
+    down = {node: address for node, address in addresses.items() if not broker_answers(address)}
     if not down:
         return None
     present = {t: metadata.topics[t].partitions.values() for t in dict.fromkeys(topics) if t in metadata.topics}
-    if min_insync is None:
-        # Topic configs from a broker that answers: a client that knows them all could pick a dead one.
-        answering = ",".join(a for node, a in addresses.items() if node not in down)
-        min_insync = min_insync_replicas(cluster_admin(kafka_config, answering), list(present), timeout, attempts=3)
     return short_partitions(present, down, min_insync)
 
 
@@ -107,19 +99,17 @@ def short_partitions(partitions: dict[str, Any], down: dict[int, str],
     return ReplicaShortage(down, short, in_sync, {t: min_insync.get(t, 1) for t in short})
 
 
-def min_insync_replicas(admin: AdminClient, topics: list[str], timeout: float, attempts: int = 1) -> dict[str, int]:
-    """Each topic's min.insync.replicas, asked up to ``attempts`` times; one that never comes back counts as 1."""
+def min_insync_replicas(admin: AdminClient, topics: list[str], timeout: float) -> dict[str, int]:
+    """Each topic's min.insync.replicas; one whose config does not come back counts as 1."""
+    if not topics:
+        return {}
     found: dict[str, int] = {}
-    for _ in range(attempts):
-        wanted = [t for t in topics if t not in found]
-        if not wanted:
-            break
-        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in wanted], request_timeout=timeout)
-        for resource, future in futures.items():
-            try:
-                entry = future.result(timeout=timeout).get("min.insync.replicas")
-            except Exception as error:  # noqa: BLE001 - asked again, then the broker count alone decides
-                log.info("min.insync.replicas of %s did not come back: %s", resource.name, error)
-                continue
-            found[resource.name] = int(entry.value) if entry is not None and entry.value else 1
+    futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=timeout)
+    for resource, future in futures.items():
+        try:
+            entry = future.result(timeout=timeout).get("min.insync.replicas")
+        except Exception as error:  # noqa: BLE001 - the broker count alone decides then
+            log.info("min.insync.replicas of %s did not come back: %s", resource.name, error)
+            continue
+        found[resource.name] = int(entry.value) if entry is not None and entry.value else 1
     return {t: found.get(t, 1) for t in topics}

@@ -221,7 +221,7 @@ class TransactionalProducer:
         if self.min_insync is None:  # one broker, or topics never checked: no replicas to lose
             return None
         # A client of its own: this producer's may still wait on a connection to a dead broker.
-        shortage = find_replica_shortage(self.config, self.topics, min_insync=self.min_insync)
+        shortage = find_replica_shortage(self.config, self.topics, self.min_insync)
         if shortage is None:
             return None
         self._broken = ErrorKind.RETRIABLE
