@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from devstack import probes
-from devstack.stack import (PROJECT_ROOT, Service, StackError, StackSettings, _cache_lock, _env_int, _maven_fetch,
+from devstack.stack import (PROJECT_ROOT, Service, StackError, StackSettings, _env_int, _maven_fetch, _mvn, _once,
                             _pom_property)
 
 FLINK_DIR = PROJECT_ROOT / "flink"
@@ -55,7 +55,7 @@ class FlinkSettings:
 
     @property
     def conf_dir(self) -> Path:
-        return self.stack.home / "flink" / "conf"
+        return self.home / "conf"
 
     @property
     def rest_url(self) -> str:
@@ -84,15 +84,9 @@ def format_jar(settings: FlinkSettings) -> Path:
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
     build = settings.stack.cache / f"flink-avro-wire-format-{digest}"
     jar = build / "flink-avro-wire-format.jar"
-    if jar.exists():
-        return jar
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise StackError("Maven (mvn) is needed to build flink/format but is not on PATH; install it (apt-get install maven)")
-    with _cache_lock(build, "the avro-wire format"):
-        # Another start may have built it while this one waited for the lock.
-        if jar.exists():
-            return jar
+
+    def build_format() -> None:
+        mvn = _mvn("build flink/format")
         log = settings.stack.logs / "build-flink-format.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         print("  building the avro-wire format (flink/format) with Maven ...", flush=True)
@@ -103,6 +97,8 @@ def format_jar(settings: FlinkSettings) -> Path:
         if result.returncode != 0 or not built.exists():
             raise StackError(f"building flink/format with mvn failed (exit {result.returncode}); see {log}")
         built.rename(jar)
+
+    _once(jar, build, "the avro-wire format", build_format)
     return jar
 
 

@@ -129,21 +129,33 @@ def _cache_lock(folder: Path, what: str) -> Iterator[None]:
         yield
 
 
+def _once(done: Path, lock_folder: Path, what: str, make: Callable[[], None]) -> None:
+    """``make()`` the cache entry whose file ``done`` is missing, once however many starts ask.
+
+    Under the cache lock of ``lock_folder``, and checked again once the lock is held: another
+    start may have made it while this one waited.
+    """
+    if done.exists():
+        return
+    with _cache_lock(lock_folder, what):
+        if not done.exists():
+            make()
+
+
+def _mvn(purpose: str) -> str:
+    """Maven's path, or a StackError saying it is needed to ``purpose`` and how to get it."""
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise StackError(f"Maven (mvn) is needed to {purpose} but is not on PATH; install it (apt-get install maven)")
+    return mvn
+
+
 def _maven_fetch(pom: Path, target: Path, log: Path, what: str) -> None:
     """Resolve the pom's dependencies through Maven and copy them into target (once)."""
     done = target / ".complete"
-    if done.exists():
-        return
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise StackError(
-            f"Maven (mvn) is needed to fetch {what} from Maven Central but is not on PATH; "
-            "install it (apt-get install maven)"
-        )
-    with _cache_lock(target, what):
-        # Another start may have fetched it while this one waited for the lock.
-        if done.exists():
-            return
+
+    def fetch() -> None:
+        mvn = _mvn(f"fetch {what} from Maven Central")
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
@@ -162,6 +174,8 @@ def _maven_fetch(pom: Path, target: Path, log: Path, what: str) -> None:
             )
         done.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
+    _once(done, target, what, fetch)
+
 
 def _unpack_once(target: Path, marker: str, fetch: Callable[[Path], Path], what: str) -> None:
     """Unpack into target the tarball that fetch(download) leaves in a download folder beside it.
@@ -170,12 +184,7 @@ def _unpack_once(target: Path, marker: str, fetch: Callable[[Path], Path], what:
     unpacks, one waiting for it then finds target/marker and does nothing. Target appears whole or
     not at all (unpacked beside it, then renamed), and the download is removed afterwards.
     """
-    if (target / marker).exists():
-        return
-    with _cache_lock(target.parent, what):
-        # Another start may have unpacked it while this one waited for the lock.
-        if (target / marker).exists():
-            return
+    def unpack() -> None:
         download = target.with_name("download")
         tarball = fetch(download)
         staging = target.with_name(f"{target.name}.partial")
@@ -187,6 +196,8 @@ def _unpack_once(target: Path, marker: str, fetch: Callable[[Path], Path], what:
         staging.rename(target)
         # The unpacked folder is all that is needed from now on.
         shutil.rmtree(download)
+
+    _once(target / marker, target.parent, what, unpack)
 
 
 class Service:
