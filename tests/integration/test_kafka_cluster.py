@@ -169,7 +169,9 @@ def hour(cluster, staged, registry_client):
     topics = IngestTopics(f"cluster_raw_{suffix}", f"cluster_dlq_{suffix}", f"cluster_ckpt_{suffix}")
     provision_ingest_topics(AdminClient(_config(cluster)), registry_client, topics)
     config = load_ingest_config().with_topics(topics).replace("test", chunk_rows=CHUNK_ROWS)
-    return {"topics": topics, "config": config, "partition": find_partition(staged["staging"], HOUR),
+    partition = find_partition(staged["staging"], HOUR)
+    assert partition.rows == staged["truth"].rows
+    return {"topics": topics, "config": config, "partition": partition,
             "truth": staged["truth"], "good_ids": staged["good_ids"]}
 
 
@@ -178,15 +180,15 @@ def _ingest(cluster: Stack, hour: dict, registry_client, hook=None):
                           registry=registry_client, phase_hook=hook).run()
 
 
-def _assert_exactly_once(cluster: Stack, hour: dict, registry_client) -> None:
+def _assert_exactly_once(cluster: Stack, registry_client, topics: IngestTopics, good_ids: Counter, truth) -> None:
     """Every source row once in the committed topics: good ones in raw, bad ones in the DLQ."""
-    config, topics, truth = _config(cluster), hour["topics"], hour["truth"]
+    config = _config(cluster)
     decoder = AvroDecoder(schema_fetcher(registry_client))
     ids = Counter(decoder.decode(r.value)["id"] for r in read_topic(config, topics.raw))
     lines = Counter(decoder.decode(r.value)["source"]["line"] for r in read_topic(config, topics.dlq))
     # The file's own duplicate ids (a fault kind) arrive as often as they are in it: none twice more.
-    assert ids == hour["good_ids"] and lines == Counter(truth.bad_lines().keys())
-    assert sum(ids.values()) + sum(lines.values()) == truth.rows == hour["partition"].rows  # none lost
+    assert ids == good_ids and lines == Counter(truth.bad_lines().keys())
+    assert sum(ids.values()) + sum(lines.values()) == truth.rows  # none lost
 
 
 def test_the_leader_killed_mid_hour_the_ingestion_goes_on_and_every_row_lands_once(cluster, hour, registry_client):
@@ -207,7 +209,7 @@ def test_the_leader_killed_mid_hour_the_ingestion_goes_on_and_every_row_lands_on
           f"{killed['recovered_s']:.1f} s later; {result.chunk_attempts_aborted} chunk attempt(s) aborted")
     assert _leader(cluster, raw) != killed["node"]
     _all_up(cluster, [raw])
-    _assert_exactly_once(cluster, hour, registry_client)
+    _assert_exactly_once(cluster, registry_client, hour["topics"], hour["good_ids"], hour["truth"])
 
 
 def test_two_of_three_down_stop_the_ingestion_in_one_sentence_and_its_retry_resumes_exactly_once(
@@ -237,7 +239,7 @@ def test_two_of_three_down_stop_the_ingestion_in_one_sentence_and_its_retry_resu
     _all_up(cluster, [raw])
     retried = _ingest(cluster, hour, registry_client)
     assert retried.action == "resume" and retried.resumed_from_chunk == 3 and retried.complete
-    _assert_exactly_once(cluster, hour, registry_client)
+    _assert_exactly_once(cluster, registry_client, hour["topics"], hour["good_ids"], hour["truth"])
 
 
 # -- pipeline_health and Prometheus with a broker down ------------------------------------------
@@ -402,12 +404,7 @@ def test_a_rolling_restart_of_all_three_brokers_during_a_backfill_loses_and_repe
           f"{sum(r.chunk_attempts_aborted for r in results)} chunk attempt(s) aborted; nodes away "
           + ", ".join(f"kafka-{n} {b - a:.1f} s" for n, (a, b) in sorted(stopped.items())))
 
-    decoder = AvroDecoder(schema_fetcher(registry_client))
-    ids = Counter(decoder.decode(r.value)["id"] for r in read_topic(_config(cluster), topics.raw))
-    lines = Counter((decoder.decode(r.value)["source"]["line"]) for r in read_topic(_config(cluster), topics.dlq))
-    assert ids == Counter(r["id"] for r in good)  # none lost, none twice
-    assert lines == Counter(truth.bad_lines().keys())
-    assert sum(ids.values()) + sum(lines.values()) == truth.rows
+    _assert_exactly_once(cluster, registry_client, topics, Counter(r["id"] for r in good), truth)
 
 
 # -- the DLQ reprocessor while brokers fail -----------------------------------------------------
