@@ -82,16 +82,17 @@ def find_replica_shortage(kafka_config: dict[str, Any], topics: Sequence[str], m
 
 def short_partitions(partitions: dict[str, Any], down: dict[int, str],
                      min_insync: dict[str, int]) -> ReplicaShortage | None:
-    """Which of ``partitions`` (topic -> its partitions' metadata: ``id``, ``leader``, ``isrs``)
-    have a leader that is down or fewer answering in-sync replicas than ``min_insync`` asks (1 when
-    not given), with the brokers in ``down`` not answering."""
+    """Which of ``partitions`` (topic -> its partitions' metadata: ``id``, ``isrs``) have fewer
+    answering in-sync replicas than ``min_insync`` asks (1 when not given), with the brokers in
+    ``down`` not answering. A partition whose leader is down but which keeps enough answering
+    in-sync replicas is not short: the controller is electing a new leader among them."""
     short: dict[str, list[int]] = {}
     in_sync: dict[str, int] = {}
     for topic, described in partitions.items():
         needed = min_insync.get(topic, 1)
         for p in sorted(described, key=lambda p: p.id):
             answering = [r for r in p.isrs if r not in down]
-            if len(answering) < needed or p.leader in down or p.leader < 0:
+            if len(answering) < needed:
                 short.setdefault(topic, []).append(p.id)
                 in_sync[topic] = min(in_sync.get(topic, len(answering)), len(answering))
     if not short:

@@ -35,10 +35,13 @@ def test_one_of_three_down_is_no_shortage_once_its_partitions_have_new_leaders()
                             {1: "127.0.0.1:19092"}, {"ad_events_raw": 2}) is None
 
 
-def test_a_partition_whose_leader_is_down_is_short_even_with_enough_replicas_in_sync():
-    shortage = short_partitions({"t": [_partition(0, 1, [1, 2, 3]), _partition(1, 2, [2, 3])]},
+def test_a_killed_leader_with_enough_replicas_still_in_sync_is_an_election_not_a_shortage():
+    # The metadata a moment after the leader of partition 0 died: it is still named leader and in sync.
+    assert short_partitions({"t": [_partition(0, 1, [1, 2, 3]), _partition(1, 2, [2, 3])]},
+                            {1: "127.0.0.1:19092"}, {"t": 2}) is None
+    shortage = short_partitions({"t": [_partition(0, 1, [1, 2]), _partition(1, 2, [2, 3])]},
                                 {1: "127.0.0.1:19092"}, {"t": 2})
-    assert shortage.partitions == {"t": [0]} and shortage.in_sync == {"t": 2}
+    assert shortage.partitions == {"t": [0]} and shortage.in_sync == {"t": 1}
 
 
 def test_a_topic_whose_config_did_not_come_back_needs_one_replica():
