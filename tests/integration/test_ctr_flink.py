@@ -164,6 +164,12 @@ class CtrPipeline:
         assert len(records) == self.ingested
         arrivals = pd.DataFrame(records)
         arrivals["minute_ms"] = arrivals["arrival_ms"] // 60_000 * 60_000
+        # The job writes a minute only once it has fired, so every minute in the table is closed too:
+        # the REST metrics' watermark (refreshed every 10 s) can lag the one that fired it.
+        written = self.frame("SELECT max(minute) AS latest FROM ctr_minute")["latest"].dropna()
+        if len(written):
+            latest = int(pd.Timestamp(written.iloc[0]).value // 1_000_000)
+            watermark = max(watermark, latest + 60_000 - 1)
         closed = arrivals[arrivals["minute_ms"] + 60_000 - 1 <= watermark]
         closed = closed.assign(minute=pd.to_datetime(closed["minute_ms"], unit="ms").dt.to_pydatetime())
         assert len(closed) or not some, "no minute has closed"
