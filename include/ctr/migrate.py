@@ -164,16 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.url:
         parser.exit(1, "error: no database to migrate: set POSTGRES_URL (. scripts/local-env.sh) or pass --url\n")
-    # Only the command line opens a connection; the runner works on the one it is given.
-    import psycopg
-
     try:
-        try:
-            connection = psycopg.connect(args.url, connect_timeout=10)
-        except psycopg.OperationalError as error:
-            # The URL holds the password: name only where it points.
-            raise StoreUnreachable(f"PostgreSQL at {_where(args.url)} did not accept a connection: "
-                                 f"{str(error).strip().splitlines()[0]}") from None
+        connection = connect(args.url)
         with connection:
             result = migrate(connection)
     except (MigrationError, StoreUnreachable) as error:
@@ -182,7 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _where(url: str) -> str:
+def connect(url: str, **settings) -> psycopg.Connection:
+    """A connection to the CTR store at ``url``; one that is refused is :class:`StoreUnreachable`."""
+    import psycopg
+
+    try:
+        return psycopg.connect(url, connect_timeout=10, **settings)
+    except psycopg.OperationalError as error:
+        # The URL holds the password: name only where it points.
+        raise StoreUnreachable(f"PostgreSQL at {where(url)} did not accept a connection: "
+                               f"{str(error).strip().splitlines()[0]}") from None
+
+
+def where(url: str) -> str:
+    """host:port/database of a postgresql:// URL, without its password (for messages)."""
     from psycopg.conninfo import conninfo_to_dict
 
     conninfo = conninfo_to_dict(url)

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError
 
 import include
 from include.avazu.lines import AvazuInputError, CorruptInputError, HeaderMismatchError, TruncatedInputError
+from include.ctr.dashboard import DashboardConfigError, StoreNotMigrated
 from include.ctr.flink_rest import FlinkJobError, FlinkUnavailable
 from include.ctr.migrate import MigrationError, StoreUnreachable
 from include.dlq.config import DlqConfigError
@@ -86,6 +87,8 @@ KINDS = {
     PipelineMismatch: PERMANENT,
     SmokeFailure: PERMANENT,
     MigrationError: PERMANENT,  # a misnamed, duplicated, edited or removed migration
+    StoreNotMigrated: PERMANENT,  # the dashboard finds no CTR tables
+    DashboardConfigError: PERMANENT,
     ServiceUnreachable: RETRIABLE,  # broker or registry down
     StorageUnavailable: RETRIABLE,  # S3 endpoint down
     KafkaUnavailable: RETRIABLE,
