@@ -28,6 +28,7 @@ from include.kafka.reader import read_topic
 from include.kafka.registry import registry_client, schema_fetcher
 from include.kafka_admin.catalog import load_catalog
 from include.kafka_admin.sandbox import provision_sandbox
+from tests.browser import Browser
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,73 +266,6 @@ def test_a_scheduler_backfill_ingests_two_avazu_hours(services, kafka_config):
         latest[checkpoint.hour] = checkpoint
     for r in results:
         assert latest[r["hour"]].complete and latest[r["hour"]].rows_read == r["hour_rows_read"]
-
-
-class Browser:
-    """Headless Chromium (Debian's) driven over the DevTools protocol: what a person sees and does."""
-
-    def __init__(self, home: Path):
-        import websockets.sync.client
-
-        executable = shutil.which("chromium") or shutil.which("chromium-browser")
-        assert executable, "Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)"
-        port = _free_port()
-        self.process = subprocess.Popen(
-            [executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={home / 'chromium'}", f"--remote-debugging-port={port}", "--window-size=1400,1000",
-             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                pages = httpx.get(f"http://127.0.0.1:{port}/json", timeout=2).json()
-                page = next(p for p in pages if p["type"] == "page")
-                break
-            except (httpx.HTTPError, StopIteration):
-                assert time.monotonic() < deadline, "Chromium did not open its DevTools port"
-                time.sleep(0.3)
-        self.socket = websockets.sync.client.connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024)
-        self._id = 0
-
-    def call(self, method: str, **params):
-        self._id += 1
-        self.socket.send(json.dumps({"id": self._id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.socket.recv(timeout=60))
-            if message.get("id") == self._id:
-                assert "error" not in message, message
-                return message.get("result", {})
-
-    def evaluate(self, expression: str):
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                         awaitPromise=True).get("result", {}).get("value")
-
-    def open(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
-
-    def wait_until(self, what: str, expression: str, timeout: float = 60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            time.sleep(0.5)
-        raise AssertionError(f"the page never showed {what}; it shows: {self.evaluate('document.body.innerText')!r:.500}")
-
-    def type_into(self, selector: str, text: str) -> None:
-        self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
-        self.call("Input.insertText", text=text)
-
-    def screenshot(self, path: Path) -> Path:
-        import base64
-
-        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
-        return path
-
-    def close(self) -> None:
-        self.socket.close()
-        self.process.terminate()
-        self.process.wait(10)
 
 
 def test_a_person_logs_in_and_sees_every_dag_in_the_ui(services):
