@@ -81,12 +81,7 @@ class Browser:
         self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
         self.call("Input.insertText", text=text)
 
-    def screenshot(self, path: Path, *, height: int | None = None) -> Path:
-        """The page as shown (``height``: first make the window that tall, for a page that scrolls)."""
-        if height is not None:
-            self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=height, deviceScaleFactor=1,
-                      mobile=False)
-            time.sleep(1.0)  # the page lays itself out again at the new size
+    def screenshot(self, path: Path) -> Path:
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
         return path
 
@@ -96,6 +91,8 @@ class Browser:
         self.process.wait(10)
 
 
+# A Streamlit page still loading or reading again: a spinner, a skeleton, elements greyed out as stale.
+SETTLING = "[data-testid=stSpinner], [data-testid=stSkeleton], [data-stale=true]"
 # How tall a Streamlit page is: its main block scrolls inside a viewport-high container.
 STREAMLIT_HEIGHT = ("Math.max(document.body.scrollHeight, ...Array.from(document.querySelectorAll("
                     "'[data-testid=stMain], [data-testid=stMainBlockContainer]')).map(e => e.scrollHeight))")
@@ -105,20 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.browser", description="A screenshot of a page, whole.")
     parser.add_argument("url")
     parser.add_argument("png", type=Path)
-    parser.add_argument("--until", default="", help="wait until the page's text holds this, and no spinner shows")
+    parser.add_argument("--until", default="", help="wait until the page's text holds this and nothing is loading")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--timeout", type=float, default=60)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="screenshot-") as home:
+    with tempfile.TemporaryDirectory(prefix="screenshot-", ignore_cleanup_errors=True) as home:
         browser = Browser(Path(home), width=args.width)
         try:
             browser.open(args.url)
-            browser.wait_until(repr(args.until), f"document.body.innerText.includes({json.dumps(args.until)}) && "
-                               "!document.querySelector('[data-testid=stSpinner], [data-testid=stSkeleton]')",
-                               args.timeout)
+            settled = f"document.body.innerText.includes({json.dumps(args.until)}) && !document.querySelector({SETTLING!r})"
+            browser.wait_until(repr(args.until), settled, args.timeout)
             time.sleep(2.0)  # charts draw after their data arrives
             height = int(browser.evaluate(STREAMLIT_HEIGHT)) + 80
-            browser.screenshot(args.png, height=height)
+            browser.call("Emulation.setDeviceMetricsOverride", width=args.width, height=height, deviceScaleFactor=1,
+                         mobile=False)
+            time.sleep(1.0)  # laid out again at the new size
+            browser.wait_until("the page settled after the resize", settled, args.timeout)
+            browser.screenshot(args.png)
         finally:
             browser.close()
     print(f"{args.png}: {args.width} x {height} px")

@@ -38,6 +38,7 @@ from include.ctr.migrate import StoreUnreachable
 from include.errors import PermanentError
 from include.health.hours import HourDeadLetters, dead_letters_by_hour, read_hour_checkpoints
 from include.ingest.config import IngestTopics
+from include.kafka.reachability import check_broker
 from include.kafka.reader import read_to_end, reader_config
 from include.paths import CONFIG_DIR, PROJECT_ROOT, settings_file
 from include.settings import Checks, read_yaml_file
@@ -58,6 +59,7 @@ MINUTE = dt.timedelta(minutes=1)
 ARRIVAL_MARGIN_MS = 2_000
 # Without any checkpoint, the newest record is looked for this far back.
 ARRIVAL_LOOKBACK_MS = 3_600_000
+BROKER_TIMEOUT_S = 3.0
 
 
 class DashboardConfigError(PermanentError, ValueError):
@@ -239,6 +241,8 @@ class IngestionFigures:
 def read_ingestion(kafka_config: dict[str, Any], fetch_schema: Callable[[int], str],
                    topics: IngestTopics, now: float | None = None) -> IngestionFigures:
     """The ingestion's figures from its checkpoints and the raw topic's newest records."""
+    # A broker that does not answer is said in a few seconds, not after each read's own timeout.
+    check_broker(kafka_config, timeout=BROKER_TIMEOUT_S, where="KAFKA_BOOTSTRAP_SERVERS")
     checkpoints = read_hour_checkpoints(kafka_config, fetch_schema, topics)
     latest = [cp for cps in checkpoints.values() for cp in cps]
     produced = [hour for hour, cps in checkpoints.items() if any(cp.rows_produced for cp in cps)]

@@ -7,9 +7,11 @@ again every ``refresh_s`` seconds. Each section sits in a container with a key (
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -20,15 +22,30 @@ from include.health.config import load_health_config
 from include.ingest.config import load_ingest_config
 from include.kafka.registry import registry_client, schema_fetcher
 
+_VOLUME, _RATE = "#4c78a8", "#e45756"
+
+
 @st.cache_resource
 def _fetch_schema():
     return schema_fetcher(registry_client(os.environ["SCHEMA_REGISTRY_URL"]))
 
 
-def _windows(windows: list[figures.CtrWindow], column: str) -> pd.DataFrame:
-    return pd.DataFrame({column: [w.start for w in windows],
+def _ctr_chart(windows: list[figures.CtrWindow], column: str, size: dt.timedelta, time_format: str) -> None:
+    """CTR as a line over the windows' impressions as an area, each on its own axis."""
+    data = pd.DataFrame({column: [w.start for w in windows],
                          "CTR %": [None if w.ctr is None else 100 * w.ctr for w in windows],
-                         "impressions": [w.impressions for w in windows]})
+                         "impressions": [w.impressions for w in windows],
+                         "clicks": [w.clicks for w in windows]})
+    # No more ticks than windows fit in the span: two minutes get a tick a minute, not four "16:42" labels.
+    span = max(1, round((windows[-1].start - windows[0].start) / size))
+    axis = alt.Axis(format=time_format, tickCount=min(span, 8))
+    base = alt.Chart(data).encode(x=alt.X(f"{column}:T", title=None, axis=axis))
+    volume = base.mark_area(opacity=0.2, color=_VOLUME).encode(y=alt.Y("impressions:Q", title="impressions (area)"))
+    ctr = base.mark_line(color=_RATE, point=alt.OverlayMarkDef(color=_RATE) if len(windows) <= 48 else False).encode(
+        y=alt.Y("CTR %:Q", title="CTR % (line)"),
+        tooltip=[alt.Tooltip(f"{column}:T", format="%Y-%m-%d %H:%M"), "impressions:Q", "clicks:Q",
+                 alt.Tooltip("CTR %:Q", format=".3f")])
+    st.altair_chart(alt.layer(volume, ctr).resolve_scale(y="independent").properties(height=300), width="stretch")
 
 
 def _ranked_table(values: list[figures.RankedValue]) -> pd.DataFrame:
@@ -57,17 +74,13 @@ def _store_section(store: figures.StoreFigures, settings: figures.DashboardSetti
     with left.container(key="hourly"):
         st.subheader("CTR per Avazu hour")
         if store.hours:
-            data = _windows(store.hours, "hour")
-            st.line_chart(data, x="hour", y="CTR %", height=260)
-            st.bar_chart(data, x="hour", y="impressions", height=160)
+            _ctr_chart(store.hours, "hour", figures.HOUR, "%m-%d %H:%M")
         else:
             st.info("No Avazu hour has closed yet: the job writes an hour once its watermark has passed it.")
     with right.container(key="minutely"):
         st.subheader(f"CTR per minute of arrival (newest {settings.minutes})")
         if store.minutes:
-            data = _windows(store.minutes, "minute")
-            st.line_chart(data, x="minute", y="CTR %", height=260)
-            st.bar_chart(data, x="minute", y="impressions", height=160)
+            _ctr_chart(store.minutes, "minute", figures.MINUTE, "%H:%M")
         else:
             st.info("No minute of arrival has closed yet.")
 
@@ -112,8 +125,13 @@ def _dlq_section(ingestion: figures.IngestionFigures, max_ratio: float) -> None:
             st.info("No Avazu hour has been ingested yet.")
             return
         hours = ingestion.hours
-        chart = pd.DataFrame({"hour": [str(h.hour) for h in hours], "DLQ %": [100 * h.ratio for h in hours]})
-        st.bar_chart(chart, x="hour", y="DLQ %", height=220)
+        chart = pd.DataFrame({"hour": [str(h.hour) for h in hours], "DLQ %": [100 * h.ratio for h in hours],
+                              "over": [h.ratio > max_ratio for h in hours]})
+        bars = alt.Chart(chart).mark_bar().encode(
+            x=alt.X("hour:O", title="Avazu hour"), y=alt.Y("DLQ %:Q"),
+            color=alt.condition("datum.over", alt.value(_RATE), alt.value(_VOLUME)), tooltip=["hour", "DLQ %"])
+        limit = alt.Chart(pd.DataFrame({"limit": [100 * max_ratio]})).mark_rule(strokeDash=[4, 4]).encode(y="limit:Q")
+        st.altair_chart(alt.layer(bars, limit).properties(height=220), width="stretch")
         st.table(pd.DataFrame({
             "hour": [str(h.hour) for h in hours],
             "rows read": [figures.count(h.rows_read) for h in hours],
