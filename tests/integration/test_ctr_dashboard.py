@@ -62,7 +62,7 @@ ORIGIN = Origin("avazu_hourly_ingest", "manual__dashboard", "ingest_hour", 1)
 # The known rows: impressions and clicks per closed hour, dimension and value. Hours 00 and 01 have
 # closed; the ingestion has written up to hour 03, so the event-time watermark trails it by 1 h.
 # Sites: 'a' (1 of 1) and 'e' (999 impressions at 50%) are under the threshold of 1,000 and must
-# not be ranked however high their CTR.
+# not be ranked however high their CTR; app 'x' has exactly 1,000 and is.
 KNOWN = {
     14102100: {
         "site_id": {"a": (1, 1), "b": (600, 150), "c": (800, 120)},
@@ -72,7 +72,7 @@ KNOWN = {
     },
     14102101: {
         "site_id": {"b": (600, 150), "c": (400, 60), "d": (1500, 300), "e": (999, 500), "f": (2000, 100)},
-        "app_id": {"": (3000, 600), "x": (1000, 110), "y": (1499, 400)},
+        "app_id": {"": (3200, 600), "x": (800, 110), "y": (1499, 400)},
         "device_type": {"1": (5000, 1000), "4": (499, 110)},
         "banner_pos": {"0": (4000, 700), "1": (1499, 410)},
     },
@@ -266,6 +266,10 @@ def test_the_page_shows_what_the_tables_and_the_checkpoints_hold(dashboard, inge
             connection.execute("INSERT INTO ctr_hourly VALUES ('2014-10-21 02:00', 'all', '', 1000, 100)")
         browser.wait_until("the newly closed hour", f"(() => {{ const m = {_METRICS}; "
                            f"return m['Impressions'] === {json.dumps(count(impressions + 1000))}; }})()", timeout=30)
+        # The page draws its sections in order as it reads them: the watermark comes after the checkpoints.
+        browser.wait_until("the watermark an hour further", f"({_table('watermark')} || []).some(r => r[0] === "
+                           f"'Avazu hour (event time)' && r[1] === {json.dumps(moment(newest_hour + dt.timedelta(hours=2), 'Avazu'))})",
+                           timeout=30)
         clocks = _rows_by_first_column(browser.evaluate(_table("watermark")))
         assert clocks["Avazu hour (event time)"]["trails by"] == duration(dt.timedelta(0))
         shot = browser.screenshot(tmp_path / "dashboard.png")
@@ -287,7 +291,8 @@ def test_the_figures_module_reads_the_known_rows(store):
         ("b", 1200, 300), ("d", 1500, 300), ("c", 1200, 180), ("f", 2000, 100)]
     assert [v.value for v in sites.worst] == ["f", "c", "d", "b"] and (sites.ranked, sites.unranked) == (4, 2)
     apps = figures.rankings["app_id"]
-    assert [(v.value, v.ctr) for v in apps.best] == [("y", 400 / 1499), ("", 841 / 4201), ("x", 140 / 1200)]
+    assert [(v.value, v.ctr) for v in apps.best] == [("y", 400 / 1499), ("", 841 / 4401), ("x", 140 / 1000)]
+    assert (apps.ranked, apps.unranked) == (3, 0)
     assert figures.late_records == {"hour": 5, "minute": 2}
 
 
