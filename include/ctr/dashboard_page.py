@@ -68,7 +68,7 @@ def _store_section(store: figures.StoreFigures, settings: figures.DashboardSetti
         columns[3].metric("Avazu hours closed", figures.count(len(store.hours)))
         columns[4].metric("Late records", figures.count(store.late_records["hour"]),
                           help="Records whose Avazu hour had closed when they arrived: counted in ctr_late, "
-                               "in no hour above.")
+                               "in no hour here.")
 
     left, right = st.columns(2)
     with left.container(key="hourly"):
@@ -77,12 +77,16 @@ def _store_section(store: figures.StoreFigures, settings: figures.DashboardSetti
             _ctr_chart(store.hours, "hour", figures.HOUR, "%m-%d %H:%M")
         else:
             st.info("No Avazu hour has closed yet: the job writes an hour once its watermark has passed it.")
+        st.caption(f"Late: {figures.count(store.late_records['hour'])} records came after their Avazu hour had "
+                   "closed (counted in ctr_late, in no hour here).")
     with right.container(key="minutely"):
         st.subheader(f"CTR per minute of arrival (newest {settings.minutes})")
         if store.minutes:
             _ctr_chart(store.minutes, "minute", figures.MINUTE, "%H:%M")
         else:
             st.info("No minute of arrival has closed yet.")
+        st.caption(f"Late: {figures.count(store.late_records['minute'])} records arrived after their minute had "
+                   "closed (counted in ctr_late, in no minute here).")
 
     st.subheader("Top and bottom by CTR")
     st.markdown(f"Over the closed hours. **Only values with at least {figures.count(threshold)} impressions are "
@@ -128,9 +132,10 @@ def _dlq_section(ingestion: figures.IngestionFigures, max_ratio: float) -> None:
         chart = pd.DataFrame({"hour": [str(h.hour) for h in hours], "DLQ %": [100 * h.ratio for h in hours],
                               "over": [h.ratio > max_ratio for h in hours]})
         bars = alt.Chart(chart).mark_bar().encode(
-            x=alt.X("hour:O", title="Avazu hour"), y=alt.Y("DLQ %:Q"),
+            x=alt.X("hour:O", title="Avazu hour"), y=alt.Y("DLQ %:Q", title="DLQ %"),
             color=alt.condition("datum.over", alt.value(_RATE), alt.value(_VOLUME)), tooltip=["hour", "DLQ %"])
-        limit = alt.Chart(pd.DataFrame({"limit": [100 * max_ratio]})).mark_rule(strokeDash=[4, 4]).encode(y="limit:Q")
+        limit = alt.Chart(pd.DataFrame({"limit": [100 * max_ratio]})).mark_rule(strokeDash=[4, 4]).encode(
+            y=alt.Y("limit:Q", title="DLQ %"))
         st.altair_chart(alt.layer(bars, limit).properties(height=220), width="stretch")
         st.table(pd.DataFrame({
             "hour": [str(h.hour) for h in hours],

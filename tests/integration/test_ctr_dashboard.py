@@ -176,6 +176,11 @@ def dashboard(tmp_path, ingestion, store):
     log.close()
 
 
+def _late(url: str, kind: str) -> tuple[int]:
+    with psycopg.connect(url) as connection:
+        return connection.execute("SELECT SUM(records) FROM ctr_late WHERE window_kind = %s", (kind,)).fetchone()
+
+
 # What the page shows, read from the DOM: each section is a container whose CSS class is st-key-<its key>.
 _METRICS = """Object.fromEntries(Array.from(document.querySelectorAll('.st-key-totals [data-testid=stMetric]'))
   .map(m => [m.querySelector('[data-testid=stMetricLabel]').textContent.trim(),
@@ -205,7 +210,7 @@ def test_the_page_shows_what_the_tables_and_the_checkpoints_hold(dashboard, inge
         impressions, clicks, hours, newest_hour = connection.execute(
             "SELECT SUM(impressions), SUM(clicks), COUNT(*), MAX(hour) FROM ctr_hourly WHERE dimension = 'all'").fetchone()
         (newest_minute,) = connection.execute("SELECT MAX(minute) FROM ctr_minute").fetchone()
-        (late,) = connection.execute("SELECT records FROM ctr_late WHERE window_kind = 'hour'").fetchone()
+        (late,) = _late(dashboard["store"], "hour")
         per_value = {dimension: connection.execute(
             "SELECT value, SUM(impressions), SUM(clicks) FROM ctr_hourly WHERE dimension = %s GROUP BY value",
             (dimension,)).fetchall() for dimension in RANKED}
@@ -224,6 +229,9 @@ def test_the_page_shows_what_the_tables_and_the_checkpoints_hold(dashboard, inge
 
         text = browser.evaluate("document.body.textContent")
         assert f"Only values with at least {count(threshold)} impressions are ranked" in text
+        (late_minutes,) = _late(dashboard["store"], "minute")
+        assert f"Late: {count(late_minutes)} records arrived after their minute had closed" in text
+        assert f"Late: {count(late)} records came after their Avazu hour had closed" in text
         for dimension, name in RANKED.items():
             values = [(value, i, c) for value, i, c in per_value[dimension]]
             ranked = [v for v in values if v[1] >= threshold]
