@@ -91,7 +91,7 @@ def _store_section(store: figures.StoreFigures, settings: figures.DashboardSetti
     st.subheader("Top and bottom by CTR")
     st.markdown(f"Over the closed hours. **Only values with at least {figures.count(threshold)} impressions are "
                 f"ranked**: a site seen once with one click would otherwise top the list at 100%.")
-    tabs = st.tabs([name for name in figures.RANKED.values()])
+    tabs = st.tabs(list(figures.RANKED.values()))
     for tab, (dimension, name) in zip(tabs, figures.RANKED.items()):
         ranking = store.rankings[dimension]
         with tab, st.container(key=f"ranking_{dimension}"):
@@ -118,8 +118,8 @@ def _progress_section(progress: list[figures.ClockProgress]) -> None:
         st.caption("The job writes a window once its watermark has passed the window's end, so the newest window "
                    "in the store says where the watermark is at least. The newest record: the newest Avazu hour "
                    "ingested, and the newest record's Kafka timestamp in the raw topic. The watermark trails them "
-                   "by the job's lateness (1 h and 5 s) while records flow; a minute closes only once records "
-                   "after it arrive.")
+                   "by the job's lateness (by default 1 h and 5 s) while records flow; a window closes only once "
+                   "records after it arrive.")
 
 
 def _dlq_section(ingestion: figures.IngestionFigures, max_ratio: float) -> None:
