@@ -21,7 +21,7 @@ def sandbox_catalog(copies: dict[str, str], catalog: TopicCatalog | None = None)
     """A catalog declaring each ``copies`` value (``{role: name}``) exactly like the declared topic of that role."""
     catalog = catalog or load_catalog()
     specs = [dataclasses.replace(catalog.spec_for(role), name=name) for role, name in copies.items()]
-    return TopicCatalog(catalog.source, tuple(specs))
+    return TopicCatalog(catalog.source, tuple(specs), catalog.access)
 
 
 def provision_sandbox(admin: AdminClient, registry: SchemaRegistryClient, copies: dict[str, str]) -> dict[str, Any]:
