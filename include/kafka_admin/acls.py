@@ -18,9 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType, AdminClient,
-                                   ResourcePatternType, ResourceType)
+                                   ConfigResource, ResourcePatternType, ResourceType)
 
 from include.kafka_admin.catalog import TopicCatalog
 
@@ -71,17 +70,26 @@ def declared_acls(catalog: TopicCatalog) -> set[Acl]:
     return acls
 
 
+def has_authorizer(admin: AdminClient, timeout: float = 30.0) -> bool:
+    """Whether the brokers authorize requests (``authorizer.class.name`` is set in a broker's config).
+
+    Asked of the config, as a broker without one answers DescribeAcls with an empty list and
+    refuses only CreateAcls.
+    """
+    broker = min(admin.list_topics(timeout=timeout).brokers)
+    resource = ConfigResource(ResourceType.BROKER, str(broker))
+    entries = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout)
+    entry = entries.get("authorizer.class.name")
+    return bool(entry is not None and entry.value)
+
+
 def existing_acls(admin: AdminClient, principal: str, timeout: float = 30.0) -> set[Acl] | None:
     """The principal's ALLOW ACLs on topics, groups and transactional ids; None without an authorizer."""
+    if not has_authorizer(admin, timeout):
+        return None
     wanted = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{principal}", None,
                               AclOperation.ANY, AclPermissionType.ANY)
-    try:
-        bindings = admin.describe_acls(wanted, request_timeout=timeout).result(timeout)
-    except KafkaException as error:
-        if error.args[0].code() == KafkaError.SECURITY_DISABLED:
-            return None
-        raise
-    return {Acl.of(b) for b in bindings}
+    return {Acl.of(b) for b in admin.describe_acls(wanted, request_timeout=timeout).result(timeout)}
 
 
 @dataclass(frozen=True)
