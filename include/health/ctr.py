@@ -131,7 +131,7 @@ class HourVerdict:
 class StoreSnapshot:
     """What the check reads from the CTR store, by Avazu hour (YYMMDDHH)."""
 
-    hours: list[int]  # the hours batched in the lookback
+    hours: list[int]  # the staged hours batched in the lookback
     closed_through: int | None  # the newest hour in ctr_hourly
     batch: dict[int, dict[Key, Figures]]
     stream: dict[int, dict[Key, Figures]]
@@ -174,9 +174,10 @@ def read_snapshot(connection: psycopg.Connection, since: dt.datetime) -> StoreSn
     """The batched hours of the lookback and both sides' figures for those the stream has closed, in one snapshot."""
     with connection.transaction():
         connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # The staged hours batched: an hour that only holds repairs spilled from the hour before is
+        # not complete in the batch until its own staged file is counted too.
         hours = sorted(_avazu_hour(moment) for (moment,) in connection.execute(
-            "SELECT DISTINCT p.hour FROM ctr_batch_parts p JOIN ctr_batch_runs r USING (staged_hour) "
-            "WHERE r.computed_at >= %s", (since,)))
+            "SELECT staged_hour FROM ctr_batch_runs WHERE computed_at >= %s", (since,)))
         newest = connection.execute("SELECT max(hour) FROM ctr_hourly").fetchone()[0]
         closed_through = _avazu_hour(newest) if newest is not None else None
         closed = [h for h in hours if closed_through is not None and h <= closed_through]
