@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -100,10 +101,16 @@ def migrated_ctr_schema(postgres_url: str, schema: str):
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
+@pytest.fixture(scope="session")
+def ctr_schema(postgres_url):
+    """``ctr_schema(name)``: :func:`migrated_ctr_schema` on the stack's store, for fixtures of wider scope."""
+    return functools.partial(migrated_ctr_schema, postgres_url)
+
+
 @pytest.fixture
-def ctr_store(postgres_url, unique_name):
+def ctr_store(ctr_schema, unique_name):
     """A migrated CTR store of the test's own (:func:`migrated_ctr_schema`)."""
-    with migrated_ctr_schema(postgres_url, unique_name("ctr")) as store:
+    with ctr_schema(unique_name("ctr")) as store:
         yield store
 
 

@@ -39,7 +39,6 @@ from include.ingest.topics import provision_ingest_topics
 from include.kafka.registry import registry_client
 from include.kafka_admin.catalog import topic_for
 from include.kafka_admin.sandbox import provision_sandbox, sandbox_catalog
-from tests.conftest import migrated_ctr_schema
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -73,10 +72,10 @@ def _completed_checkpoints(rest: FlinkRestClient, job_id: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def pipeline(flink_cluster, postgres_url, kafka_config, schema_registry_url, tmp_path_factory):
+def pipeline(flink_cluster, ctr_schema, postgres_url, kafka_config, schema_registry_url, tmp_path_factory):
     suffix = uuid.uuid4().hex[:10]
     folder = tmp_path_factory.mktemp("ctr-reconciliation")
-    with migrated_ctr_schema(postgres_url, f"ctr_rec_{suffix}") as store:
+    with ctr_schema(f"ctr_rec_{suffix}") as store:
         registry = registry_client(schema_registry_url)
         admin = AdminClient(kafka_config)
         topics = IngestTopics(f"ctr_rec_raw_{suffix}", f"ctr_rec_dlq_{suffix}", f"ctr_rec_ckpt_{suffix}")
