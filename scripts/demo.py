@@ -106,7 +106,8 @@ def _preflight() -> None:
     from include.kafka.reachability import ServiceUnreachable, check_broker, check_registry
 
     try:
-        check_broker({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]}, timeout=10)
+        # kafka_default's settings: with KAFKA_AUTH=scram they sign in (scripts/local-env.sh).
+        check_broker(json.loads(os.environ["AIRFLOW_CONN_KAFKA_DEFAULT"])["extra"], timeout=10)
         url = os.environ["SCHEMA_REGISTRY_URL"]
         check_registry(registry_client(url), url)
     except ServiceUnreachable as error:

@@ -39,6 +39,7 @@ from include.kafka.errors import (
     TransactionAborted,
     classify,
 )
+from include.kafka.client_file import ClientConfigError
 from include.kafka.reachability import ServiceUnreachable
 from include.kafka.registry import SchemaNotRegistered, UnknownSchemaId
 from include.kafka.reader import ReadTimedOut
@@ -72,6 +73,7 @@ KINDS = {
     PushgatewayUnavailable: RETRIABLE,
     ReprocessingMismatch: PERMANENT,
     DeclarationError: PERMANENT,
+    ClientConfigError: PERMANENT,  # a client settings file missing or malformed
     HourMappingError: PERMANENT,
     SchemaNotRegistered: PERMANENT,
     SchemaMismatchError: PERMANENT,
