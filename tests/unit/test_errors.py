@@ -13,7 +13,9 @@ from confluent_kafka import KafkaError
 import include
 from include.avazu.lines import AvazuInputError, CorruptInputError, HeaderMismatchError, TruncatedInputError
 from include.ctr.flink_rest import FlinkJobError, FlinkUnavailable
-from include.ctr.migrate import MigrationError, StoreUnreachable
+from include.ctr.batch import BatchMismatch, HourNotStaged, NotAnAvazuHour
+from include.ctr.migrate import MigrationError
+from include.ctr.store import StoreNotMigrated, StoreUnreachable
 from include.dlq.config import DlqConfigError
 from include.dlq.reprocessor import ReprocessingMismatch
 from include.eda.sampling import SamplingConfigError
@@ -96,6 +98,10 @@ KINDS = {
     ReadTimedOut: RETRIABLE,
     SimulationFailed: RETRIABLE,
     StoreUnreachable: RETRIABLE,  # the CTR store's PostgreSQL down
+    StoreNotMigrated: PERMANENT,  # the CTR tables are missing: run the migrations
+    BatchMismatch: PERMANENT,  # the CTR batch's counts disagree with the staging manifest
+    HourNotStaged: PERMANENT,
+    NotAnAvazuHour: PERMANENT,
     FlinkUnavailable: RETRIABLE,  # the Flink job manager does not answer
     FlinkJobError: PERMANENT,  # an unknown job, a failed savepoint
 }
