@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
+import ssl
 import struct
 import urllib.error
 import urllib.request
@@ -18,23 +20,28 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def kafka_answers(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> bool:
+def kafka_answers(port: int, host: str = "127.0.0.1", timeout: float = 2.0,
+                  tls: ssl.SSLContext | None = None) -> bool:
     """Send a Kafka ApiVersions request (v0) and expect error code 0 back.
 
     This is the first request every Kafka client sends; a broker that answers it is serving the
-    protocol, which a bare TCP connect to a still-starting broker does not prove.
+    protocol, which a bare TCP connect to a still-starting broker does not prove. On a TLS listener
+    (``tls``) it goes through the handshake first; SASL listeners answer ApiVersions before sign-in.
     """
     client_id = b"devstack"
     correlation_id = 7
     # Request header v1: api_key=18 (ApiVersions), api_version=0, correlation_id, client_id.
     header = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
+            if tls is not None:
+                sock = stack.enter_context(tls.wrap_socket(sock, server_hostname=host))
             sock.sendall(struct.pack(">i", len(header)) + header)
             size_bytes = _recv_exact(sock, 4)
             (size,) = struct.unpack(">i", size_bytes)
             body = _recv_exact(sock, size)
-    except (OSError, ConnectionError):
+    except (OSError, ConnectionError):  # ssl.SSLError is an OSError
         return False
     got_correlation, error_code = struct.unpack(">ih", body[:6])
     return got_correlation == correlation_id and error_code == 0

@@ -10,7 +10,6 @@ import importlib.util
 import os
 import pwd
 import re
-import secrets
 import shutil
 import signal
 import stat
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from devstack import probes
 from devstack.javas import describe_available, find_java
+from devstack.kafka_auth import MODES as KAFKA_AUTH_MODES, KafkaAuth, write_secret
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEVSTACK_DIR = Path(__file__).resolve().parent
@@ -73,6 +73,8 @@ class StackSettings:
     postgres_port: int = field(default_factory=lambda: _env_int("POSTGRES_PORT", 5432))
     # One node by default; 3 makes a cluster of three nodes, each broker and KRaft controller.
     kafka_brokers: int = field(default_factory=lambda: _env_int("KAFKA_BROKERS", 1))
+    # none: PLAINTEXT, no ACLs. scram: SASL/SCRAM over TLS with the authorizer on (devstack/kafka_auth.py).
+    kafka_auth: str = field(default_factory=lambda: os.environ.get("KAFKA_AUTH") or "none")
     kafka_heap: str = field(default_factory=lambda: os.environ.get("KAFKA_HEAP", "1g"))
     registry_heap: str = field(default_factory=lambda: os.environ.get("SCHEMA_REGISTRY_HEAP", "512m"))
     # The jars cache is shared by every checkout on this machine unless told otherwise, so a
@@ -86,6 +88,8 @@ class StackSettings:
     def __post_init__(self) -> None:
         if self.kafka_brokers not in (1, 3):
             raise StackError(f"KAFKA_BROKERS={self.kafka_brokers}: the stack runs 1 Kafka node or a cluster of 3")
+        if self.kafka_auth not in KAFKA_AUTH_MODES:
+            raise StackError(f"KAFKA_AUTH={self.kafka_auth!r}: choose one of {', '.join(KAFKA_AUTH_MODES)}")
 
     @property
     def logs(self) -> Path:
@@ -100,6 +104,11 @@ class StackSettings:
     @property
     def run(self) -> Path:
         return self.home / "run"
+
+    @property
+    def kafka_auth_files(self) -> KafkaAuth | None:
+        """The CA, certificate and passwords of an authenticated Kafka (KAFKA_AUTH=scram), else None."""
+        return KafkaAuth(self.home / "kafka-auth") if self.kafka_auth == "scram" else None
 
 
 def _pom_property(pom: Path, name: str) -> str:
@@ -470,6 +479,18 @@ class KafkaBroker(Service):
             "min.insync.replicas=2",
         ]
 
+    def _listeners(self) -> list[str]:
+        s = self.settings
+        if s.kafka_auth_files:
+            return s.kafka_auth_files.broker_properties(s.host, self.port, self.controller_port)
+        return [
+            f"listeners=PLAINTEXT://{s.host}:{self.port},CONTROLLER://{s.host}:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{s.host}:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+
     def _write_config(self) -> Path:
         s = self.settings
         conf_dir = self.conf_dir
@@ -481,12 +502,7 @@ class KafkaBroker(Service):
                     "# Written by devstack at every start; edit devstack/stack.py instead.",
                     "process.roles=broker,controller",
                     f"node.id={self.node}",
-                    f"listeners=PLAINTEXT://{s.host}:{self.port},"
-                    f"CONTROLLER://{s.host}:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{s.host}:{self.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    *self._listeners(),
                     f"log.dirs={self.data_dir}",
                     *self._quorum(),
                     # Topics are provisioned from the declarations, never created by a typo.
@@ -528,7 +544,12 @@ class KafkaBroker(Service):
         if not self.agent_jar.is_file():
             raise StackError(f"fetching the JMX exporter left no {self.agent_jar.name} in "
                              f"{self.agent_jar.parent}; delete that folder and start again")
+        auth = self.settings.kafka_auth_files
+        if auth:
+            auth.ensure()
         config = self._write_config()
+        if auth:
+            config.chmod(0o600)  # it holds admin's password: brokers sign in to each other with it
         if (self.data_dir / "meta.properties").exists():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -544,7 +565,8 @@ class KafkaBroker(Service):
         with log.open("w") as out:
             result = subprocess.run(
                 [java, *self._jvm_flags(), "kafka.tools.StorageTool", "format",
-                 *quorum, "-t", cluster_id, "-c", str(config)],
+                 *quorum, "-t", cluster_id, "-c", str(config),
+                 *(auth.format_arguments() if auth else [])],
                 stdout=out, stderr=subprocess.STDOUT,
             )
         if result.returncode != 0:
@@ -568,7 +590,11 @@ class KafkaBroker(Service):
         return argv, {}
 
     def answers(self) -> bool:
-        return probes.kafka_answers(self.port, self.settings.host)
+        auth = self.settings.kafka_auth_files
+        tls = auth.probe_context() if auth and auth.ca_file.exists() else None
+        if auth and tls is None:
+            return False
+        return probes.kafka_answers(self.port, self.settings.host, tls=tls)
 
 
 class SchemaRegistry(Service):
@@ -885,12 +911,7 @@ class Postgres(Service):
     def _write_password(self) -> None:
         # Generated on each machine, not written in the repository: the server listens on TCP, and
         # a password in git would be everyone's. Only its owner may read the file.
-        try:
-            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(24))
+        write_secret(self.password_file)
 
     def initdb_command(self) -> list[str]:
         return [

@@ -16,7 +16,9 @@ newest record's Kafka timestamp (arrival).
 
 The launcher checks the settings and the environment, then runs Streamlit on the page: on
 ``127.0.0.1:$DASHBOARD_PORT`` (8501), ``DASHBOARD_ADDRESS`` to listen elsewhere. Exit 1 with one
-sentence when something it needs is missing.
+sentence when something it needs is missing. A broker that asks clients to sign in
+(``KAFKA_AUTH=scram``) gets its settings from ``--client-config FILE`` (librdkafka ``key=value``
+lines, as the stream processors' command line takes them), never from the command line itself.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer
 
 from include.avazu.contract import hour_to_datetime
-from include.ctr.migrate import StoreUnreachable
+from include.ctr.store import StoreUnreachable, require_tables
 from include.errors import PermanentError
 from include.health.hours import HourDeadLetters, dead_letters_by_hour, read_hour_checkpoints
 from include.ingest.config import IngestTopics
+from include.kafka.client_file import ClientConfigError, client_settings
 from include.kafka.reachability import check_broker
 from include.kafka.reader import read_to_end, reader_config
 from include.paths import CONFIG_DIR, PROJECT_ROOT, settings_file
@@ -49,7 +52,11 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "ctr_dashboard.yaml"
 PAGE = Path(__file__).resolve().parent / "dashboard_page.py"
 DEFAULT_PORT = 8501
+# The launcher hands the page the client settings file through this variable.
+CLIENT_CONFIG_ENV = "CTR_DASHBOARD_CLIENT_CONFIG"
 
+# What the page reads of the store.
+STORE_TABLES = ("ctr_hourly", "ctr_minute", "ctr_late")
 # The dimensions ranked, in the page's order, and what their values are called there.
 RANKED = {"site_id": "sites", "app_id": "apps", "device_type": "device types", "banner_pos": "banner positions"}
 HOUR = dt.timedelta(hours=1)
@@ -64,10 +71,6 @@ BROKER_TIMEOUT_S = 3.0
 
 class DashboardConfigError(PermanentError, ValueError):
     """The dashboard's settings are wrong; the message names the file and the key."""
-
-
-class StoreNotMigrated(PermanentError):
-    """The CTR store has no CTR tables yet."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,8 @@ def read_store(connection: psycopg.Connection, settings: DashboardSettings,
     connection.read_only = True
     try:
         with connection.transaction():
+            # The dsn of a connection leaves the password out.
+            require_tables(connection, STORE_TABLES, connection.info.dsn)
             hours = [CtrWindow(*row) for row in connection.execute(
                 "SELECT hour, impressions, clicks FROM ctr_hourly WHERE dimension = 'all' ORDER BY hour")]
             minutes = [CtrWindow(*row) for row in connection.execute(
@@ -213,12 +218,6 @@ def read_store(connection: psycopg.Connection, settings: DashboardSettings,
                 rankings[dimension] = Ranking(dimension, threshold, best, worst, ranked, unranked)
             late = dict(connection.execute(
                 "SELECT window_kind, SUM(records)::bigint FROM ctr_late GROUP BY window_kind").fetchall())
-    except psycopg.errors.UndefinedTable as error:
-        # 'relation "ctr_hourly" does not exist'
-        quoted = (error.diag.message_primary or "").split('"')
-        table = quoted[1] if len(quoted) > 2 else "ctr_hourly"
-        raise StoreNotMigrated(f"the CTR store has no table {table} yet: apply the migrations with "
-                               "`python -m include.ctr.migrate`") from None
     except psycopg.OperationalError as error:
         raise StoreUnreachable(f"the CTR store stopped answering while it was read: "
                                f"{str(error).strip().splitlines()[0]}") from None
@@ -340,6 +339,12 @@ def shown_value(value: str) -> str:
     return value if value else "(none)"
 
 
+def kafka_settings() -> dict[str, str]:
+    """The page's librdkafka settings: ``$KAFKA_BOOTSTRAP_SERVERS`` and the launcher's client settings file, if any."""
+    path = os.environ.get(CLIENT_CONFIG_ENV)
+    return {"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"], **client_settings(Path(path) if path else None)}
+
+
 # -- the launcher ------------------------------------------------------------------------------
 
 def streamlit_command(port: int, address: str) -> list[str]:
@@ -360,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the port to serve the page on (default: $DASHBOARD_PORT, else 8501)")
     parser.add_argument("--address", default=os.environ.get("DASHBOARD_ADDRESS") or "127.0.0.1",
                         help="the address to listen on (default: $DASHBOARD_ADDRESS, else 127.0.0.1)")
+    parser.add_argument("--client-config", type=Path, metavar="FILE",
+                        help="librdkafka settings, one key=value a line, for a broker that asks clients to sign in")
     args = parser.parse_args(argv)
     missing = [name for name in ("POSTGRES_URL", "KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL")
                if not os.environ.get(name)]
@@ -368,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
                        f"{', '.join(missing)} is not set: run `make stack-start`, then `. scripts/local-env.sh`\n")
     try:
         settings = load_dashboard_settings()
-    except DashboardConfigError as error:
+        if args.client_config is not None:
+            client_settings(args.client_config)  # read once here, so a bad file stops the start
+            os.environ[CLIENT_CONFIG_ENV] = str(args.client_config.resolve())
+    except (DashboardConfigError, ClientConfigError) as error:
         parser.exit(1, f"error: {error}\n")
     print(f"the CTR dashboard: http://{args.address}:{args.port} (store and checkpoints read every "
           f"{settings.refresh_s:g} s; Ctrl-C stops it)", flush=True)

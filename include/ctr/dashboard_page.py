@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from include.ctr import dashboard as figures
-from include.ctr.migrate import connect, where
+from include.ctr.store import connect, where
 from include.errors import PipelineError
 from include.health.config import load_health_config
 from include.ingest.config import load_ingest_config
@@ -167,8 +167,7 @@ def _page() -> None:
             st.error(str(error))
         try:
             ingest = load_ingest_config()
-            ingestion = figures.read_ingestion({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]},
-                                               _fetch_schema(), ingest.topics)
+            ingestion = figures.read_ingestion(figures.kafka_settings(), _fetch_schema(), ingest.topics)
         except PipelineError as error:
             st.warning(f"The ingestion's checkpoints could not be read: {error}")
         if store is not None:

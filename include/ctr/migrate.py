@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from include.errors import PermanentError, RetriableError
+from include.ctr.store import StoreUnreachable, connect
+from include.errors import PermanentError
 
 if TYPE_CHECKING:
     import psycopg
@@ -50,10 +51,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 class MigrationError(PermanentError):
     """The migration files or the recorded ones are not what the runner can apply."""
-
-
-class StoreUnreachable(RetriableError):
-    """The CTR store's PostgreSQL did not accept a connection."""
 
 
 @dataclass(frozen=True)
@@ -164,34 +161,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.url:
         parser.exit(1, "error: no database to migrate: set POSTGRES_URL (. scripts/local-env.sh) or pass --url\n")
+    # Only the command line opens a connection; the runner works on the one it is given.
     try:
-        connection = connect(args.url)
-        with connection:
+        with connect(args.url) as connection:
             result = migrate(connection)
     except (MigrationError, StoreUnreachable) as error:
         parser.exit(75 if error.retriable else 1, f"error: {error}\n")
     print(json.dumps(result.as_dict()))
     return 0
-
-
-def connect(url: str, **settings) -> psycopg.Connection:
-    """A connection to the CTR store at ``url``; one that is refused is :class:`StoreUnreachable`."""
-    import psycopg
-
-    try:
-        return psycopg.connect(url, connect_timeout=10, **settings)
-    except psycopg.OperationalError as error:
-        # The URL holds the password: name only where it points.
-        raise StoreUnreachable(f"PostgreSQL at {where(url)} did not accept a connection: "
-                               f"{str(error).strip().splitlines()[0]}") from None
-
-
-def where(url: str) -> str:
-    """host:port/database of a postgresql:// URL, without its password (for messages)."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    conninfo = conninfo_to_dict(url)
-    return f"{conninfo.get('host', 'localhost')}:{conninfo.get('port', 5432)}/{conninfo.get('dbname', '')}"
 
 
 if __name__ == "__main__":

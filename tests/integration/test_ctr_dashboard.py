@@ -1,10 +1,10 @@
 """The live CTR dashboard as a person sees it: Streamlit serving the page as a real process, read in headless Chromium.
 
 The CTR store is the local stack's PostgreSQL, in a schema of the test's own migrated by the
-project's migrations and filled with known rows; the ingestion's side is a real ingestion of
-generated hours into sandbox topics (so its checkpoints and dead letters are real). The page's
-numbers are compared with queries of the same tables written here (not the dashboard's own) and
-with what the ingestion reported.
+project's migrations (the ``ctr_store`` fixture) and filled with known rows; the ingestion's side
+is a real ingestion of generated hours into sandbox topics (so its checkpoints and dead letters are
+real). The page's numbers are compared with queries of the same tables written here (not the
+dashboard's own) and with what the ingestion reported.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from include.avazu.contract import hour_to_datetime
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.ctr.dashboard import (
     RANKED,
-    StoreNotMigrated,
     count,
     duration,
     load_dashboard_settings,
@@ -41,7 +40,7 @@ from include.ctr.dashboard import (
     read_store,
     shown_value,
 )
-from include.ctr.migrate import migrate
+from include.ctr.store import StoreNotMigrated, where
 from include.dead_letters import Origin
 from include.health.config import load_health_config
 from include.ingest.config import IngestTopics, load_ingest_config
@@ -100,21 +99,6 @@ def ingestion(tmp_path_factory, kafka_config, schema_registry_url):
     return topics, results
 
 
-@pytest.fixture
-def store(postgres_url, unique_name):
-    """A schema of its own, migrated; its URL (every connection searches the schema first)."""
-    schema = unique_name("dash")
-    url = make_conninfo(postgres_url, options=f"-c search_path={schema}")
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        try:
-            with psycopg.connect(url) as connection:
-                migrate(connection)
-            yield url
-        finally:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-
 def _fill(url: str, newest_arrival: dt.datetime) -> None:
     """The known rows; three closed minutes, the newest ending before the minute the newest record arrived in."""
     rows = []
@@ -145,7 +129,7 @@ def _newest_arrival(kafka_config, topic: str) -> dt.datetime:
 
 
 @pytest.fixture
-def dashboard(tmp_path, ingestion, store):
+def dashboard(tmp_path, ingestion, ctr_store):
     """``python -m include.ctr.dashboard`` on a port of its own, reading the test's schema and sandbox topics."""
     topics, _ = ingestion
     config_dir = tmp_path / "config"
@@ -156,7 +140,7 @@ def dashboard(tmp_path, ingestion, store):
     (config_dir / "topics.yaml").write_text(yaml.safe_dump(declared))
     (config_dir / "ctr_dashboard.yaml").write_text(yaml.safe_dump(SETTINGS))
     (port,) = free_ports(1)
-    env = {**os.environ, "POSTGRES_URL": store, "AVAZU_CONFIG_DIR": str(config_dir), "DASHBOARD_PORT": str(port)}
+    env = {**os.environ, "POSTGRES_URL": ctr_store.url, "AVAZU_CONFIG_DIR": str(config_dir), "DASHBOARD_PORT": str(port)}
     log = (tmp_path / "dashboard.log").open("w")
     process = subprocess.Popen([sys.executable, "-m", "include.ctr.dashboard"], cwd=tmp_path, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
@@ -170,7 +154,7 @@ def dashboard(tmp_path, ingestion, store):
             return False
 
     wait_for("the dashboard answering", healthy, timeout=90, interval=0.5)
-    yield {"url": url, "store": store, "topics": topics, "log": tmp_path / "dashboard.log"}
+    yield {"url": url, "store": ctr_store.url, "topics": topics, "log": tmp_path / "dashboard.log"}
     process.terminate()
     process.wait(30)
     log.close()
@@ -287,10 +271,10 @@ def test_the_page_shows_what_the_tables_and_the_checkpoints_hold(dashboard, inge
     assert "Traceback" not in dashboard["log"].read_text()
 
 
-def test_the_figures_module_reads_the_known_rows(store):
+def test_the_figures_module_reads_the_known_rows(ctr_store):
     settings = load_dashboard_settings()
-    _fill(store, dt.datetime(2026, 12, 3, 17, 11, 5))
-    with psycopg.connect(store) as connection:
+    _fill(ctr_store.url, dt.datetime(2026, 12, 3, 17, 11, 5))
+    with psycopg.connect(ctr_store.url) as connection:
         figures = read_store(connection, settings, min_impressions=1000)
     assert (figures.impressions, figures.clicks, len(figures.hours)) == (6900, 1381, 2)
     assert [w.start for w in figures.minutes] == [dt.datetime(2026, 12, 3, 17, m) for m in (8, 9, 10)]
@@ -310,8 +294,9 @@ def test_a_store_without_the_migrations_says_what_to_run(postgres_url, unique_na
         admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         try:
             with psycopg.connect(make_conninfo(postgres_url, options=f"-c search_path={schema}")) as connection:
-                with pytest.raises(StoreNotMigrated, match=r"the CTR store has no table ctr_hourly yet: apply the "
-                                                           r"migrations with `python -m include.ctr.migrate`"):
+                with pytest.raises(StoreNotMigrated) as raised:
                     read_store(connection, load_dashboard_settings())
+            assert str(raised.value) == (f"the CTR store at {where(postgres_url)} has no table ctr_hourly (nor 2 more): "
+                                         "apply its migrations with `python -m include.ctr.migrate`")
         finally:
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

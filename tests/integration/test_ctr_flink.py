@@ -1,7 +1,8 @@
 """The Flink CTR job (flink/ctr_job.py) on the real stack: every closed window exact, through a
 savepoint and a task manager killed mid-stream.
 
-A session cluster of this module's own (devstack.flink, home under pytest's tmp, free ports) runs
+A session cluster of this module's own (the flink_cluster fixture of tests/integration/conftest.py:
+devstack.flink, home under pytest's tmp, free ports) runs
 the job on a topic of its own, writing into a PostgreSQL schema of its own in the ctr database
 (created by the migrations). Hours are generated, staged and ingested with HourlyIngestor, as
 Airflow does. The expected figures are pandas counts: of the generated file for the hours, of the
@@ -26,9 +27,7 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from devstack import probes
-from devstack.flink import FlinkCluster, FlinkSettings, job_jars, submit
-from devstack.stack import StackError, StackSettings
+from devstack.flink import FlinkCluster, submit
 from include.avazu.generator import GeneratorSpec, generate
 from include.avazu.reader import read_all
 from include.ctr.flink_rest import FlinkRestClient
@@ -177,27 +176,6 @@ class CtrPipeline:
         late = self.frame("SELECT * FROM ctr_late WHERE window_kind = 'minute'")
         assert late.empty, f"records counted late by arrival minute:\n{late}"
         return len(closed)
-
-
-@pytest.fixture(scope="module")
-def flink_cluster(tmp_path_factory):
-    """A session cluster of this module's own: home under pytest's tmp, REST and RPC on free ports."""
-    rest_port, rpc_port = probes.free_ports(2)
-    settings = FlinkSettings(stack=StackSettings(home=tmp_path_factory.mktemp("flink")), rest_port=rest_port,
-                             rpc_port=rpc_port)
-    cluster = FlinkCluster(settings)
-    try:
-        settings.flink_home  # noqa: B018 - fails first, in one sentence, without .venv-flink
-        began = time.monotonic()
-        job_jars(settings)  # fetched and built once into the shared cache
-        jars_s = time.monotonic() - began
-        cluster.start(echo=lambda line: None)
-    except StackError as error:
-        cluster.stop(echo=lambda line: None)
-        pytest.fail(f"the Flink session cluster could not start: {error}", pytrace=False)
-    print(f"\nFlink jars ready in {jars_s:.1f} s, cluster in {time.monotonic() - began - jars_s:.1f} s")
-    yield cluster
-    cluster.stop(echo=lambda line: None)
 
 
 @pytest.fixture(scope="module")

@@ -288,14 +288,18 @@ def test_airflow_init_creates_exactly_the_connections_the_code_uses(init_connect
     from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
     from kafka_pipeline.triggers import DLQ_WATCH_CONN_ID
 
-    # The CTR store is reached through the Postgres provider's hook and its default connection.
+    from dags.kafka_provisioning import ADMIN_CONNECTION
+
+    # The CTR store is reached through the Postgres provider's hook and its default connection;
+    # kafka_provisioning signs in as the cluster's admin.
     hook_ids = {KafkaClusterHook.default_conn_name, SchemaRegistryHook.default_conn_name, DLQ_WATCH_CONN_ID,
-                PostgresHook.default_conn_name}
+                PostgresHook.default_conn_name, ADMIN_CONNECTION}
     local_ids = {name.lower() for name in
                  re.findall(r"\bAIRFLOW_CONN_([A-Z0-9_]+)=", LOCAL_ENV.read_text())}
     assert set(init_connections) == hook_ids == local_ids
     assert init_connections[KafkaClusterHook.default_conn_name].conn_type == KafkaClusterHook.conn_type
     assert init_connections[DLQ_WATCH_CONN_ID].conn_type == KafkaClusterHook.conn_type
+    assert init_connections[ADMIN_CONNECTION].conn_type == KafkaClusterHook.conn_type
     assert (init_connections[SchemaRegistryHook.default_conn_name].conn_type
             == SchemaRegistryHook.conn_type)
     # `connections add` keeps an existing connection, so each one is deleted first.

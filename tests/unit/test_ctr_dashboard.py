@@ -8,11 +8,13 @@ from collections import Counter
 import pytest
 
 from include.ctr.dashboard import (
+    CLIENT_CONFIG_ENV,
     CtrWindow,
     DashboardConfigError,
     IngestionFigures,
     StoreFigures,
     duration,
+    kafka_settings,
     load_dashboard_settings,
     main,
     parse_dashboard_settings,
@@ -52,6 +54,25 @@ def test_missing_environment_stops_the_launcher_in_one_sentence(monkeypatch, cap
     assert raised.value.code == 1
     assert ("POSTGRES_URL, SCHEMA_REGISTRY_URL is not set: run `make stack-start`, then `. scripts/local-env.sh`"
             in capsys.readouterr().err)
+
+
+def test_an_unreadable_client_settings_file_stops_the_launcher(monkeypatch, capsys, tmp_path):
+    for name in ("POSTGRES_URL", "KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL"):
+        monkeypatch.setenv(name, "set")
+    (tmp_path / "client.properties").write_text("sasl.username=pipeline\nnot a setting\n")
+    with pytest.raises(SystemExit) as raised:
+        main(["--client-config", str(tmp_path / "client.properties")])
+    assert raised.value.code == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'client.properties'}, line 2: expected key=value (a librdkafka setting)\n"
+
+
+def test_the_page_signs_in_with_the_launchers_client_settings(monkeypatch, tmp_path):
+    (tmp_path / "client.properties").write_text("# the pipeline principal\nsecurity.protocol=SASL_SSL\n")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    monkeypatch.setenv(CLIENT_CONFIG_ENV, str(tmp_path / "client.properties"))
+    assert kafka_settings() == {"bootstrap.servers": "127.0.0.1:9092", "security.protocol": "SASL_SSL"}
+    monkeypatch.delenv(CLIENT_CONFIG_ENV)
+    assert kafka_settings() == {"bootstrap.servers": "127.0.0.1:9092"}
 
 
 def _store(hours: int, minutes: list[dt.datetime]) -> StoreFigures:
