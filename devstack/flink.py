@@ -257,7 +257,9 @@ def submit(settings: FlinkSettings, job_args: list[str], savepoint: str | None =
     if savepoint:
         argv += ["--fromSavepoint", savepoint]
     argv += ["--jars", ";".join(str(j) for j in jars), *job_args]
-    env = {key: value for key, value in os.environ.items() if key not in ("POSTGRES_URL", "AIRFLOW_CONN_POSTGRES_DEFAULT")}
+    # Neither the store's URL nor Airflow's connections (which may hold passwords) reach the client's logged environment.
+    env = {key: value for key, value in os.environ.items()
+           if key != "POSTGRES_URL" and not key.startswith("AIRFLOW_CONN_")}
     env.update(jdbc_environment(postgres_url), FLINK_CONF_DIR=str(settings.conf_dir),
                FLINK_LOG_DIR=str(settings.home / "log"))
     write_config(settings)

@@ -14,6 +14,7 @@ import include
 from include.avazu.lines import AvazuInputError, CorruptInputError, HeaderMismatchError, TruncatedInputError
 from include.ctr.flink_rest import FlinkJobError, FlinkUnavailable
 from include.ctr.migrate import MigrationError, StoreUnreachable
+from include.ctr.stream_job import CtrJobFailed
 from include.dlq.config import DlqConfigError
 from include.dlq.reprocessor import ReprocessingMismatch
 from include.eda.sampling import SamplingConfigError
@@ -96,6 +97,8 @@ KINDS = {
     StoreUnreachable: RETRIABLE,  # the CTR store's PostgreSQL down
     FlinkUnavailable: RETRIABLE,  # the Flink job manager does not answer
     FlinkJobError: PERMANENT,  # an unknown job, a failed savepoint
+    # The CTR job FAILED after Flink's own restarts, or its remembered restore point is gone.
+    CtrJobFailed: PERMANENT,
 }
 
 
