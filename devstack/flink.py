@@ -130,6 +130,9 @@ def write_config(settings: FlinkSettings) -> Path:
         # A task manager that died is noticed in seconds, not Flink's default of 50 s.
         "heartbeat.interval": 2000,
         "heartbeat.timeout": 10000,
+        # The REST API's metrics are at most 2 s old (Flink's default: 10 s): ctr_stream's progress
+        # lines and the benchmark's rates read them.
+        "metrics.fetcher.update-interval": 2000,
         "execution.checkpointing.dir": (settings.home / "checkpoints").as_uri(),
         "execution.checkpointing.savepoint-dir": (settings.home / "savepoints").as_uri(),
         # `flink run -py` plans the job with this Python, not whatever is first on PATH.

@@ -226,10 +226,13 @@ class FlinkRestClient:
                     pending_records=None if pending is None else int(pending),
                 ))
             elif "Sink: " in vertex["name"]:
-                # A chain ending "... -> Sink: ctr_hourly_sink[6]" counts what it hands the sink as
-                # the vertex's records in, which the job's JSON gives without a metrics query.
+                # A chain ending "... -> Sink: ctr_hourly_sink[6]": the sink operator's own records
+                # in, found among the vertex's metric names (the operator's part of the name varies).
                 name = vertex["name"].rsplit("Sink: ", 1)[1].split("[", 1)[0]
-                sinks.append(SinkProgress(name, int((vertex.get("metrics") or {}).get("write-records", 0))))
+                listed = self._call(f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics")
+                ids = [m["id"] for m in listed if m["id"].startswith("Sink__") and m["id"].endswith(".numRecordsIn")]
+                values = self._subtask_metrics(job_id, vertex["id"], ids[:1]) if ids else {}
+                sinks.append(SinkProgress(name, int(values.get("numRecordsIn", {}).get("sum", 0))))
         checkpoints = self._call(f"/jobs/{job_id}/checkpoints")
         latest = checkpoints.get("latest") or {}
         completed = latest.get("completed") or {}

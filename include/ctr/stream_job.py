@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from include.ctr.flink_rest import FlinkJobError, FlinkRestClient, FlinkUnavailable, JobMetrics, RestorePoint
+from include.ctr.flink_rest import (LIVE_STATES, FlinkJobError, FlinkRestClient, FlinkUnavailable, JobMetrics,
+                                    RestorePoint)
 from include.errors import PermanentError
 
 if TYPE_CHECKING:
@@ -120,13 +121,16 @@ class CtrJobProgress:
         sources = ", ".join(f"{name} {count:,} ({self.records_per_s.get(name, 0.0):,.0f}/s)"
                             for name, count in sorted(self.records_in.items()))
         lag = self.watermark_lag_s
-        trail = "no newest record known" if lag is None else f"{lag:,.1f} s behind the newest record"
+        if lag is not None:
+            trail = f" ({lag:,.1f} s behind the newest record)"
+        else:
+            trail = "" if self.arrival_watermark_ms is None else " (the newest record's time is unknown)"
         pending = "" if self.pending_records is None else f"; {self.pending_records:,} records not yet read"
         checkpoint = ("no checkpoint yet" if self.last_checkpoint_ms is None else
                       f"checkpoint {self.checkpoints} {max(0.0, self.at - self.last_checkpoint_ms / 1000):.0f} s ago")
         return (f"CTR job {self.job_id} {self.state}: records in {sources}; {self.rows_written:,} window rows written; "
                 f"hour watermark {_when(self.hour_watermark_ms, '%Y-%m-%d %H:%M')}, arrival watermark "
-                f"{_when(self.arrival_watermark_ms, '%H:%M:%S')} ({trail}){pending}; {checkpoint}")
+                f"{_when(self.arrival_watermark_ms, '%H:%M:%S')}{trail}{pending}; {checkpoint}")
 
 
 def _when(ms: int | None, layout: str) -> str:
@@ -235,7 +239,8 @@ class CtrStreamJob:
     def run(self, max_runtime: float | None = None, *, stop_at_end: bool = False) -> CtrStreamRun:
         began = time.monotonic()
         job_id = self.start()
-        deadline = None if max_runtime is None else began + max_runtime
+        # The watch's own length: a submit (30-60 s of planning on a busy machine) does not eat into it.
+        deadline = None if max_runtime is None else time.monotonic() + max_runtime
         last_progress = 0.0
         unreachable_since: float | None = None
         last_state = ""
@@ -252,23 +257,25 @@ class CtrStreamJob:
                         log.info("CTR job %s: max_runtime reached, the job keeps running for the next watcher", job_id)
                     break
                 try:
-                    metrics = self.rest.metrics(job_id)
+                    job = self.rest.job(job_id)
+                    state = job.state if job is not None else "UNKNOWN"
+                    if state != last_state:
+                        self._state_changed(job_id, last_state, state)
+                        last_state = state
+                    if job is None:
+                        raise CtrJobFailed(f"the Flink cluster no longer knows the CTR job {job_id} (was the job "
+                                           "manager restarted?); the next run resumes from its remembered restore point")
+                    if state not in LIVE_STATES:
+                        self._ended_outside(job_id, state)
+                        break
+                    if state == "RUNNING" and time.monotonic() - last_progress >= self.progress_interval:
+                        self._progress(self.rest.metrics(job_id))
+                        last_progress = time.monotonic()
                     unreachable_since = None
                 except FlinkUnavailable:
                     unreachable_since = unreachable_since or time.monotonic()
                     if time.monotonic() - unreachable_since > self.unreachable_grace:
                         raise
-                    self._stop.wait(self.poll_interval)
-                    continue
-                if metrics.state != last_state:
-                    self._state_changed(job_id, last_state, metrics.state)
-                    last_state = metrics.state
-                if metrics.state in ("FAILED", "CANCELED", "FINISHED", "SUSPENDED"):
-                    self._ended_outside(job_id, metrics.state)
-                    break
-                if metrics.state == "RUNNING" and time.monotonic() - last_progress >= self.progress_interval:
-                    self._progress(metrics)
-                    last_progress = time.monotonic()
                 self._stop.wait(self.poll_interval)
         finally:
             self.run_record.seconds = round(time.monotonic() - began, 1)

@@ -24,7 +24,7 @@ class FakeFlink:
         self.points: dict[str, RestorePoint] = {}
         self.stops: list[str] = []
         self.cause = "java.lang.RuntimeException: the sink's database refused the connection"
-        self.on_metrics = lambda job_id: None
+        self.on_poll = lambda job_id: None
 
     def add(self, job_id: str, state: str, name: str = "ctr") -> None:
         self.jobs[job_id] = FlinkJob(job_id, name, state, len(self.jobs))
@@ -33,6 +33,7 @@ class FakeFlink:
         return next((j for j in self.jobs.values() if j.name == name and j.state == "RUNNING"), None)
 
     def job(self, job_id):
+        self.on_poll(job_id)
         return self.jobs.get(job_id)
 
     def latest_restore_point(self, job_id):
@@ -42,7 +43,6 @@ class FakeFlink:
         return self.cause
 
     def metrics(self, job_id):
-        self.on_metrics(job_id)
         job = self.jobs[job_id]
         return JobMetrics(job_id, job.state, (SourceProgress("events_by_hour[1]", 10, 1_000),
                                               SourceProgress("events_by_arrival[2]", 10, 5_000, 3)),
@@ -120,7 +120,7 @@ def test_a_restore_point_file_that_is_not_json_fails_naming_it(tmp_path):
 def test_a_stop_takes_a_savepoint_and_remembers_it(tmp_path):
     flink = FakeFlink()
     job = _job(flink, tmp_path)
-    flink.on_metrics = lambda job_id: job.stop("SIGTERM")  # asked while it watches
+    flink.on_poll = lambda job_id: job.stop("SIGTERM")  # asked while it watches
     run = job.run(max_runtime=30)
     assert flink.stops == ["job1"]
     assert (run.stop_reason, run.savepoint) == ("SIGTERM", "file:/savepoints/savepoint-job1")
@@ -151,7 +151,7 @@ def test_a_failed_job_fails_the_run_with_flinks_cause_and_where_it_resumes(tmp_p
     flink = FakeFlink()
     flink.points["job1"] = RestorePoint("file:/ckpt/job1/chk-9", "checkpoint", "job1", 9_000)
     job = _job(flink, tmp_path)
-    flink.on_metrics = lambda job_id: flink.add(job_id, "FAILED")
+    flink.on_poll = lambda job_id: flink.add(job_id, "FAILED")
     with pytest.raises(CtrJobFailed) as failed:
         job.run(max_runtime=30)
     assert str(failed.value) == ("the CTR job job1 failed: java.lang.RuntimeException: the sink's database refused the "
@@ -162,7 +162,7 @@ def test_a_job_cancelled_elsewhere_ends_the_watch_and_keeps_its_checkpoint(tmp_p
     flink = FakeFlink()
     flink.points["job1"] = RestorePoint("file:/ckpt/job1/chk-4", "checkpoint", "job1", 4_000)
     job = _job(flink, tmp_path)
-    flink.on_metrics = lambda job_id: flink.add(job_id, "CANCELED")
+    flink.on_poll = lambda job_id: flink.add(job_id, "CANCELED")
     run = job.run(max_runtime=30)
     assert run.stop_reason == "the job was CANCELED outside this task" and flink.stops == []
     assert RestorePointFile(tmp_path / "restore" / "ctr.json").restore_point().path == "file:/ckpt/job1/chk-4"
