@@ -52,7 +52,7 @@ def progress_registry(progress: CtrJobProgress | None, now: float | None = None)
         gauge("watermark_lag_seconds", "How far the arrival watermark trails the newest record in the topic").set(
             progress.watermark_lag_s)
     if progress.pending_records is not None:
-        gauge("pending_records", "Records the CTR job's sources have yet to read (Flink's pendingRecords)").set(
+        gauge("pending_records", "Records the slower of the CTR job's sources has yet to read (Flink's pendingRecords)").set(
             progress.pending_records)
     if progress.last_checkpoint_ms is not None:
         gauge("last_checkpoint_timestamp_seconds", "When the CTR job's latest checkpoint completed").set(

@@ -106,7 +106,7 @@ class CtrJobProgress:
     hour_watermark_ms: int | None
     arrival_watermark_ms: int | None
     newest_record_ms: int | None  # the newest record's Kafka timestamp in the topic
-    pending_records: int | None  # what the sources have yet to read (both sources read every record)
+    pending_records: int | None  # what the slower source has yet to read (each source reads every record)
     checkpoints: int
     last_checkpoint_ms: int | None
 
@@ -322,7 +322,7 @@ class CtrStreamJob:
             at=now, job_id=metrics.job_id, state=metrics.state, records_in=records, records_per_s=rates,
             rows_written=metrics.rows_written, hour_watermark_ms=watermarks.get(HOUR_SOURCE),
             arrival_watermark_ms=watermarks.get(ARRIVAL_SOURCE), newest_record_ms=newest,
-            pending_records=sum(pending) if pending else None, checkpoints=metrics.completed_checkpoints,
+            pending_records=max(pending) if pending else None, checkpoints=metrics.completed_checkpoints,
             last_checkpoint_ms=metrics.last_checkpoint_ms)
         self._previous = progress
         self.run_record.records_in = records
