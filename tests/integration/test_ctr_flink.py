@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.ctr_flink import HOURS, CtrPipeline, ctr_pipeline, hour_start
+from tests.ctr_flink import HOURS, CtrPipeline, assert_exact, ctr_pipeline, hour_start
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
