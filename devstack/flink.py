@@ -130,6 +130,9 @@ def write_config(settings: FlinkSettings) -> Path:
         # A task manager that died is noticed in seconds, not Flink's default of 50 s.
         "heartbeat.interval": 2000,
         "heartbeat.timeout": 10000,
+        # The REST API's metrics are at most 2 s old (Flink's default: 10 s): ctr_stream's progress
+        # lines and the benchmark's rates read them.
+        "metrics.fetcher.update-interval": 2000,
         "execution.checkpointing.dir": (settings.home / "checkpoints").as_uri(),
         "execution.checkpointing.savepoint-dir": (settings.home / "savepoints").as_uri(),
         # `flink run -py` plans the job with this Python, not whatever is first on PATH.
@@ -257,7 +260,9 @@ def submit(settings: FlinkSettings, job_args: list[str], savepoint: str | None =
     if savepoint:
         argv += ["--fromSavepoint", savepoint]
     argv += ["--jars", ";".join(str(j) for j in jars), *job_args]
-    env = {key: value for key, value in os.environ.items() if key not in ("POSTGRES_URL", "AIRFLOW_CONN_POSTGRES_DEFAULT")}
+    # Neither the store's URL nor Airflow's connections (which may hold passwords) reach the client's logged environment.
+    env = {key: value for key, value in os.environ.items()
+           if key != "POSTGRES_URL" and not key.startswith("AIRFLOW_CONN_")}
     env.update(jdbc_environment(postgres_url), FLINK_CONF_DIR=str(settings.conf_dir),
                FLINK_LOG_DIR=str(settings.home / "log"))
     write_config(settings)

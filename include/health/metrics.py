@@ -54,13 +54,23 @@ def push_metrics(url: str, outcomes: list[CheckOutcome], missing: list[str] = ()
     """Push the run's figures (and, when every check passed, the last-success time); returns how many series."""
     now = time.time() if now is None else now
     registry = build_registry(outcomes, missing, now)
+    pushed = push_registry(url, registry, job=job, timeout=timeout)
+    if outcomes and not missing and all(o.ok for o in outcomes):
+        success = CollectorRegistry()
+        Gauge(PREFIX + "last_success_timestamp_seconds", "When every check of pipeline_health last passed",
+              registry=success).set(now)
+        push_registry(url, success, job=job, grouping_key={"outcome": "success"}, timeout=timeout)
+    return pushed
+
+
+def push_registry(url: str, registry: CollectorRegistry, *, job: str, grouping_key: dict[str, str] | None = None,
+                  timeout: float = 10.0) -> int:
+    """Replace the group (job and grouping key) on the Pushgateway with ``registry``; returns how many series.
+
+    The one way the project's metrics reach the Pushgateway: the health run's and the CTR job watcher's.
+    """
     try:
-        push_to_gateway(url, job=job, registry=registry, timeout=timeout)
-        if outcomes and not missing and all(o.ok for o in outcomes):
-            success = CollectorRegistry()
-            Gauge(PREFIX + "last_success_timestamp_seconds", "When every check of pipeline_health last passed",
-                  registry=success).set(now)
-            push_to_gateway(url, job=job, registry=success, grouping_key={"outcome": "success"}, timeout=timeout)
+        push_to_gateway(url, job=job, registry=registry, grouping_key=grouping_key, timeout=timeout)
     except (URLError, OSError) as error:
         raise PushgatewayUnavailable(f"the Pushgateway at {url} did not take the metrics: "
                                      f"{getattr(error, 'reason', error)}") from None

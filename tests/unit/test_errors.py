@@ -17,6 +17,7 @@ from include.ctr.flink_rest import FlinkJobError, FlinkUnavailable
 from include.ctr.batch import BatchMismatch, HourNotStaged, NotAnAvazuHour
 from include.ctr.migrate import MigrationError
 from include.ctr.store import StoreNotMigrated, StoreUnreachable
+from include.ctr.stream_job import CtrJobFailed
 from include.dlq.config import DlqConfigError
 from include.dlq.reprocessor import ReprocessingMismatch
 from include.eda.sampling import SamplingConfigError
@@ -106,6 +107,8 @@ KINDS = {
     NotAnAvazuHour: PERMANENT,
     FlinkUnavailable: RETRIABLE,  # the Flink job manager does not answer
     FlinkJobError: PERMANENT,  # an unknown job, a failed savepoint
+    # The CTR job FAILED after Flink's own restarts, or its remembered restore point is gone.
+    CtrJobFailed: PERMANENT,
 }
 
 

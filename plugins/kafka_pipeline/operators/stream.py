@@ -14,11 +14,8 @@ For an always-on processor, put it in a ``schedule="@continuous"``, ``max_active
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from airflow.providers.common.compat.module_loading import import_string
 from airflow.sdk import BaseOperator
@@ -27,6 +24,7 @@ from include.streaming.processor import StreamProcessor
 from include.streaming.records import TransformContext
 from kafka_pipeline.failures import fails_cleanly
 from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
+from kafka_pipeline.operators.lifecycle import seconds, stop_on_sigterm
 
 
 class StreamProcessorOperator(BaseOperator):
@@ -133,9 +131,9 @@ class StreamProcessorOperator(BaseOperator):
         if self._killed:
             # Killed while the transform was being built: start, commit nothing, stop.
             self._processor.stop("task killed")
-        with _stop_on_sigterm(self._processor):
-            counts = self._processor.run(max_runtime=_seconds(self.max_runtime),
-                                         idle_timeout=_seconds(self.idle_timeout))
+        with stop_on_sigterm(self._processor):
+            counts = self._processor.run(max_runtime=seconds(self.max_runtime),
+                                         idle_timeout=seconds(self.idle_timeout))
         self.log.info("Stream processor counts: %s", counts.as_dict())
         return counts.as_dict()
 
@@ -144,34 +142,3 @@ class StreamProcessorOperator(BaseOperator):
         self._killed = True
         if self._processor is not None:
             self._processor.stop("task killed")
-
-
-def _seconds(value: float | str | None) -> float | None:
-    """A rendered duration: templates render to strings, and an empty one means no limit."""
-    if value is None or (isinstance(value, str) and not value.strip()) or value == "None":
-        return None
-    return float(value)
-
-
-@contextmanager
-def _stop_on_sigterm(processor: StreamProcessor) -> Iterator[None]:
-    """Stop the processor on SIGTERM, then hand the signal to whoever handled it before.
-
-    Airflow's task runner already turns SIGTERM into on_kill(); this covers runners that do not,
-    and ``stop`` is idempotent when both fire.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum, frame):
-        processor.stop("SIGTERM")
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
