@@ -111,7 +111,7 @@ def test_unknown_service_is_refused(isolated):
     result = _cli(isolated, "start", "zookeeper")
     assert result.returncode == 1
     assert ("unknown service zookeeper; choose from kafka, schema-registry, s3, pushgateway, "
-            "prometheus, postgres") in result.stderr
+            "prometheus, postgres, redis") in result.stderr
 
 
 def _query(prometheus: str, promql: str) -> dict[tuple, float]:
