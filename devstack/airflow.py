@@ -26,6 +26,7 @@ import re
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,8 +211,9 @@ class CeleryWorker(AirflowService):
         return bool(broker) and probes.celery_worker_answers(broker, self.node_name)
 
 
-# In start order; stopped in reverse. Celery workers start before the scheduler (and so stop
-# after it): no task is queued that no worker takes, and none is queued while they stop.
+# In start order; stopped in reverse. AirflowServices puts the Celery workers just before the
+# scheduler, so they start before it and stop after it: no task is queued that no worker takes,
+# and none is queued while they stop.
 SERVICE_TYPES: dict[str, type[AirflowService]] = {cls.name: cls for cls in (ApiServer, DagProcessor, Scheduler, Triggerer)}
 
 
@@ -270,11 +272,18 @@ class AirflowServices:
             service.wait_until_answers(time.monotonic() + service.start_timeout)
 
     def stop(self, echo=print) -> None:
-        for service in reversed(list(self.services.values())):
-            if service.stop(timeout=service.stop_timeout):
-                echo(f"  {service.name}: stopped")
-            else:
-                echo(f"  {service.name}: was not running")
+        order = list(reversed(self.services.values()))
+        # The workers stop together: each may wait for its running tasks to end, and one after the
+        # other those waits would add up.
+        steps = [[s] for s in order if not isinstance(s, CeleryWorker)]
+        if self.workers:
+            at = next(i for i, s in enumerate(order) if isinstance(s, CeleryWorker))
+            steps.insert(at, [s for s in order if isinstance(s, CeleryWorker)])
+        for step in steps:
+            with ThreadPoolExecutor(max_workers=len(step)) as pool:
+                stopped = list(pool.map(lambda s: s.stop(timeout=s.stop_timeout), step))
+            for service, was_running in zip(step, stopped):
+                echo(f"  {service.name}: {'stopped' if was_running else 'was not running'}")
 
     def status(self) -> list[tuple[str, int | None, bool]]:
         return [(s.name, s.pid(), s.answers()) for s in self.services.values()]

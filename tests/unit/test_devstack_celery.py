@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from devstack import Stack, StackError, StackSettings
 from devstack import __main__ as cli
 from devstack.airflow import (
     WORKER_NAME_VARIABLE,
+    AirflowService,
     AirflowServices,
     AirflowSettings,
     CeleryWorker,
@@ -148,6 +150,28 @@ def test_a_worker_runs_airflows_celery_worker_under_its_own_name_which_its_tasks
     assert worker_hostname() == socket.getfqdn()
     assert (worker.name, worker.pidfile, worker.log) == ("celery-worker-2", tmp_path / "services" / "celery-worker-2.pid",
                                                          tmp_path / "services" / "celery-worker-2.log")
+
+
+def test_stop_ends_the_scheduler_then_every_worker_at_once_then_the_rest(monkeypatch, tmp_path):
+    services = AirflowServices(_celery_settings(monkeypatch, tmp_path, AIRFLOW_CELERY_WORKERS="3"))
+    calls, lines = [], []
+
+    def stop(self, timeout):
+        calls.append((self.name, timeout))
+        if isinstance(self, CeleryWorker):
+            # Every worker is told before any has stopped: one waiting on its tasks holds up no other.
+            wait_for_all = time.monotonic() + 5
+            while sum(name.startswith("celery-worker") for name, _ in calls) < 3 and time.monotonic() < wait_for_all:
+                time.sleep(0.01)
+        return self.name != "triggerer"
+
+    monkeypatch.setattr(AirflowService, "stop", stop)
+    services.stop(echo=lines.append)
+    names = [name for name, _ in calls]
+    assert names[:2] == ["triggerer", "scheduler"] and names[-2:] == ["dag-processor", "api-server"]
+    assert sorted(names[2:5]) == ["celery-worker-1", "celery-worker-2", "celery-worker-3"]
+    assert dict(calls)["celery-worker-2"] == dict(calls)["scheduler"] == 45.0
+    assert lines[0] == "  triggerer: was not running" and "  celery-worker-3: stopped" in lines
 
 
 def test_workers_left_from_an_earlier_start_are_stopped_and_shown_whatever_the_executor_now(monkeypatch, tmp_path):
