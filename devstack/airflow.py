@@ -204,7 +204,8 @@ class CeleryWorker(AirflowService):
     def command(self) -> tuple[list[str], dict[str, str]]:
         argv, env = super().command()
         return argv, {**env, WORKER_NAME_VARIABLE: self.node_name,
-                      "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname"}
+                      # Named in full: run as `python -m devstack.airflow`, this module is __main__.
+                      "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devstack.airflow.worker_hostname"}
 
     def answers(self) -> bool:
         broker = os.environ.get("AIRFLOW__CELERY__BROKER_URL")

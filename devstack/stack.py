@@ -1029,6 +1029,8 @@ class Postgres(Service):
 
     def after_start(self) -> None:
         """Create each role and its database when missing and set the role's password from its file."""
+        # A server started by an older checkout has no file yet for a role added since.
+        self._write_password()
         script = ""
         for role in self.roles:
             password = self.password_file_of(role).read_text().strip()
@@ -1136,6 +1138,8 @@ class Stack:
             if service.pid() is not None:
                 if service.answers():
                     echo(f"  {service.name}: already running")
+                    # Idempotent: what a newer checkout sets up (a database role, say) is added.
+                    service.after_start()
                     continue
                 echo(f"  {service.name}: process is up, waiting for it to answer")
             else:

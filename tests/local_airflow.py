@@ -53,7 +53,7 @@ class Api:
         self.url = url
         token = httpx.post(f"{url}/auth/token", json={"username": "admin", "password": password}, timeout=30)
         token.raise_for_status()
-        self.client = httpx.Client(base_url=f"{url}/api/v2", timeout=30,
+        self.client = httpx.Client(base_url=f"{url}/api/v2", timeout=60,
                                    headers={"Authorization": f"Bearer {token.json()['access_token']}"})
 
     def get(self, path: str, **params):
@@ -99,8 +99,15 @@ class Api:
         created = self.send("POST", "/backfills", {"dag_id": dag_id, "from_date": first.isoformat(),
                                                    "to_date": last.isoformat(), "max_active_runs": max_active_runs,
                                                    "reprocess_behavior": "failed", "dag_run_conf": {}})
+
+        def completed():
+            try:
+                return self.get(f"/backfills/{created['id']}")["completed_at"]
+            except httpx.TimeoutException:
+                return None  # a busy API server: ask again at the next poll
+
         self.wait_for(f"the backfill of {dag_id} from {first:%Y-%m-%dT%H:%M} ({hours} hours) to complete",
-                      lambda: self.get(f"/backfills/{created['id']}")["completed_at"], timeout)
+                      completed, timeout)
         runs = sorted((r for r in self.get(f"/dags/{dag_id}/dagRuns", limit=100, run_type="backfill")["dag_runs"]
                        if first <= datetime.fromisoformat(r["logical_date"]) <= last), key=lambda r: r["logical_date"])
         assert len(runs) == hours, f"the backfill made {len(runs)} runs for {hours} hours"
@@ -123,9 +130,10 @@ class LocalAirflow:
     stopped_in: float = 0.0
 
     def __post_init__(self) -> None:
-        self.env = {**os.environ, **self.env, "AIRFLOW_HOME": str(self.home), "AIRFLOW_API_PORT": str(self.port),
-                    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
-        self.env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{self.home}/airflow.db")
+        # SQLite in the home unless the wiring says otherwise: never the caller's own metadata.
+        sqlite = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home}/airflow.db"}
+        self.env = {**os.environ, **sqlite, **self.env, "AIRFLOW_HOME": str(self.home),
+                    "AIRFLOW_API_PORT": str(self.port), "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
 
     def _run(self, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", *argv], env=self.env, cwd=ROOT, capture_output=True,
@@ -133,6 +141,7 @@ class LocalAirflow:
 
     def start(self) -> Api:
         """Migrate the metadata database and start the services; the API as the admin user."""
+        self.home.mkdir(parents=True, exist_ok=True)
         migrate = self._run("airflow", "db", "migrate")
         assert migrate.returncode == 0, migrate.stdout[-2000:] + migrate.stderr[-2000:]
         began = time.monotonic()

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 DAG_ID = "avazu_hourly_ingest"
 FIRST_HOUR = datetime(2014, 10, 21, tzinfo=timezone.utc)
-HOURS = 6
+HOURS = 4
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,7 @@ def test_the_workers_run_and_answer_a_ping_over_the_broker(airflow):
     assert f"worker1-{port}@" in status and f"worker2-{port}@" in status
 
 
+@pytest.mark.timeout(900)
 def test_a_backfill_spreads_over_both_workers_and_ingests_every_hour_exactly_once(airflow, kafka_config,
                                                                                    schema_registry_url):
     api, local, sandbox = airflow["api"], airflow["local"], airflow["sandbox"]
