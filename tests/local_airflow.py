@@ -96,9 +96,18 @@ class Api:
         """Backfill ``hours`` hourly runs from ``first`` and wait until the backfill is complete; every run
         must have succeeded. The runs, in logical-date order."""
         last = first + timedelta(hours=hours - 1)
-        created = self.send("POST", "/backfills", {"dag_id": dag_id, "from_date": first.isoformat(),
-                                                   "to_date": last.isoformat(), "max_active_runs": max_active_runs,
-                                                   "reprocess_behavior": "failed", "dag_run_conf": {}})
+        body = {"dag_id": dag_id, "from_date": first.isoformat(), "to_date": last.isoformat(),
+                "max_active_runs": max_active_runs, "reprocess_behavior": "failed", "dag_run_conf": {}}
+
+        def create():
+            response = self.client.post("/backfills", json=body)
+            # SQLite answers 503 "Database is locked" while the scheduler writes: a transient refusal.
+            if response.status_code == 503:
+                return None
+            assert response.status_code < 300, f"POST /backfills: {response.status_code} {response.text[:500]}"
+            return response.json()
+
+        created = self.wait_for(f"the backfill of {dag_id} to be created", create, 120)
 
         def completed():
             try:
