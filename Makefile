@@ -16,10 +16,10 @@ NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) | sha256sum | cut 
 help:
 	@echo "make demo          run the whole pipeline on generated data against the local stack"
 	@echo "make test          run the test suite (unit, integration on the real stack, DAG tests)"
-	@echo "make stack-start   start Kafka, the Schema Registry, the S3 endpoint, the Pushgateway, Prometheus and PostgreSQL (idempotent; KAFKA_BROKERS=3: Kafka as a three-node cluster)"
+	@echo "make stack-start   start Kafka, the Schema Registry, the S3 endpoint, the Pushgateway, Prometheus, PostgreSQL and Redis (idempotent; KAFKA_BROKERS=3: Kafka as a three-node cluster)"
 	@echo "make stack-status  show what runs where, and where its log is"
 	@echo "make stack-stop    stop the local stack"
-	@echo "make airflow       start Airflow's api-server (UI), scheduler, dag-processor and triggerer (idempotent)"
+	@echo "make airflow       start Airflow's api-server (UI), scheduler, dag-processor and triggerer (idempotent; AIRFLOW_EXECUTOR=celery: and two Celery workers)"
 	@echo "make airflow-stop  stop them (running tasks finish their batch and commit)"
 	@echo "make install       install the Debian packages the stack needs (as root), create .venv, install the pinned requirements and build the C codec"
 	@echo "make lock          re-resolve requirements.in into requirements.txt"

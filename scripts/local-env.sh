@@ -11,6 +11,28 @@ export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$_root/dags}"
 export AIRFLOW__CORE__PLUGINS_FOLDER="${AIRFLOW__CORE__PLUGINS_FOLDER:-$_root/plugins}"
 export AIRFLOW__CORE__LOAD_EXAMPLES="${AIRFLOW__CORE__LOAD_EXAMPLES:-False}"
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="${AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION:-True}"
+# AIRFLOW_EXECUTOR=celery: the tasks run on Celery workers (`make airflow` starts them) with the local
+# stack's Redis as their broker and Airflow's metadata in its PostgreSQL (role and database airflow;
+# psycopg 3, Airflow's default PostgreSQL driver). Both passwords are generated at the stack's first
+# start into files only their owner reads: source this file again after it. Unset or local: the
+# LocalExecutor with its metadata in SQLite in AIRFLOW_HOME.
+_stack_home="${DEVSTACK_HOME:-$_root/.devstack}"
+case "${AIRFLOW_EXECUTOR:-local}" in
+  local) ;;
+  celery)
+    export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-CeleryExecutor}"
+    if [ -z "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-}" ] && [ -r "$_stack_home/postgres/airflow.password" ]; then
+      export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg://airflow:$(cat "$_stack_home/postgres/airflow.password")@127.0.0.1:${POSTGRES_PORT:-5432}/airflow"
+    fi
+    if [ -z "${AIRFLOW__CELERY__RESULT_BACKEND:-}" ] && [ -n "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-}" ]; then
+      export AIRFLOW__CELERY__RESULT_BACKEND="db+$AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
+    fi
+    if [ -z "${AIRFLOW__CELERY__BROKER_URL:-}" ] && [ -r "$_stack_home/redis/redis.password" ]; then
+      export AIRFLOW__CELERY__BROKER_URL="redis://:$(cat "$_stack_home/redis/redis.password")@127.0.0.1:${REDIS_PORT:-6379}/0"
+    fi ;;
+  *) echo "scripts/local-env.sh: AIRFLOW_EXECUTOR=$AIRFLOW_EXECUTOR is neither local nor celery" >&2
+     return 1 ;;
+esac
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db}"
 # `include` is imported from the project root by DAGs, plugins and tests alike.
 case ":${PYTHONPATH:-}:" in
@@ -74,5 +96,5 @@ fi
 if [ -z "${AIRFLOW_CONN_POSTGRES_DEFAULT:-}" ] && [ -n "${POSTGRES_URL:-}" ]; then
   export AIRFLOW_CONN_POSTGRES_DEFAULT="$POSTGRES_URL"
 fi
-unset _root _ctr_password_file _kafka_auth_dir
+unset _root _ctr_password_file _stack_home _kafka_auth_dir
 unset -f _kafka_client

@@ -32,6 +32,8 @@ def _load_local_env() -> None:
     # This runs at import time, before any test module imports Airflow (which reads its config once).
     os.environ["AIRFLOW_HOME"] = str(TEST_AIRFLOW_HOME)
     os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{TEST_AIRFLOW_HOME}/airflow.db"
+    # SQLite takes the LocalExecutor only, whatever AIRFLOW_EXECUTOR the shell has.
+    os.environ["AIRFLOW__CORE__EXECUTOR"] = "LocalExecutor"
     dumped = subprocess.run(
         ["bash", "-c", ". scripts/local-env.sh && env -0"], cwd=ROOT, check=True,
         capture_output=True,

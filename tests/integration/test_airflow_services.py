@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,57 +29,10 @@ from include.kafka_admin.catalog import load_catalog
 from include.kafka_admin.sandbox import provision_sandbox
 from tests.browser import Browser
 from tests.waiting import wait_for
+from tests.local_airflow import Api, free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_IDS = sorted(p.stem for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Api:
-    """The REST API with a token from /auth/token, as a user's script would use it."""
-
-    def __init__(self, url: str, password: str):
-        self.url = url
-        token = httpx.post(f"{url}/auth/token", json={"username": "admin", "password": password}, timeout=30)
-        token.raise_for_status()
-        self.client = httpx.Client(base_url=f"{url}/api/v2", timeout=30,
-                                   headers={"Authorization": f"Bearer {token.json()['access_token']}"})
-
-    def get(self, path: str, **params):
-        response = self.client.get(path, params=params)
-        response.raise_for_status()
-        return response.json()
-
-    def send(self, method: str, path: str, body: dict):
-        response = self.client.request(method, path, json=body)
-        assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text[:500]}"
-        return response.json()
-
-    def unpause(self, dag_id: str) -> None:
-        self.send("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-
-    def runs(self, dag_id: str) -> list[dict]:
-        return self.get(f"/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
-
-    def wait_for(self, what: str, check, timeout: float):
-        return wait_for(what, check, timeout)
-
-    def wait_for_success(self, dag_id: str, run_id: str, timeout: float = 180) -> dict:
-        def finished():
-            run = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")
-            return run if run["state"] in ("success", "failed") else None
-
-        run = self.wait_for(f"{dag_id} run {run_id} to finish", finished, timeout)
-        assert run["state"] == "success", f"{dag_id} run {run_id} ended {run['state']}"
-        return run
-
-    def xcom(self, dag_id: str, run_id: str, task_id: str):
-        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")["value"]
 
 
 @pytest.fixture(scope="module")

@@ -45,12 +45,11 @@ from include.ingest.topics import provision_ingest_topics
 from include.kafka.errors import TooFewInSyncReplicas
 from include.kafka.reader import read_topic
 from include.kafka.transactions import PHASE_AFTER_BEGIN, PHASE_AFTER_COMMIT, TransactionalProducer
-from include.kafka.wire import AvroDecoder
-from include.kafka.registry import schema_fetcher
 from include.errors import PipelineError
 from include.kafka_admin.acls import Acl, apply_acls, declared_acls, drift_text, plan_acls
 from include.kafka_admin.catalog import topic_for
 from include.kafka_admin.sandbox import provision_sandbox, sandbox_catalog
+from tests.exactly_once import assert_every_row_once
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -194,13 +193,7 @@ def _ingest(cluster: Stack, hour: dict, registry_client, hook=None):
 
 def _assert_exactly_once(cluster: Stack, registry_client, topics: IngestTopics, good_ids: Counter, truth) -> None:
     """Every source row once in the committed topics: good ones in raw, bad ones in the DLQ."""
-    config = _config(cluster, "admin")
-    decoder = AvroDecoder(schema_fetcher(registry_client))
-    ids = Counter(decoder.decode(r.value)["id"] for r in read_topic(config, topics.raw))
-    lines = Counter(decoder.decode(r.value)["source"]["line"] for r in read_topic(config, topics.dlq))
-    # The file's own duplicate ids (a fault kind) arrive as often as they are in it: none twice more.
-    assert ids == good_ids and lines == Counter(truth.bad_lines().keys())
-    assert sum(ids.values()) + sum(lines.values()) == truth.rows  # none lost
+    assert_every_row_once(_config(cluster, "admin"), registry_client, topics.raw, topics.dlq, good_ids, truth)
 
 
 def test_the_leader_killed_mid_hour_the_ingestion_goes_on_and_every_row_lands_once(cluster, hour, registry_client):
