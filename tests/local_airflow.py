@@ -169,22 +169,23 @@ class LocalAirflow:
         stop = self._run("devstack.airflow", "stop")
         self.stopped_in = time.monotonic() - began
         assert stop.returncode == 0, stop.stdout + stop.stderr
-        left = self.leftover_processes()
+        left = leftover_processes(self.home)
         assert not left, f"processes left behind: {left}"
 
-    def leftover_processes(self) -> list[str]:
-        """Pids of processes devstack started for this home that still run."""
-        marker, home = b"DEVSTACK_SERVICE=", str(self.home).encode()
-        left = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    environ = (proc / "environ").read_bytes()
-                except OSError:
-                    continue
-                if home in environ and marker in environ:
-                    left.append(proc.name)
-        return left
+
+def leftover_processes(home: Path) -> list[str]:
+    """Pids of processes devstack started for the Airflow home ``home`` that still run."""
+    marker, home_bytes = b"DEVSTACK_SERVICE=", str(home).encode()
+    left = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                environ = (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if home_bytes in environ and marker in environ:
+                left.append(proc.name)
+    return left
 
 
 @dataclass
