@@ -11,20 +11,21 @@ STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-16)
 NATIVE_SOURCES := native/avazu_rowcodec.c native/setup.py native/pyproject.toml
 NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) | sha256sum | cut -c1-16)
 
-.PHONY: help system-packages install flink-venv flink-start flink-stop lock stack-start stack-stop stack-status airflow-db airflow airflow-stop airflow-status demo test test-unit clean
+.PHONY: help system-packages install flink-venv flink-start flink-stop lock stack-start stack-stop stack-status airflow-db airflow airflow-stop airflow-status dashboard demo test test-unit clean
 
 help:
 	@echo "make demo          run the whole pipeline on generated data against the local stack"
 	@echo "make test          run the test suite (unit, integration on the real stack, DAG tests)"
-	@echo "make stack-start   start Kafka, the Schema Registry, the S3 endpoint, the Pushgateway, Prometheus and PostgreSQL (idempotent; KAFKA_BROKERS=3: Kafka as a three-node cluster)"
+	@echo "make stack-start   start Kafka, the Schema Registry, the S3 endpoint, the Pushgateway, Prometheus, PostgreSQL and Redis (idempotent; KAFKA_BROKERS=3: Kafka as a three-node cluster)"
 	@echo "make stack-status  show what runs where, and where its log is"
 	@echo "make stack-stop    stop the local stack"
-	@echo "make airflow       start Airflow's api-server (UI), scheduler, dag-processor and triggerer (idempotent)"
+	@echo "make airflow       start Airflow's api-server (UI), scheduler, dag-processor and triggerer (idempotent; AIRFLOW_EXECUTOR=celery: and two Celery workers)"
 	@echo "make airflow-stop  stop them (running tasks finish their batch and commit)"
 	@echo "make install       install the Debian packages the stack needs (as root), create .venv, install the pinned requirements and build the C codec"
 	@echo "make lock          re-resolve requirements.in into requirements.txt"
 	@echo "make flink-venv    create .venv-flink with PyFlink (its own venv: it would downgrade pandas and pyarrow here)"
 	@echo "make flink-start   start the Flink session cluster for the CTR job (REST on FLINK_REST_PORT, 8082)"
+	@echo "make dashboard     serve the live CTR dashboard (Streamlit) on http://127.0.0.1:8501 (DASHBOARD_PORT); Ctrl-C stops it"
 
 # The Debian packages (Maven, Java, gcc, Prometheus ...): installed when missing and run as root,
 # otherwise named in one sentence. `make test` adds the tests' own (Chromium); .ci/run runs the same.
@@ -92,6 +93,11 @@ airflow-stop:
 
 airflow-status:
 	@$(LOCAL_ENV) $(PY) -m devstack.airflow status
+
+# The live CTR dashboard reads the CTR store (its tables made first: migrations are applied once each)
+# and the ingestion's checkpoints. It runs in the foreground; DASHBOARD_PORT moves it.
+dashboard: stack-start
+	@$(LOCAL_ENV) $(PY) -m include.ctr.migrate > /dev/null && $(PY) -m include.ctr.dashboard
 
 # The demo's DAG runs live in an Airflow home of their own: the dates they hold never block a
 # backfill or a trigger in .airflow, where `make airflow` and the README's commands run.

@@ -7,7 +7,7 @@ a fresh child process so that peak memory is that run's alone (``os.wait4`` rusa
 * ``read``    - the reader and row validation alone (where the survey's time goes);
 * ``pandas``  - the seed's way: ``pandas.read_csv`` of the whole file, then the same statistics
   and samples with DataFrame operations (bad lines skipped, no line numbers, no reasons);
-* ``duckdb``  - DuckDB (2 threads; bench/requirements.txt pins it, a bench-only dependency):
+* ``duckdb``  - DuckDB (2 threads; the lock pins it, for the CTR batch):
   ``read_csv`` into a table in memory, then CTR by hour / banner_pos / device_type, nulls per
   column, the top 20 of five categoricals, duplicate ids, the head samples, a 10k reservoir and
   100 rows per hour (bad lines skipped by ``ignore_errors``: no reasons, no line numbers either).
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     if "duckdb" in args.modes and importlib.util.find_spec("duckdb") is None:
-        print("duckdb is not installed, so that peer is skipped (.venv/bin/pip install -r bench/requirements.txt)")
+        print("duckdb is not installed, so that peer is skipped (make install installs the lock, which has it)")
         args.modes.remove("duckdb")
     print(f"machine speed: sum(range(10**7)) takes {_calibration_s():.2f} s here")
     print(_HEADER)

@@ -1,12 +1,14 @@
-"""pipeline_health: is the pipeline healthy? Seven checks that pass or fail on their own, and a report.
+"""pipeline_health: is the pipeline healthy? Eight checks that pass or fail on their own, and a report.
 
     consumer_lag -> throughput --\\
     dlq_ratio, reconciliation,   +--> report (always)
+    ctr_reconciliation,          |
     topic_drift, registry_drift, |
     brokers ---------------------+--> healthy (only when every check passed)
 
 Runs every hour and after every ingestion run (the ``avazu_ingested_hours`` asset). Each check
-(include/health) reads Kafka, the registry and the staging manifests, compares them with the
+(include/health) reads Kafka, the registry, the staging manifests or the CTR store (the
+``postgres_default`` connection: ctr_reconciliation, stream = batch), compares them with the
 limits in include/config/health.yaml and fails its task with one sentence - what is wrong, by how
 much, where to look - when it finds a problem; a finding is not retried, an unreachable broker
 or registry is. ``report`` runs whatever the checks found: it writes a Markdown and an HTML report
@@ -32,7 +34,8 @@ AFTER_LAG = {"trigger_rule": "all_done", "inlets": [INGESTED_HOURS]}
 
 @dag(
     dag_id="pipeline_health",
-    description="Consumer lag, DLQ ratio, reconciliation, throughput, drift and broker checks, with a report and metrics",
+    description="Consumer lag, DLQ ratio, reconciliation, stream = batch CTR, throughput, drift and broker checks, "
+                "with a report and metrics",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("15 * * * *", timezone="UTC"), assets=INGESTED_HOURS),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,

@@ -15,7 +15,7 @@ ports and places (environment variables, all optional):
   KAFKA_PORT=9092  KAFKA_CONTROLLER_PORT=9093  KAFKA_METRICS_PORT=7071 (the broker's JMX exporter)
   KAFKA_BROKERS=1 (3: a cluster of nodes kafka-1..3, node n on those ports + 100*(n-1))
   SCHEMA_REGISTRY_PORT=8081  SCHEMA_REGISTRY_MANAGEMENT_PORT=8091  S3_PORT=9000
-  PUSHGATEWAY_PORT=9091  PROMETHEUS_PORT=9090  POSTGRES_PORT=5432
+  PUSHGATEWAY_PORT=9091  PROMETHEUS_PORT=9090  POSTGRES_PORT=5432  REDIS_PORT=6379
   DEVSTACK_HOME=<project>/.devstack (state, logs)  DEVSTACK_CACHE=~/.cache/avazu-kafka-devstack (jars)
   KAFKA_JAVA_HOME / REGISTRY_JAVA_HOME (a JDK to use instead of the newest one found)
 """
@@ -42,8 +42,8 @@ def redacted(value: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devstack",
-        description="The local Kafka + Schema Registry + S3 + Prometheus + PostgreSQL stack, as "
-                    "processes on loopback.",
+        description="The local Kafka + Schema Registry + S3 + Prometheus + PostgreSQL + Redis stack, "
+                    "as processes on loopback.",
         epilog=PORT_VARIABLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
+import ssl
 import struct
 import urllib.error
 import urllib.request
@@ -18,23 +20,28 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def kafka_answers(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> bool:
+def kafka_answers(port: int, host: str = "127.0.0.1", timeout: float = 2.0,
+                  tls: ssl.SSLContext | None = None) -> bool:
     """Send a Kafka ApiVersions request (v0) and expect error code 0 back.
 
     This is the first request every Kafka client sends; a broker that answers it is serving the
-    protocol, which a bare TCP connect to a still-starting broker does not prove.
+    protocol, which a bare TCP connect to a still-starting broker does not prove. On a TLS listener
+    (``tls``) it goes through the handshake first; SASL listeners answer ApiVersions before sign-in.
     """
     client_id = b"devstack"
     correlation_id = 7
     # Request header v1: api_key=18 (ApiVersions), api_version=0, correlation_id, client_id.
     header = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
+            if tls is not None:
+                sock = stack.enter_context(tls.wrap_socket(sock, server_hostname=host))
             sock.sendall(struct.pack(">i", len(header)) + header)
             size_bytes = _recv_exact(sock, 4)
             (size,) = struct.unpack(">i", size_bytes)
             body = _recv_exact(sock, size)
-    except (OSError, ConnectionError):
+    except (OSError, ConnectionError):  # ssl.SSLError is an OSError
         return False
     got_correlation, error_code = struct.unpack(">ih", body[:6])
     return got_correlation == correlation_id and error_code == 0
@@ -118,3 +125,50 @@ def postgres_answers(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -
     # An ErrorResponse: fields of a type byte and a NUL-terminated text; C is the SQLSTATE.
     fields = {field[:1]: field[1:] for field in body.split(b"\0") if field}
     return kind == b"E" and fields.get(b"C") != b"57P03"
+
+
+def redis_answers(port: int, host: str = "127.0.0.1", password: str | None = None, timeout: float = 2.0) -> bool:
+    """Send AUTH (when there is a password) and PING in Redis's protocol and expect +OK and +PONG.
+
+    A Redis still loading its data answers -LOADING, one that wants another password -WRONGPASS or
+    -NOAUTH: none of them is serving.
+    """
+    def command(*words: str) -> bytes:
+        return f"*{len(words)}\r\n".encode() + b"".join(
+            f"${len(w.encode())}\r\n".encode() + w.encode() + b"\r\n" for w in words)
+
+    request = (command("AUTH", password) if password else b"") + command("PING")
+    expected = ([b"+OK"] if password else []) + [b"+PONG"]
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(request)
+            received = b""
+            while received.count(b"\r\n") < len(expected):
+                chunk = sock.recv(1024)
+                if not chunk:
+                    return False
+                received += chunk
+    except OSError:
+        return False
+    return received.split(b"\r\n")[: len(expected)] == expected
+
+
+def celery_worker_answers(broker_url: str, nodename: str, timeout: float = 2.0) -> bool:
+    """Ping one Celery worker by its node name over the broker and expect its pong.
+
+    The ping goes through the broker like a task, so a worker that answers is connected and
+    taking messages, which its process being alive does not prove.
+    """
+    from celery import Celery
+    from kombu.exceptions import OperationalError
+
+    # One attempt: an unreachable broker is a "no", not a reason to wait.
+    app = Celery(broker=broker_url, set_as_current=False,
+                 broker_connection_retry=False, broker_connection_timeout=timeout)
+    try:
+        replies = app.control.ping(destination=[nodename], timeout=timeout)
+    except (OSError, OperationalError):
+        return False
+    finally:
+        app.close()
+    return any(reply.get(nodename, {}).get("ok") == "pong" for reply in replies)

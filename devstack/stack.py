@@ -10,7 +10,6 @@ import importlib.util
 import os
 import pwd
 import re
-import secrets
 import shutil
 import signal
 import stat
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from devstack import probes
 from devstack.javas import describe_available, find_java
+from devstack.kafka_auth import MODES as KAFKA_AUTH_MODES, KafkaAuth, write_secret
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEVSTACK_DIR = Path(__file__).resolve().parent
@@ -39,14 +39,14 @@ class StackError(RuntimeError):
 KAFKA_NODE_PORT_STEP = 100
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, what: str = "a port number") -> int:
     raw = os.environ.get(name, "")
     if not raw:
         return default
     try:
         return int(raw)
     except ValueError:
-        raise StackError(f"{name}={raw!r} is not a port number") from None
+        raise StackError(f"{name}={raw!r} is not {what}") from None
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,12 @@ class StackSettings:
     prometheus_port: int = field(default_factory=lambda: _env_int("PROMETHEUS_PORT", 9090))
     pushgateway_port: int = field(default_factory=lambda: _env_int("PUSHGATEWAY_PORT", 9091))
     postgres_port: int = field(default_factory=lambda: _env_int("POSTGRES_PORT", 5432))
+    # The Celery executor's broker (AIRFLOW_EXECUTOR=celery).
+    redis_port: int = field(default_factory=lambda: _env_int("REDIS_PORT", 6379))
     # One node by default; 3 makes a cluster of three nodes, each broker and KRaft controller.
     kafka_brokers: int = field(default_factory=lambda: _env_int("KAFKA_BROKERS", 1))
+    # none: PLAINTEXT, no ACLs. scram: SASL/SCRAM over TLS with the authorizer on (devstack/kafka_auth.py).
+    kafka_auth: str = field(default_factory=lambda: os.environ.get("KAFKA_AUTH") or "none")
     kafka_heap: str = field(default_factory=lambda: os.environ.get("KAFKA_HEAP", "1g"))
     registry_heap: str = field(default_factory=lambda: os.environ.get("SCHEMA_REGISTRY_HEAP", "512m"))
     # The jars cache is shared by every checkout on this machine unless told otherwise, so a
@@ -86,6 +90,8 @@ class StackSettings:
     def __post_init__(self) -> None:
         if self.kafka_brokers not in (1, 3):
             raise StackError(f"KAFKA_BROKERS={self.kafka_brokers}: the stack runs 1 Kafka node or a cluster of 3")
+        if self.kafka_auth not in KAFKA_AUTH_MODES:
+            raise StackError(f"KAFKA_AUTH={self.kafka_auth!r}: choose one of {', '.join(KAFKA_AUTH_MODES)}")
 
     @property
     def logs(self) -> Path:
@@ -100,6 +106,11 @@ class StackSettings:
     @property
     def run(self) -> Path:
         return self.home / "run"
+
+    @property
+    def kafka_auth_files(self) -> KafkaAuth | None:
+        """The CA, certificate and passwords of an authenticated Kafka (KAFKA_AUTH=scram), else None."""
+        return KafkaAuth(self.home / "kafka-auth") if self.kafka_auth == "scram" else None
 
 
 def _pom_property(pom: Path, name: str) -> str:
@@ -470,6 +481,18 @@ class KafkaBroker(Service):
             "min.insync.replicas=2",
         ]
 
+    def _listeners(self) -> list[str]:
+        s = self.settings
+        if s.kafka_auth_files:
+            return s.kafka_auth_files.broker_properties(s.host, self.port, self.controller_port)
+        return [
+            f"listeners=PLAINTEXT://{s.host}:{self.port},CONTROLLER://{s.host}:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{s.host}:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+
     def _write_config(self) -> Path:
         s = self.settings
         conf_dir = self.conf_dir
@@ -481,12 +504,7 @@ class KafkaBroker(Service):
                     "# Written by devstack at every start; edit devstack/stack.py instead.",
                     "process.roles=broker,controller",
                     f"node.id={self.node}",
-                    f"listeners=PLAINTEXT://{s.host}:{self.port},"
-                    f"CONTROLLER://{s.host}:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{s.host}:{self.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    *self._listeners(),
                     f"log.dirs={self.data_dir}",
                     *self._quorum(),
                     # Topics are provisioned from the declarations, never created by a typo.
@@ -528,7 +546,12 @@ class KafkaBroker(Service):
         if not self.agent_jar.is_file():
             raise StackError(f"fetching the JMX exporter left no {self.agent_jar.name} in "
                              f"{self.agent_jar.parent}; delete that folder and start again")
+        auth = self.settings.kafka_auth_files
+        if auth:
+            auth.ensure()
         config = self._write_config()
+        if auth:
+            config.chmod(0o600)  # it holds admin's password: brokers sign in to each other with it
         if (self.data_dir / "meta.properties").exists():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -544,7 +567,8 @@ class KafkaBroker(Service):
         with log.open("w") as out:
             result = subprocess.run(
                 [java, *self._jvm_flags(), "kafka.tools.StorageTool", "format",
-                 *quorum, "-t", cluster_id, "-c", str(config)],
+                 *quorum, "-t", cluster_id, "-c", str(config),
+                 *(auth.format_arguments() if auth else [])],
                 stdout=out, stderr=subprocess.STDOUT,
             )
         if result.returncode != 0:
@@ -568,7 +592,11 @@ class KafkaBroker(Service):
         return argv, {}
 
     def answers(self) -> bool:
-        return probes.kafka_answers(self.port, self.settings.host)
+        auth = self.settings.kafka_auth_files
+        tls = auth.probe_context() if auth and auth.ca_file.exists() else None
+        if auth and tls is None:
+            return False
+        return probes.kafka_answers(self.port, self.settings.host, tls=tls)
 
 
 class SchemaRegistry(Service):
@@ -784,6 +812,77 @@ class Prometheus(Service):
         return probes.http_ok(f"{self.endpoint()}/-/ready")
 
 
+class Redis(Service):
+    """Redis (Debian's redis-server): the Celery executor's broker when Airflow runs Celery workers
+    (AIRFLOW_EXECUTOR=celery).
+
+    It listens on loopback only and asks for a password generated at its first start into a file
+    only its owner reads, as PostgreSQL's roles do; the password goes in its config file, never on
+    a command line. Queued tasks are kept in an append-only file in its data folder, so a restart
+    loses none.
+    """
+
+    name = "redis"
+    start_timeout = 30.0
+
+    @property
+    def password_file(self) -> Path:
+        return self.state_dir / "redis.password"
+
+    @property
+    def config_file(self) -> Path:
+        return self.state_dir / "redis.conf"
+
+    def ports(self) -> list[int]:
+        return [self.settings.redis_port]
+
+    def endpoint(self) -> str:
+        return f"redis://{self.settings.host}:{self.settings.redis_port}"
+
+    def url(self, db: int = 0) -> str:
+        """The broker URL of database ``db`` with the password (without it before the first start)."""
+        s = self.settings
+        password = f":{self._password()}@" if self.password_file.exists() else ""
+        return f"redis://{password}{s.host}:{s.redis_port}/{db}"
+
+    def _password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    def _port_hint(self, port: int) -> str:
+        return "REDIS_PORT"
+
+    def _binary(self) -> str:
+        return _debian_binary("redis-server", "redis-server",
+                              "Redis is needed as the broker of Airflow's Celery workers")
+
+    def prepare(self) -> None:
+        self._binary()
+        (self.state_dir / "data").mkdir(parents=True, exist_ok=True)
+        write_secret(self.password_file)
+        # Written at every start (a new REDIS_PORT needs no edit), readable by its owner only.
+        fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join([
+                "# Written by devstack at every start; edit devstack/stack.py instead.",
+                f"bind {self.settings.host}",
+                f"port {self.settings.redis_port}",
+                "daemonize no",
+                'logfile ""',
+                f"dir {self.state_dir / 'data'}",
+                "appendonly yes",
+                'save ""',
+                f"requirepass {self._password()}",
+                "",
+            ]))
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [self._binary(), str(self.config_file)], {}
+
+    def answers(self) -> bool:
+        password = self._password() if self.password_file.exists() else None
+        return probes.redis_answers(self.settings.redis_port, self.settings.host, password)
+
+
 # Debian installs each PostgreSQL major version's server programs in <major>/bin here.
 POSTGRES_LIB = Path("/usr/lib/postgresql")
 # A root devstack whose home its server user cannot enter keeps the server's folders here.
@@ -791,9 +890,11 @@ SHARED_SERVER_ROOT = Path("/var/tmp/avazu-devstack")
 
 
 class Postgres(Service):
-    """PostgreSQL (Debian's server programs): the store the real-time CTR figures are served from.
+    """PostgreSQL (Debian's server programs): the store the real-time CTR figures are served from,
+    and Airflow's metadata database when the Celery executor is chosen (AIRFLOW_EXECUTOR=celery).
 
-    A cluster of its own under the stack home with a role and a database both named ``ctr``. It
+    A cluster of its own under the stack home with a role and a database both named ``ctr``, and
+    another pair named ``airflow``; each role's password is generated into a file of its own. It
     listens on loopback only and keeps its socket in its state folder (/var/run/postgresql is
     root's). PostgreSQL refuses to run as root, so a root devstack runs it as the postgres user.
     """
@@ -802,6 +903,8 @@ class Postgres(Service):
     start_timeout = 60.0
     database = "ctr"
     role = "ctr"
+    # Every role owns the database of its name, made at each start when missing.
+    roles = ("ctr", "airflow")
     # The cluster's superuser, reached without a password through the socket folder only (mode 0700).
     superuser = "postgres"
     # Whom a root devstack runs the server as; Debian's package creates this user.
@@ -828,7 +931,10 @@ class Postgres(Service):
 
     @property
     def password_file(self) -> Path:
-        return self.state_dir / "ctr.password"
+        return self.password_file_of(self.role)
+
+    def password_file_of(self, role: str) -> Path:
+        return self.state_dir / f"{role}.password"
 
     def ports(self) -> list[int]:
         return [self.settings.postgres_port]
@@ -836,11 +942,13 @@ class Postgres(Service):
     def endpoint(self) -> str:
         return f"postgresql://{self.settings.host}:{self.settings.postgres_port}/{self.database}"
 
-    def url(self) -> str:
-        """The ctr database's URL with the role's password (without it before the first start)."""
+    def url(self, role: str | None = None, database: str | None = None, scheme: str = "postgresql") -> str:
+        """A database's URL (default: ctr's) with its role's password (without it before the first start)."""
         s = self.settings
-        password = f":{self.password_file.read_text().strip()}" if self.password_file.exists() else ""
-        return f"postgresql://{self.role}{password}@{s.host}:{s.postgres_port}/{self.database}"
+        role = role or self.role
+        file = self.password_file_of(role)
+        password = f":{file.read_text().strip()}" if file.exists() else ""
+        return f"{scheme}://{role}{password}@{s.host}:{s.postgres_port}/{database or role}"
 
     def _port_hint(self, port: int) -> str:
         return "POSTGRES_PORT"
@@ -883,14 +991,8 @@ class Postgres(Service):
         return True
 
     def _write_password(self) -> None:
-        # Generated on each machine, not written in the repository: the server listens on TCP, and
-        # a password in git would be everyone's. Only its owner may read the file.
-        try:
-            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(24))
+        for role in self.roles:
+            write_secret(self.password_file_of(role))
 
     def initdb_command(self) -> list[str]:
         return [
@@ -938,16 +1040,38 @@ class Postgres(Service):
         return probes.postgres_answers(self.settings.postgres_port, self.settings.host)
 
     def after_start(self) -> None:
-        """Create the ctr role and database when missing and set the role's password from its file."""
-        password = self.password_file.read_text().strip()
-        script = (
-            f"SELECT 'CREATE ROLE {self.role} LOGIN' WHERE NOT EXISTS "
-            f"(SELECT FROM pg_roles WHERE rolname = '{self.role}')\\gexec\n"
-            # The password goes through stdin: on psql's command line any user could read it.
-            f"ALTER ROLE {self.role} PASSWORD '{password}';\n"
-            f"SELECT 'CREATE DATABASE {self.database} OWNER {self.role}' WHERE NOT EXISTS "
-            f"(SELECT FROM pg_database WHERE datname = '{self.database}')\\gexec\n"
-        )
+        """Create each role and its database when missing and set the role's password from its file."""
+        # A server started by an older checkout has no file yet for a role added since.
+        self._write_password()
+        script = ""
+        for role in self.roles:
+            password = self.password_file_of(role).read_text().strip()
+            script += (
+                f"SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS "
+                f"(SELECT FROM pg_roles WHERE rolname = '{role}')\\gexec\n"
+                # The password goes through stdin: on psql's command line any user could read it.
+                f"ALTER ROLE {role} PASSWORD '{password}';\n"
+                + self._create_database_sql(role, role)
+            )
+        self._psql(script, f"creating the roles and databases {', '.join(self.roles)}")
+
+    def create_database(self, database: str, owner: str) -> None:
+        """Create a database owned by one of the roles when missing (a test's Airflow metadata, say)."""
+        self._psql(self._create_database_sql(database, owner), f"creating the database {database}")
+
+    def drop_database(self, database: str) -> None:
+        """Drop a database, disconnecting whoever still uses it."""
+        self._psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE);\n", f"dropping the database {database}")
+
+    @staticmethod
+    def _create_database_sql(database: str, owner: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", database):
+            raise StackError(f"{database!r} is not a plain database name (lower-case letters, digits and _)")
+        return (f"SELECT 'CREATE DATABASE {database} OWNER {owner}' WHERE NOT EXISTS "
+                f"(SELECT FROM pg_database WHERE datname = '{database}')\\gexec\n")
+
+    def _psql(self, script: str, what: str) -> None:
+        """Run a script as the cluster's superuser through the socket folder; fail in one sentence."""
         result = subprocess.run(
             [str(self.bin_dir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
              "-h", str(self.socket_dir), "-p", str(self.settings.postgres_port),
@@ -956,7 +1080,7 @@ class Postgres(Service):
         )
         if result.returncode != 0:
             reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
-            raise StackError(f"creating the {self.database} role and database in PostgreSQL failed: {reason}")
+            raise StackError(f"{what} in PostgreSQL failed: {reason}")
 
     def signal_stop(self, pid: int) -> None:
         # SIGINT is PostgreSQL's fast shutdown: clients are disconnected rather than waited for,
@@ -965,7 +1089,7 @@ class Postgres(Service):
 
 
 SERVICE_TYPES: dict[str, type[Service]] = {
-    cls.name: cls for cls in (KafkaBroker, SchemaRegistry, S3Endpoint, Pushgateway, Prometheus, Postgres)
+    cls.name: cls for cls in (KafkaBroker, SchemaRegistry, S3Endpoint, Pushgateway, Prometheus, Postgres, Redis)
 }
 
 
@@ -1026,6 +1150,8 @@ class Stack:
             if service.pid() is not None:
                 if service.answers():
                     echo(f"  {service.name}: already running")
+                    # Idempotent: what a newer checkout sets up (a database role, say) is added.
+                    service.after_start()
                     continue
                 echo(f"  {service.name}: process is up, waiting for it to answer")
             else:
@@ -1060,4 +1186,6 @@ class Stack:
             "PUSHGATEWAY_URL": self.services["pushgateway"].endpoint(),
             # Holds the ctr role's password: `python -m devstack env` prints it redacted.
             "POSTGRES_URL": self.services["postgres"].url(),
+            # Holds Redis's password, printed redacted too.
+            "REDIS_URL": self.services["redis"].url(),
         }

@@ -12,7 +12,7 @@ touch "$env_file"
 chmod 600 "$env_file"
 added=()
 for name in AIRFLOW_ADMIN_PASSWORD AIRFLOW_DB_PASSWORD AIRFLOW_FERNET_KEY AIRFLOW_JWT_SECRET \
-            AIRFLOW_API_SECRET_KEY MINIO_ROOT_PASSWORD CTR_DB_PASSWORD; do
+            AIRFLOW_API_SECRET_KEY MINIO_ROOT_PASSWORD CTR_DB_PASSWORD REDIS_PASSWORD; do
   if grep -q "^$name=" "$env_file"; then
     continue
   fi

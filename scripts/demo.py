@@ -83,12 +83,15 @@ STEPS = [
                {"source_uri": DEMO_SOURCE, "staging_uri": DEMO_STAGING, "chunk_rows": DEMO_CHUNK_ROWS},
                logical_date=_hour_date(hour))
       for hour in DEMO_HOURS],
+    DemoStep("ctr_batch", "the demo hours' CTR aggregates from their staged files, with DuckDB, into ctr_batch_hourly",
+             {"hours": list(DEMO_HOURS), "staging_uri": DEMO_STAGING}),
     DemoStep("stream_pipelines_e2e",
              "seeds 003/004: simulators -> stream processors (bounded) -> final consumers, on the declared topics",
              {"web_events": 300, "purchase_events": 300, "bad_ratio": 0.1, "idle_timeout": 5, "max_runtime": 120}),
     DemoStep("dlq_reprocessing", "repair, retry or park the dead letters of the ingestion's and the analytics DLQ"),
     DemoStep("dlq_reprocessing", "again: every dead letter has its outcome, so nothing is new"),
-    DemoStep("pipeline_health", "lag, DLQ ratio, reconciliation, throughput, drift and broker checks; report and metrics",
+    DemoStep("pipeline_health", "lag, DLQ ratio, reconciliation, stream = batch CTR, throughput, drift and broker checks; "
+             "report and metrics",
              {"staging_uri": DEMO_STAGING}),
 ]
 
@@ -103,7 +106,8 @@ def _preflight() -> None:
     from include.kafka.reachability import ServiceUnreachable, check_broker, check_registry
 
     try:
-        check_broker({"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]}, timeout=10)
+        # kafka_default's settings: with KAFKA_AUTH=scram they sign in (scripts/local-env.sh).
+        check_broker(json.loads(os.environ["AIRFLOW_CONN_KAFKA_DEFAULT"])["extra"], timeout=10)
         url = os.environ["SCHEMA_REGISTRY_URL"]
         check_registry(registry_client(url), url)
     except ServiceUnreachable as error:
@@ -166,6 +170,12 @@ def _describe(value: object) -> str:
         plots = sorted(storage.resolve_local(uri) for uri in value["plot_uris"])
         return (f"report: {storage.resolve_local(value['report_uri'])}\n{'':25}{len(plots)} plots in "
                 f"{Path(plots[0]).parent if plots else '-'}: {', '.join(Path(p).name for p in plots)}")
+    if isinstance(value, dict) and "repaired_rows" in value and "write" in value:
+        # A CTR batch of a staged hour: what it counted, and the hours of ctr_batch_hourly it wrote.
+        return (f"hour {value['staged_hour']}: {value['rows']:,} rows = {value['good_rows']:,} good + "
+                f"{value['repaired_rows']:,} repaired + {value['parked_rows']:,} parked -> ctr_batch_hourly hour(s) "
+                f"{', '.join(map(str, value['write']['hours_rebuilt']))} ({value['write']['hourly_rows']:,} rows), "
+                f"{value['rows_per_s']:,.0f} rows/s")
     if isinstance(value, dict) and set(value) == {"check", "status", "summary"}:
         return f"{value['status']}"
     if isinstance(value, dict) and "by_reason" in value and "repaired" in value:

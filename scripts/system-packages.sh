@@ -31,11 +31,13 @@ if [ "$with_tests" -eq 1 ]; then
   # The browser test of Airflow's UI drives Debian's headless Chromium.
   command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
 fi
-# Prometheus, its Pushgateway and PostgreSQL: the local stack runs them as its own processes
+# Prometheus, its Pushgateway, PostgreSQL and Redis: the local stack runs them as its own processes
 # (devstack), so Debian's system daemons of the same must not run.
 need_daemons=()
 command -v prometheus >/dev/null || need_daemons+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || need_daemons+=(prometheus-pushgateway)
+# Redis: the broker of Airflow's Celery workers (AIRFLOW_EXECUTOR=celery).
+command -v redis-server >/dev/null || need_daemons+=(redis-server)
 # devstack runs the newest server under /usr/lib/postgresql (psql and pg_isready come with it).
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_daemons+=(postgresql)
 
@@ -61,8 +63,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt install -y "${need[@]}"
 fi
 if [ ${#need_daemons[@]} -gt 0 ]; then
-  # Debian's packages start (and enable) them as system daemons on 9090, 9091 and 5432, the ports
-  # the stack's own Prometheus, Pushgateway and PostgreSQL take: install them under a policy-rc.d
+  # Debian's packages start (and enable) them as system daemons on 9090, 9091, 5432 and 6379, the
+  # ports the stack's own Prometheus, Pushgateway, PostgreSQL and Redis take: install them under a policy-rc.d
   # that forbids starting services, then stop and disable whatever started anyway. Without
   # recommends, as prometheus recommends node-exporter, one more daemon.
   echo "system packages: installing ${need_daemons[*]} from Debian's packages (not as daemons)"
@@ -82,7 +84,7 @@ if [ ${#need_daemons[@]} -gt 0 ]; then
   apt install -y --no-install-recommends "${need_daemons[@]}" || installed=$?
   if [ -n "$own_policy" ]; then rm -f "$own_policy"; fi
   [ "$installed" -eq 0 ] || exit "$installed"
-  for daemon in prometheus prometheus-pushgateway postgresql; do
+  for daemon in prometheus prometheus-pushgateway postgresql redis-server; do
     if [ -d /run/systemd/system ]; then
       systemctl disable --now "$daemon" >/dev/null 2>&1 || true
     else

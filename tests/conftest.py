@@ -8,6 +8,8 @@ so tests never touch the demo's metadata DB or another session's.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,6 +32,8 @@ def _load_local_env() -> None:
     # This runs at import time, before any test module imports Airflow (which reads its config once).
     os.environ["AIRFLOW_HOME"] = str(TEST_AIRFLOW_HOME)
     os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{TEST_AIRFLOW_HOME}/airflow.db"
+    # SQLite takes the LocalExecutor only, whatever AIRFLOW_EXECUTOR the shell has.
+    os.environ["AIRFLOW__CORE__EXECUTOR"] = "LocalExecutor"
     dumped = subprocess.run(
         ["bash", "-c", ". scripts/local-env.sh && env -0"], cwd=ROOT, check=True,
         capture_output=True,
@@ -72,6 +77,44 @@ def postgres_url() -> str:
     stack's first start, which may be this one.
     """
     return _started_stack(["postgres"]).environment()["POSTGRES_URL"]
+
+
+@contextlib.contextmanager
+def migrated_ctr_schema(postgres_url: str, schema: str):
+    """A fresh, migrated schema of the ctr database, dropped afterwards: its ``url`` and ``schema``.
+
+    The URL puts the schema first on the search path (libpq's ``options``), so every connection
+    made from it - the code's, a task's through ``postgres_default`` - works in that schema alone.
+    """
+    from urllib.parse import quote
+
+    import psycopg
+    from psycopg import sql
+
+    from include.ctr.migrate import migrate
+
+    url = f"{postgres_url}?options={quote(f'-csearch_path={schema}')}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        try:
+            with psycopg.connect(url) as connection:
+                migrate(connection)
+            yield SimpleNamespace(url=url, schema=schema)
+        finally:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(scope="session")
+def ctr_schema(postgres_url):
+    """``ctr_schema(name)``: :func:`migrated_ctr_schema` on the stack's store, for fixtures of wider scope."""
+    return functools.partial(migrated_ctr_schema, postgres_url)
+
+
+@pytest.fixture
+def ctr_store(ctr_schema, unique_name):
+    """A migrated CTR store of the test's own (:func:`migrated_ctr_schema`)."""
+    with ctr_schema(unique_name("ctr")) as store:
+        yield store
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from include.errors import PermanentError, RetriableError
+from include.ctr.store import StoreUnreachable, connect
+from include.errors import PermanentError
 
 if TYPE_CHECKING:
     import psycopg
@@ -50,10 +51,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 class MigrationError(PermanentError):
     """The migration files or the recorded ones are not what the runner can apply."""
-
-
-class StoreUnreachable(RetriableError):
-    """The CTR store's PostgreSQL did not accept a connection."""
 
 
 @dataclass(frozen=True)
@@ -165,28 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.url:
         parser.exit(1, "error: no database to migrate: set POSTGRES_URL (. scripts/local-env.sh) or pass --url\n")
     # Only the command line opens a connection; the runner works on the one it is given.
-    import psycopg
-
     try:
-        try:
-            connection = psycopg.connect(args.url, connect_timeout=10)
-        except psycopg.OperationalError as error:
-            # The URL holds the password: name only where it points.
-            raise StoreUnreachable(f"PostgreSQL at {_where(args.url)} did not accept a connection: "
-                                 f"{str(error).strip().splitlines()[0]}") from None
-        with connection:
+        with connect(args.url) as connection:
             result = migrate(connection)
     except (MigrationError, StoreUnreachable) as error:
         parser.exit(75 if error.retriable else 1, f"error: {error}\n")
     print(json.dumps(result.as_dict()))
     return 0
-
-
-def _where(url: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict
-
-    conninfo = conninfo_to_dict(url)
-    return f"{conninfo.get('host', 'localhost')}:{conninfo.get('port', 5432)}/{conninfo.get('dbname', '')}"
 
 
 if __name__ == "__main__":

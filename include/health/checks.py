@@ -1,9 +1,9 @@
 """The health checks by name, what each is given, and how one is run.
 
 Each check is a function ``HealthInputs -> CheckOutcome`` that only reads (Kafka, the registry,
-the staging manifests, its own state); a finding is a :class:`CheckOutcome` with ``ok=False``, not
-an exception. An unreachable broker or registry is an error of the check run (retriable), except
-for the broker check, whose finding it is.
+the staging manifests, the CTR store, its own state); a finding is a :class:`CheckOutcome` with
+``ok=False``, not an exception. An unreachable broker, registry or store is an error of the check
+run (retriable), except for the broker check, whose finding it is.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from include.health.broker import check_brokers
 from include.health.config import HealthConfig
+from include.health.ctr import check_ctr_reconciliation
 from include.health.drift import check_registry_drift, check_topic_drift
 from include.health.hours import check_dlq_ratio, check_reconciliation
 from include.health.lag import check_consumer_lag
@@ -43,6 +44,8 @@ class HealthInputs:
     catalog: TopicCatalog  # the declared topics and subjects (drift, broker health)
     # What the recent ingest_hour runs reported (their asset events' extra), newest first.
     runs: list[dict[str, Any]] = field(default_factory=list)
+    # The CTR store's libpq URL (the postgres_default connection); None: not configured.
+    store_url: str | None = None
     now: float = field(default_factory=time.time)
     log: logging.Logger = log
     cache: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +66,9 @@ class HealthCheck:
 
     run: Callable[[HealthInputs], CheckOutcome]
     description: str
+    # Where it reads: a check that does not read Kafka runs while the broker is away.
+    reads_kafka: bool = True
+    reads_store: bool = False
 
 
 # The checks by name, in the order the DAG and the report list them.
@@ -72,6 +78,9 @@ CHECKS: dict[str, HealthCheck] = {
     "dlq_ratio": HealthCheck(check_dlq_ratio, "dead-lettered share of each ingested hour, from the checkpoints"),
     "reconciliation": HealthCheck(
         check_reconciliation, "rows ingested of each recent hour = its records in the raw topic + the DLQ"),
+    "ctr_reconciliation": HealthCheck(
+        check_ctr_reconciliation, "stream = batch: each closed hour's CTR counts per dimension value in ctr_hourly "
+                                  "= ctr_batch_hourly", reads_kafka=False, reads_store=True),
     "throughput": HealthCheck(
         check_throughput, "rows/s of recent ingestion runs and records/s of the always-on stream processors"),
     "topic_drift": HealthCheck(check_topic_drift, "declared topic configs and partitions against the cluster"),

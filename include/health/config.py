@@ -44,6 +44,12 @@ class ReconciliationSettings:
 
 
 @dataclass(frozen=True)
+class CtrReconciliationSettings:
+    lookback_hours: int = 24
+    settle_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class ThroughputLimits:
     recent_runs: int = 12
     ingest_min_rows_per_s: float = 20_000.0
@@ -62,6 +68,7 @@ class HealthConfig:
     lag: LagLimits = field(default_factory=LagLimits)
     dlq: DlqLimits = field(default_factory=DlqLimits)
     reconciliation: ReconciliationSettings = field(default_factory=ReconciliationSettings)
+    ctr_reconciliation: CtrReconciliationSettings = field(default_factory=CtrReconciliationSettings)
     throughput: ThroughputLimits = field(default_factory=ThroughputLimits)
     broker: BrokerLimits = field(default_factory=BrokerLimits)
     report_uri: str = "reports/health"
@@ -82,7 +89,7 @@ class HealthConfig:
 
 _CHECK = Checks(HealthConfigError)
 _SECTIONS = {"lag": LagLimits, "dlq": DlqLimits, "reconciliation": ReconciliationSettings,
-             "throughput": ThroughputLimits, "broker": BrokerLimits}
+             "ctr_reconciliation": CtrReconciliationSettings, "throughput": ThroughputLimits, "broker": BrokerLimits}
 
 
 def matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -104,8 +111,9 @@ def parse_health_config(document: Any, source: str) -> HealthConfig:
     sections: dict[str, dict[str, Any]] = {
         name: _CHECK.mapping(f"{source}: {name}", top.get(name), {f.name for f in dataclasses.fields(kind)})
         for name, kind in _SECTIONS.items()}
-    lag, dlq, rec, speed, broker = (sections[n] for n in _SECTIONS)
-    d_lag, d_dlq, d_rec, d_speed = LagLimits(), DlqLimits(), ReconciliationSettings(), ThroughputLimits()
+    lag, dlq, rec, ctr, speed, broker = (sections[n] for n in _SECTIONS)
+    d_lag, d_dlq, d_rec, d_ctr, d_speed = (LagLimits(), DlqLimits(), ReconciliationSettings(),
+                                           CtrReconciliationSettings(), ThroughputLimits())
     where = f"{source}: lag"
     window = _CHECK.whole(f"{where}.window_samples", lag.get("window_samples", d_lag.window_samples), 2, 1000)
     breach = _CHECK.whole(f"{where}.breach_samples", lag.get("breach_samples", d_lag.breach_samples), 1, window)
@@ -130,6 +138,11 @@ def parse_health_config(document: Any, source: str) -> HealthConfig:
                                         rec.get("lookback_hours", d_rec.lookback_hours), 1, 24 * 366),
             scan_margin_s=_CHECK.seconds(f"{source}: reconciliation.scan_margin_s",
                                          rec.get("scan_margin_s", d_rec.scan_margin_s)),
+        ),
+        ctr_reconciliation=CtrReconciliationSettings(
+            lookback_hours=_CHECK.whole(f"{source}: ctr_reconciliation.lookback_hours",
+                                        ctr.get("lookback_hours", d_ctr.lookback_hours), 1, 24 * 366),
+            settle_s=_CHECK.seconds(f"{source}: ctr_reconciliation.settle_s", ctr.get("settle_s", d_ctr.settle_s)),
         ),
         throughput=ThroughputLimits(
             recent_runs=_CHECK.whole(f"{source}: throughput.recent_runs", speed.get("recent_runs", d_speed.recent_runs), 1, 1000),

@@ -23,12 +23,15 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer
 
 from include.health.outcome import CheckOutcome, Metric, first_problems
 from include.ingest.checkpoint import Checkpoint, checkpoint_keys_of, load_checkpoint_schema, read_checkpoints
+from include.ingest.config import IngestTopics
 from include.ingest.staging import find_partition
 from include.kafka.headers import DLQ_HEADER_PREFIX, INGEST_HOUR_HEADER, generation_of
 from include.kafka.reader import read_to_end, reader_config
@@ -63,29 +66,62 @@ class HourReader:
         return reader(payload)
 
 
-def hour_checkpoints(inputs: HealthInputs) -> dict[int, list[Checkpoint]]:
-    """The latest checkpoint of every source of every hour ingested into the raw topic (read once per run).
+def read_hour_checkpoints(kafka_config: dict[str, Any], fetch_schema: Callable[[int], str],
+                          topics: IngestTopics) -> dict[int, list[Checkpoint]]:
+    """The latest checkpoint of every source of every hour ingested into ``topics.raw``, oldest first per hour.
 
     One source per raw topic is the rule; a second one (a demo file, then the real one) writes the
     same hours again, and each source's checkpoint accounts for its own rows.
     """
+    consumer = Consumer(reader_config(kafka_config, f"hour-checkpoints-{uuid.uuid4().hex}"))
+    decoder = AvroDecoder(fetch_schema, reader_schema=load_checkpoint_schema())
+    try:
+        prefix = checkpoint_keys_of(topics.raw)
+        found = read_checkpoints(consumer, topics.checkpoints,
+                                 lambda payload: Checkpoint.from_record(decoder.decode(payload)),
+                                 keep=lambda key: key.startswith(prefix), batch=10_000)
+    finally:
+        consumer.close()
+    by_hour: dict[int, list[Checkpoint]] = {}
+    for checkpoint in sorted(found.values(), key=lambda c: c.updated_at):
+        by_hour.setdefault(checkpoint.hour, []).append(checkpoint)
+    return by_hour
+
+
+def hour_checkpoints(inputs: HealthInputs) -> dict[int, list[Checkpoint]]:
+    """:func:`read_hour_checkpoints` of the ingestion's topics, read once per run."""
     cached = inputs.cache.get("checkpoints")
     if cached is None:
-        topics = inputs.ingest.topics
-        consumer = Consumer(reader_config(inputs.kafka_config, f"pipeline-health-{uuid.uuid4().hex}"))
-        decoder = AvroDecoder(inputs.fetch_schema, reader_schema=load_checkpoint_schema())
-        try:
-            prefix = checkpoint_keys_of(topics.raw)
-            found = read_checkpoints(consumer, topics.checkpoints,
-                                     lambda payload: Checkpoint.from_record(decoder.decode(payload)),
-                                     keep=lambda key: key.startswith(prefix), batch=10_000)
-        finally:
-            consumer.close()
-        cached = {}
-        for checkpoint in sorted(found.values(), key=lambda c: c.updated_at):
-            cached.setdefault(checkpoint.hour, []).append(checkpoint)
+        cached = read_hour_checkpoints(inputs.kafka_config, inputs.fetch_schema, inputs.ingest.topics)
         inputs.cache["checkpoints"] = cached
     return cached
+
+
+@dataclass(frozen=True)
+class HourDeadLetters:
+    """An hour's rows read and dead-lettered, over every source that ingested it (their checkpoints)."""
+
+    hour: int
+    sources: int
+    rows_read: int
+    dead_lettered: int
+    by_reason: Counter
+
+    @property
+    def ratio(self) -> float:
+        return self.dead_lettered / self.rows_read if self.rows_read else 0.0
+
+
+def dead_letters_by_hour(checkpoints: dict[int, list[Checkpoint]]) -> list[HourDeadLetters]:
+    """Each hour's dead-letter counts (see :class:`HourDeadLetters`), in hour order."""
+    hours = []
+    for hour, cps in sorted(checkpoints.items()):
+        reasons: Counter = Counter()
+        for cp in cps:
+            reasons.update(cp.dead_lettered_by_reason)
+        hours.append(HourDeadLetters(hour, len(cps), sum(cp.rows_read for cp in cps),
+                                     sum(cp.rows_dead_lettered for cp in cps), reasons))
+    return hours
 
 
 def check_dlq_ratio(inputs: HealthInputs) -> CheckOutcome:
@@ -94,21 +130,16 @@ def check_dlq_ratio(inputs: HealthInputs) -> CheckOutcome:
     checkpoints = hour_checkpoints(inputs)
     since = _lookback_start(inputs)
     rows, problems, series, worst = [], [], [], 0.0
-    for hour, cps in sorted(checkpoints.items()):
-        read = sum(cp.rows_read for cp in cps)
-        dead = sum(cp.rows_dead_lettered for cp in cps)
-        reasons = Counter()
-        for cp in cps:
-            reasons.update(cp.dead_lettered_by_reason)
-        ratio = dead / read if read else 0.0
-        judged = any(cp.updated_at >= since for cp in cps) and read >= limits.min_rows
-        top = ", ".join(f"{reason} {count:,}" for reason, count in reasons.most_common(2))
+    for counts in dead_letters_by_hour(checkpoints):
+        hour, read, dead, ratio = counts.hour, counts.rows_read, counts.dead_lettered, counts.ratio
+        judged = any(cp.updated_at >= since for cp in checkpoints[hour]) and read >= limits.min_rows
+        top = ", ".join(f"{reason} {count:,}" for reason, count in counts.by_reason.most_common(2))
         if judged:
             worst = max(worst, ratio)
             if ratio > limits.max_ratio:
                 problems.append(f"hour {hour} dead-lettered {dead:,} of its {read:,} rows "
                                 f"({ratio:.2%}, limit {limits.max_ratio:.2%}; most: {top or 'none'})")
-        rows.append({"hour": hour, "sources": len(cps), "rows_read": read, "dead_lettered": dead,
+        rows.append({"hour": hour, "sources": counts.sources, "rows_read": read, "dead_lettered": dead,
                      "ratio": f"{ratio:.3%}", "verdict": "-" if not judged else ("OVER" if ratio > limits.max_ratio else "ok"),
                      "top_reasons": top})
         series.append({"hour": hour, "ratio": ratio})

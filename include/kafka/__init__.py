@@ -6,6 +6,7 @@
 * :mod:`include.kafka.wire`: Avro in the Confluent wire format, and schema files;
 * :mod:`include.kafka.headers`: the record header names the project writes;
 * :mod:`include.kafka.reachability`: is the broker or the registry there at all;
+* :mod:`include.kafka.client_file`: client settings (credentials) from a file, for command-line tools;
 * :mod:`include.kafka.smoke`: Avro records through the broker and the registry and back.
 
 The ingestion (include.ingest) and the stream processors (include.streaming) both run on it.

@@ -44,7 +44,8 @@ COMPATIBILITY_LEVELS = {"BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_T
 TOPIC_KEYS = {"name", "role", "description", "partitions", "replication_factor", "configs",
               "value_schema", "key_schema", "compatibility"}
 DEFAULT_KEYS = {"replication_factor", "configs", "compatibility"}
-FILE_KEYS = {"defaults", "topics"}
+FILE_KEYS = {"defaults", "topics", "access"}
+ACCESS_KEYS = {"principal", "group_prefixes", "transactional_id_prefixes"}
 # A role is how code and the other settings files name a topic; it stays when the name changes.
 _ROLE = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -81,9 +82,21 @@ class TopicSpec:
 
 
 @dataclass(frozen=True)
+class Access:
+    """What the pipeline's principal may use beside the declared topics (``access`` in the file):
+    consumer groups and transactional ids, by prefix. The ACLs are derived from it and the topics
+    (include/kafka_admin/acls.py)."""
+
+    principal: str = "pipeline"
+    group_prefixes: tuple[str, ...] = ()
+    transactional_id_prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TopicCatalog:
     source: Path
     topics: tuple[TopicSpec, ...] = field(default_factory=tuple)
+    access: Access = field(default_factory=Access)
 
     def __getitem__(self, name: str) -> TopicSpec:
         for topic in self.topics:
@@ -136,6 +149,24 @@ def _schema_path(where: str, key: str, value: Any, schemas_dir: Path) -> Path | 
     return path
 
 
+def _prefixes(where: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise DeclarationError(f"{where} must be a list of non-empty prefixes, not {value!r}")
+    return tuple(value)
+
+
+def _access(source: Path, raw: Any) -> Access:
+    where = f"{source}: access"
+    raw = _CHECK.mapping(where, raw, ACCESS_KEYS)
+    principal = raw.get("principal", Access.principal)
+    if not isinstance(principal, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", principal):
+        raise DeclarationError(f"{where}: principal must be a user name (letters, digits, '_', '.', '-'), not {principal!r}")
+    return Access(principal=principal,
+                  group_prefixes=_prefixes(f"{where}: group_prefixes", raw.get("group_prefixes", [])),
+                  transactional_id_prefixes=_prefixes(f"{where}: transactional_id_prefixes",
+                                                      raw.get("transactional_id_prefixes", [])))
+
+
 def parse_catalog(document: Any, source: Path, schemas_dir: Path = SCHEMAS_DIR) -> TopicCatalog:
     """Check a parsed declarations document and turn it into a catalog."""
     if not isinstance(document, dict):
@@ -185,7 +216,7 @@ def parse_catalog(document: Any, source: Path, schemas_dir: Path = SCHEMAS_DIR) 
             key_schema=_schema_path(where, "key_schema", raw.get("key_schema"), schemas_dir),
             compatibility=compatibility,
         ))
-    return TopicCatalog(source, tuple(topics))
+    return TopicCatalog(source, tuple(topics), _access(source, document.get("access")))
 
 
 def load_catalog(path: str | Path | None = None, schemas_dir: Path = SCHEMAS_DIR) -> TopicCatalog:

@@ -18,12 +18,14 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from include.errors import PipelineError
 from include.streaming.analytics import DLQ_NOTICE, analytics_transform
 from include.streaming.processor import StreamProcessor
 from include.streaming.records import Transform, TransformContext
 from include.streaming.words import uppercase_transform
+from include.kafka.client_file import client_settings
 from include.kafka.registry import registry_client
 
 
@@ -64,6 +66,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--progress-interval", type=float, default=30.0)
     parser.add_argument("--bootstrap-servers",
                         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--client-config", type=Path, metavar="FILE",
+                        help="librdkafka settings, one key=value a line (like Kafka's --command-config): "
+                             "credentials stay off the command line, where every user could read them")
     parser.add_argument("--registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL"))
     args = parser.parse_args(argv)
     if args.processor == "analytics":
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         transform = paced(transform, args.max_rate)
     processor = StreamProcessor(
         name=args.processor, transform=transform,
-        client_config={"bootstrap.servers": args.bootstrap_servers},
+        client_config={"bootstrap.servers": args.bootstrap_servers, **client_settings(args.client_config)},
         input_topics=args.input, output_topic=args.output, dlq_topic=args.dlq,
         group_id=args.group, instance_id=args.instance, commit_interval=args.commit_interval,
         progress_interval=args.progress_interval,

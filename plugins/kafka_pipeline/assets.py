@@ -8,3 +8,7 @@ from airflow.sdk import Asset
 # carries what the run did (hour, rows read, rows/s, seconds), which pipeline_health times. The
 # URI names the raw topic by its role (include/config/topics.yaml), not by its name.
 INGESTED_HOURS = Asset(name="avazu_ingested_hours", uri="kafka://ingestion/raw")
+
+# Updated by every ctr_batch run of a staged hour (dags/ctr_batch.py): ctr_batch_hourly holds its
+# hours; the event's extra names them.
+CTR_BATCH_HOURS = Asset(name="ctr_batch_hours", uri="ctr://batch/hourly")

@@ -2,7 +2,8 @@
 
 ``kafka_default`` follows the Kafka provider's convention (librdkafka settings as the connection's
 extra JSON); ``schema_registry_default`` holds the registry URL as its host (login and password,
-when set, become basic auth).
+when set, become basic auth); ``postgres_default`` (the Postgres provider's type) is the CTR store,
+handed to include.ctr as its libpq URL.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from airflow.providers.apache.kafka.hooks.base import KafkaBaseHook
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -88,3 +90,15 @@ class SchemaRegistryHook(BaseHook):
         subjects = check_registry(self.get_conn(), self.url, where=f"connection {self.schema_registry_conn_id}")
         self.log.info("Schema Registry at %s answers: %d subject(s)", self.url, len(subjects))
         return subjects
+
+
+def postgres_url(conn_id: str = "postgres_default") -> str | None:
+    """The libpq URL of a Postgres connection (its extra, e.g. ``options``, as query parameters); None when undefined.
+
+    include.ctr opens its own connections from a URL (include.ctr.store.connect) on the command
+    line and in tasks alike; the provider's hook would open one of its own without a timeout.
+    """
+    try:
+        return BaseHook.get_connection(conn_id).get_uri()
+    except AirflowNotFoundException:
+        return None

@@ -2,7 +2,8 @@
 run after an ingestion run it times, and a red one whose failing check does not stop the report.
 
 The settings files are sandboxed (AVAZU_CONFIG_DIR): topics.yaml gives the ingestion's roles topics
-of the test's own, health.yaml puts the report and the lag window in a temporary folder.
+of the test's own, health.yaml puts the report and the lag window in a temporary folder; the
+postgres_default connection points at a CTR store of the test's own.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def test_the_dag_is_wired_as_documented():
     from kafka_pipeline.assets import INGESTED_HOURS
 
     health, ingest = _dags()
-    checks = ["consumer_lag", "dlq_ratio", "reconciliation", "throughput", "topic_drift", "registry_drift", "brokers"]
+    checks = ["consumer_lag", "dlq_ratio", "reconciliation", "ctr_reconciliation", "throughput", "topic_drift",
+              "registry_drift", "brokers"]
     assert sorted(health.task_ids) == sorted([*checks, "report", "healthy"])
     for check in checks:
         assert {"report", "healthy"} <= health.get_task(check).downstream_task_ids
@@ -60,7 +62,7 @@ def test_the_dag_is_wired_as_documented():
 
 
 @pytest.fixture
-def sandbox(tmp_path, monkeypatch, kafka_config, schema_registry_url, unique_name):
+def sandbox(tmp_path, monkeypatch, kafka_config, schema_registry_url, unique_name, ctr_store):
     topics = IngestTopics(unique_name("raw"), unique_name("dlq"), unique_name("ckpt"))
     provision_ingest_topics(AdminClient(kafka_config), registry_client(schema_registry_url), topics)
     folder = tmp_path / "config"
@@ -80,6 +82,7 @@ def sandbox(tmp_path, monkeypatch, kafka_config, schema_registry_url, unique_nam
     health["dlq"].update(min_rows=100, max_ratio=0.05)
     (folder / "health.yaml").write_text(yaml.safe_dump(health))
     monkeypatch.setenv("AVAZU_CONFIG_DIR", str(folder))
+    monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", ctr_store.url)
     source = tmp_path / "train.csv.gz"
     generate(GeneratorSpec(3_000, hours=1, seed=5, fault_rates={kind: 0.001 for kind in FaultKind}), source)
     return {"topics": topics, "folder": folder, "source": str(source), "tmp": tmp_path}
@@ -96,8 +99,10 @@ def test_an_ingestion_run_then_a_green_run_then_a_red_one_that_still_reports(air
     assert green.state == "success"
     results = _results(green)
     report = results["report"]
-    assert report["failed"] == [] and report["missing"] == [] and len(report["checks"]) == 7
-    assert results["healthy"] == "all 7 checks passed"
+    assert report["failed"] == [] and report["missing"] == [] and len(report["checks"]) == 8
+    assert results["healthy"] == "all 8 checks passed"
+    ctr = next(c for c in report["checks"] if c["check"] == "ctr_reconciliation")
+    assert ctr["summary"].startswith("no hour was batched in the last 24 h")
     assert Path(report["report"]["html"]).is_file() and Path(report["report"]["latest_html"]).is_file()
     # The ingestion run reached the throughput check through the asset event's extra.
     throughput = next(c for c in report["checks"] if c["check"] == "throughput")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,58 +27,12 @@ from include.kafka.reader import read_topic
 from include.kafka.registry import registry_client, schema_fetcher
 from include.kafka_admin.catalog import load_catalog
 from include.kafka_admin.sandbox import provision_sandbox
+from tests.browser import Browser
 from tests.waiting import wait_for
+from tests.local_airflow import Api, free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_IDS = sorted(p.stem for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Api:
-    """The REST API with a token from /auth/token, as a user's script would use it."""
-
-    def __init__(self, url: str, password: str):
-        self.url = url
-        token = httpx.post(f"{url}/auth/token", json={"username": "admin", "password": password}, timeout=30)
-        token.raise_for_status()
-        self.client = httpx.Client(base_url=f"{url}/api/v2", timeout=30,
-                                   headers={"Authorization": f"Bearer {token.json()['access_token']}"})
-
-    def get(self, path: str, **params):
-        response = self.client.get(path, params=params)
-        response.raise_for_status()
-        return response.json()
-
-    def send(self, method: str, path: str, body: dict):
-        response = self.client.request(method, path, json=body)
-        assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text[:500]}"
-        return response.json()
-
-    def unpause(self, dag_id: str) -> None:
-        self.send("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-
-    def runs(self, dag_id: str) -> list[dict]:
-        return self.get(f"/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
-
-    def wait_for(self, what: str, check, timeout: float):
-        return wait_for(what, check, timeout)
-
-    def wait_for_success(self, dag_id: str, run_id: str, timeout: float = 180) -> dict:
-        def finished():
-            run = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")
-            return run if run["state"] in ("success", "failed") else None
-
-        run = self.wait_for(f"{dag_id} run {run_id} to finish", finished, timeout)
-        assert run["state"] == "success", f"{dag_id} run {run_id} ended {run['state']}"
-        return run
-
-    def xcom(self, dag_id: str, run_id: str, task_id: str):
-        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")["value"]
 
 
 @pytest.fixture(scope="module")
@@ -265,73 +218,6 @@ def test_a_scheduler_backfill_ingests_two_avazu_hours(services, kafka_config):
         latest[checkpoint.hour] = checkpoint
     for r in results:
         assert latest[r["hour"]].complete and latest[r["hour"]].rows_read == r["hour_rows_read"]
-
-
-class Browser:
-    """Headless Chromium (Debian's) driven over the DevTools protocol: what a person sees and does."""
-
-    def __init__(self, home: Path):
-        import websockets.sync.client
-
-        executable = shutil.which("chromium") or shutil.which("chromium-browser")
-        assert executable, "Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)"
-        port = _free_port()
-        self.process = subprocess.Popen(
-            [executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={home / 'chromium'}", f"--remote-debugging-port={port}", "--window-size=1400,1000",
-             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                pages = httpx.get(f"http://127.0.0.1:{port}/json", timeout=2).json()
-                page = next(p for p in pages if p["type"] == "page")
-                break
-            except (httpx.HTTPError, StopIteration):
-                assert time.monotonic() < deadline, "Chromium did not open its DevTools port"
-                time.sleep(0.3)
-        self.socket = websockets.sync.client.connect(page["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024)
-        self._id = 0
-
-    def call(self, method: str, **params):
-        self._id += 1
-        self.socket.send(json.dumps({"id": self._id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.socket.recv(timeout=60))
-            if message.get("id") == self._id:
-                assert "error" not in message, message
-                return message.get("result", {})
-
-    def evaluate(self, expression: str):
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                         awaitPromise=True).get("result", {}).get("value")
-
-    def open(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
-
-    def wait_until(self, what: str, expression: str, timeout: float = 60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            time.sleep(0.5)
-        raise AssertionError(f"the page never showed {what}; it shows: {self.evaluate('document.body.innerText')!r:.500}")
-
-    def type_into(self, selector: str, text: str) -> None:
-        self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
-        self.call("Input.insertText", text=text)
-
-    def screenshot(self, path: Path) -> Path:
-        import base64
-
-        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
-        return path
-
-    def close(self) -> None:
-        self.socket.close()
-        self.process.terminate()
-        self.process.wait(10)
 
 
 def test_a_person_logs_in_and_sees_every_dag_in_the_ui(services):

@@ -22,7 +22,7 @@ from include.ctr.migrate import discover, migrate
 pytestmark = pytest.mark.integration
 
 TABLES = {"schema_migrations", "ctr_hourly", "ctr_minute", "ctr_late", "ctr_batch_hourly",
-          "ctr_hourly_rates", "ctr_minute_rates"}
+          "ctr_hourly_rates", "ctr_minute_rates", "ctr_batch_parts", "ctr_batch_runs"}
 HOUR = datetime.datetime(2014, 10, 21, 0, 0)
 
 

@@ -111,7 +111,7 @@ def test_unknown_service_is_refused(isolated):
     result = _cli(isolated, "start", "zookeeper")
     assert result.returncode == 1
     assert ("unknown service zookeeper; choose from kafka, schema-registry, s3, pushgateway, "
-            "prometheus, postgres") in result.stderr
+            "prometheus, postgres, redis") in result.stderr
 
 
 def _query(prometheus: str, promql: str) -> dict[tuple, float]:
@@ -213,3 +213,32 @@ def test_pushgateway_missing_is_one_clear_sentence_from_the_cli(isolated, tmp_pa
         "prometheus-pushgateway is not installed (not on PATH); install Debian's package "
         "(apt-get install prometheus-pushgateway)"
     ]
+
+
+def test_redis_answers_only_to_its_password_and_keeps_queued_messages_across_a_restart(tmp_path):
+    import redis as redis_client
+
+    from devstack.probes import redis_answers
+
+    (port,) = free_ports(1)
+    stack = Stack(StackSettings(home=tmp_path / "devstack", redis_port=port))
+    service = stack.services["redis"]
+    try:
+        lines: list[str] = []
+        stack.start(["redis"], echo=lines.append)
+        assert lines == ["  redis: starting"]
+        password = service.password_file.read_text().strip()
+        assert redis_answers(port, password=password)
+        assert not redis_answers(port) and not redis_answers(port, password="not-it")
+        with pytest.raises(redis_client.AuthenticationError):
+            redis_client.Redis(port=port).ping()
+        client = redis_client.Redis.from_url(service.url())
+        client.lpush("queue", "task-1", "task-2")
+        stack.stop(["redis"], echo=lambda line: None)
+        assert not port_in_use(port)
+        stack.start(["redis"], echo=lambda line: None)
+        assert client.lrange("queue", 0, -1) == [b"task-2", b"task-1"]  # the append-only file kept them
+        (status,) = stack.status(["redis"])
+        assert status.state == "running" and status.endpoint == f"redis://127.0.0.1:{port}"
+    finally:
+        stack.stop(["redis"], echo=lambda line: None)

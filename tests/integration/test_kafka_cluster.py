@@ -1,9 +1,11 @@
-"""The stack's three-node KRaft cluster (KAFKA_BROKERS=3) on ports of its own, and what the
-pipeline does when its brokers fail.
+"""The stack's three-node KRaft cluster (KAFKA_BROKERS=3) with authentication (KAFKA_AUTH=scram)
+on ports of its own, what the pipeline does when its brokers fail, and what its principal may not do.
 
 One cluster for the module, with a Pushgateway and a Prometheus of its own scraping its three
 JMX agents: started, probed and stopped as one service, replicated three ways with two in sync
-required. The failure tests kill brokers with SIGKILL in the middle of an hour's ingestion and
+required, taking SCRAM over TLS only. The code under test signs in as the pipeline principal,
+with the ACLs provisioning derives from the catalog; set-up and the checks of whole topics sign in
+as admin. The failure tests kill brokers with SIGKILL in the middle of an hour's ingestion and
 check the topics whole with a read_committed consumer: every row once, none lost, none twice.
 The registry is the local stack's (schemas do not live in Kafka).
 """
@@ -22,7 +24,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from devstack import Stack, StackSettings
 from devstack.probes import free_ports, http_json, port_in_use
@@ -42,10 +45,11 @@ from include.ingest.topics import provision_ingest_topics
 from include.kafka.errors import TooFewInSyncReplicas
 from include.kafka.reader import read_topic
 from include.kafka.transactions import PHASE_AFTER_BEGIN, PHASE_AFTER_COMMIT, TransactionalProducer
-from include.kafka.wire import AvroDecoder
-from include.kafka.registry import schema_fetcher
+from include.errors import PipelineError
+from include.kafka_admin.acls import Acl, apply_acls, declared_acls, drift_text, plan_acls
 from include.kafka_admin.catalog import topic_for
 from include.kafka_admin.sandbox import provision_sandbox, sandbox_catalog
+from tests.exactly_once import assert_every_row_once
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -72,20 +76,27 @@ def cluster(tmp_path_factory, local_stack):
     pushgateway, prometheus = free_ports(2)
     settings = StackSettings(home=tmp_path_factory.mktemp("cluster") / "devstack", kafka_port=client,
                              kafka_controller_port=controller, kafka_metrics_port=metrics, kafka_brokers=3,
-                             kafka_heap="512m", pushgateway_port=pushgateway, prometheus_port=prometheus)
+                             kafka_heap="512m", pushgateway_port=pushgateway, prometheus_port=prometheus,
+                             kafka_auth="scram")
     stack = Stack(settings)
     yield stack
     stack.stop(["kafka", "pushgateway", "prometheus"], echo=lambda line: None)
 
 
-def _config(cluster: Stack) -> dict:
-    return {"bootstrap.servers": cluster.environment()["KAFKA_BOOTSTRAP_SERVERS"]}
+def _config(cluster: Stack, principal: str = "pipeline") -> dict:
+    """A client's settings signing in as ``principal`` (the pipeline's, unless set-up needs admin)."""
+    return {"bootstrap.servers": cluster.environment()["KAFKA_BOOTSTRAP_SERVERS"],
+            **cluster.settings.kafka_auth_files.client_config(principal)}
+
+
+def _admin(cluster: Stack) -> AdminClient:
+    return AdminClient(_config(cluster, "admin"))
 
 
 def _all_up(cluster: Stack, topics: list[str] = ()) -> None:
     """Every node running and in the cluster, and every partition of ``topics`` fully in sync."""
     cluster.start(["kafka"], echo=lambda line: None)
-    admin = AdminClient(_config(cluster))
+    admin = _admin(cluster)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         metadata = admin.list_topics(timeout=10)
@@ -102,7 +113,7 @@ def _kill(cluster: Stack, *nodes: int) -> None:
 
 
 def _leader(cluster: Stack, topic: str, partition: int = 0) -> int:
-    return AdminClient(_config(cluster)).list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
+    return _admin(cluster).list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
 
 
 def test_three_nodes_start_as_one_service_replicate_and_survive_a_killed_node(cluster):
@@ -115,7 +126,7 @@ def test_three_nodes_start_as_one_service_replicate_and_survive_a_killed_node(cl
     assert len({s.endpoint for s in statuses}) == 3 and len({s.log for s in statuses}) == 3
     bootstrap = cluster.environment()["KAFKA_BOOTSTRAP_SERVERS"]
     assert bootstrap.count(",") == 2
-    config = _config(cluster)
+    config = _config(cluster, "admin")
     _all_up(cluster)
 
     admin = AdminClient(config)
@@ -167,7 +178,7 @@ def hour(cluster, staged, registry_client):
     _all_up(cluster)
     suffix = uuid.uuid4().hex[:8]
     topics = IngestTopics(f"cluster_raw_{suffix}", f"cluster_dlq_{suffix}", f"cluster_ckpt_{suffix}")
-    provision_ingest_topics(AdminClient(_config(cluster)), registry_client, topics)
+    provision_ingest_topics(_admin(cluster), registry_client, topics)
     config = load_ingest_config().with_topics(topics).replace("test", chunk_rows=CHUNK_ROWS)
     partition = find_partition(staged["staging"], HOUR)
     assert partition.rows == staged["truth"].rows
@@ -182,13 +193,7 @@ def _ingest(cluster: Stack, hour: dict, registry_client, hook=None):
 
 def _assert_exactly_once(cluster: Stack, registry_client, topics: IngestTopics, good_ids: Counter, truth) -> None:
     """Every source row once in the committed topics: good ones in raw, bad ones in the DLQ."""
-    config = _config(cluster)
-    decoder = AvroDecoder(schema_fetcher(registry_client))
-    ids = Counter(decoder.decode(r.value)["id"] for r in read_topic(config, topics.raw))
-    lines = Counter(decoder.decode(r.value)["source"]["line"] for r in read_topic(config, topics.dlq))
-    # The file's own duplicate ids (a fault kind) arrive as often as they are in it: none twice more.
-    assert ids == good_ids and lines == Counter(truth.bad_lines().keys())
-    assert sum(ids.values()) + sum(lines.values()) == truth.rows  # none lost
+    assert_every_row_once(_config(cluster, "admin"), registry_client, topics.raw, topics.dlq, good_ids, truth)
 
 
 def test_the_leader_killed_mid_hour_the_ingestion_goes_on_and_every_row_lands_once(cluster, hour, registry_client):
@@ -294,18 +299,20 @@ def test_one_broker_down_fails_the_brokers_check_naming_it_and_fires_its_alerts_
 # -- a running stream processor while brokers fail ----------------------------------------------
 
 def test_two_of_three_down_stop_a_running_processor_in_one_sentence_and_its_restart_resumes_exactly_once(
-        cluster, tmp_path):
+        cluster, registry_client, tmp_path):
     _all_up(cluster)
     config = _config(cluster)
     name = f"cluster_stream_{uuid.uuid4().hex[:8]}"
-    source, target, group = f"{name}_in", f"{name}_out", f"{name}_g"
-    admin = AdminClient(config)
-    futures = admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=3,
-                                            config={"min.insync.replicas": "2"}) for t in (source, target)])
-    for future in futures.values():
-        future.result(60)
+    # Copies of the declared word topics (3 partitions, 3 replicas, 2 in sync), with their ACLs; a
+    # group under the catalog's stream- prefix.
+    source, target, group = f"{name}_in", f"{name}_out", f"stream-{name}"
+    provision_sandbox(_admin(cluster), registry_client, {"words": source, "uppercased_words": target})
+    # The processor's credentials in a file of its own, as a deployment passes them (not in argv).
+    client_file = tmp_path / "client.properties"
+    client_file.write_text("".join(f"{k}={v}\n" for k, v in config.items() if k != "bootstrap.servers"))
+    client_file.chmod(0o600)
     words = [f"word-{i:05d}" for i in range(3000)]
-    producer = TransactionalProducer(config, f"{name}-feed", label="feed")
+    producer = TransactionalProducer(_config(cluster, "admin"), f"{name}-feed", label="feed")
     producer.init()
     producer.begin()
     for i, word in enumerate(words):
@@ -316,7 +323,8 @@ def test_two_of_three_down_stop_a_running_processor_in_one_sentence_and_its_rest
     def start(log: Path, *options: str) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "include.streaming", "uppercase", "--input", source, "--output", target,
-             "--group", group, "--bootstrap-servers", config["bootstrap.servers"], "--max-runtime", "240",
+             "--group", group, "--bootstrap-servers", config["bootstrap.servers"],
+             "--client-config", str(client_file), "--max-runtime", "240",
              *options], cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
 
     first_log = tmp_path / "first.log"
@@ -343,7 +351,7 @@ def test_two_of_three_down_stop_a_running_processor_in_one_sentence_and_its_rest
     second = start(second_log, "--idle-timeout", "3")
     out, _ = second.communicate(timeout=180)
     assert second.returncode == 0, second_log.read_text()[-3000:]
-    output = sorted(r.value.decode() for r in read_topic(config, target))
+    output = sorted(r.value.decode() for r in read_topic(_config(cluster, "admin"), target))
     assert output == sorted(w.upper() for w in words)  # every record once: none lost, none twice
 
 
@@ -362,7 +370,7 @@ def test_a_rolling_restart_of_all_three_brokers_during_a_backfill_loses_and_repe
     good, _, _ = read_all(str(source))
     suffix = uuid.uuid4().hex[:8]
     topics = IngestTopics(f"rolling_raw_{suffix}", f"rolling_dlq_{suffix}", f"rolling_ckpt_{suffix}")
-    provision_ingest_topics(AdminClient(_config(cluster)), registry_client, topics)
+    provision_ingest_topics(_admin(cluster), registry_client, topics)
     config = load_ingest_config().with_topics(topics).replace("test", chunk_rows=1_000)
 
     restarting = threading.Event()
@@ -415,12 +423,12 @@ def test_two_of_three_down_stop_the_dlq_reprocessing_in_one_sentence_and_its_ret
     assert _ingest(cluster, hour, registry_client).complete
     suffix = uuid.uuid4().hex[:8]
     copies = {role: f"cluster_{role}_{suffix}" for role in ("dlq_retry_1", "dlq_retry_2", "dlq_retry_3", "dlq_parked")}
-    provision_sandbox(AdminClient(config), registry_client, copies)
+    provision_sandbox(_admin(cluster), registry_client, copies)
     dlq_config = dataclasses.replace(load_dlq_config(), archive_uri=str(tmp_path / "archive"), batch_records=10)
     spec = dlq_config.dlq(topic_for("dlq")).sandboxed(
         {"dlq": topics.dlq, "repaired": topics.raw, "parked": copies["dlq_parked"],
          "retry1": copies["dlq_retry_1"], "retry2": copies["dlq_retry_2"],
-         "retry3": copies["dlq_retry_3"]}, group_id=f"cluster-reprocess-{suffix}")
+         "retry3": copies["dlq_retry_3"]}, group_id=f"dlq-reprocessing.cluster-{suffix}")
     down: dict = {}
 
     def kill_two(phase: str, batch: int) -> None:
@@ -438,9 +446,165 @@ def test_two_of_three_down_stop_the_dlq_reprocessing_in_one_sentence_and_its_ret
 
     _all_up(cluster, [topics.raw, topics.dlq, *copies.values()])
     result = DlqReprocessor(spec, dlq_config, kafka_config=config, registry=registry_client).run()
+    config = _config(cluster, "admin")
     dlq_records = read_topic(config, spec.topic)
     assert len(dlq_records) == len(hour["truth"].bad_lines()) and result.consumed > 0
     outcomes = Counter(dict(r.headers or [])[FROM].decode()
                        for t in (spec.repaired_topic, spec.parked_topic, *spec.retry_topics)
                        for r in read_topic(config, t) if OUTCOME in dict(r.headers or []))
     assert outcomes == Counter({coordinates(spec.topic, r.partition, r.offset): 1 for r in dlq_records})
+
+
+# -- authentication and ACLs --------------------------------------------------------------------
+
+def _refused(config: dict, what: str) -> list:
+    """The errors a client with ``config`` reports trying to list the cluster (it must be refused)."""
+    errors: list = []
+    client = AdminClient({**config, "socket.timeout.ms": 5000, "error_cb": errors.append})
+    try:
+        client.list_topics(timeout=8)
+    except KafkaException:
+        client.poll(1)  # serves the error callbacks
+        return errors
+    raise AssertionError(f"{what} was let in")
+
+
+def test_a_client_without_credentials_or_with_a_wrong_password_is_refused(cluster):
+    _all_up(cluster)
+    bootstrap = cluster.environment()["KAFKA_BOOTSTRAP_SERVERS"]
+    _refused({"bootstrap.servers": bootstrap}, "a client without TLS and credentials")
+    wrong = {**_config(cluster), "sasl.password": "not-the-password"}
+    # The broker says why: SCRAM authentication failed (librdkafka reports it through error_cb).
+    errors = _refused(wrong, "a client with a wrong password")
+    assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
+    # Without the stack's CA the client does not trust the brokers' certificate.
+    untrusting = {k: v for k, v in _config(cluster).items() if k != "ssl.ca.location"}
+    _refused({**untrusting, "ssl.ca.location": str(certifi_bundle())}, "a client not trusting the stack's CA")
+
+
+def certifi_bundle() -> Path:
+    import certifi
+
+    return Path(certifi.where())
+
+
+def test_the_pipeline_principal_may_use_its_topics_and_nothing_else(cluster, registry_client):
+    _all_up(cluster)
+    suffix = uuid.uuid4().hex[:8]
+    mine, other = f"acl_raw_{suffix}", f"acl_other_{suffix}"
+    provision_sandbox(_admin(cluster), registry_client, {"raw": mine})
+    admin = _admin(cluster)
+    admin.create_topics([NewTopic(other, num_partitions=1, replication_factor=3)])[other].result(60)
+    config = _config(cluster)
+
+    # Its own topic: a transaction under a declared prefix commits, and a reader reads it back.
+    producer = TransactionalProducer(config, f"avazu-ingest/acl-{suffix}", label="acl test")
+    producer.init()
+    producer.begin()
+    producer.produce(mine, b"allowed", b"k")
+    producer.commit()
+    producer.close()
+    assert [r.value for r in read_topic(config, mine)] == [b"allowed"]
+
+    # Any other topic: no write, no read, not even its existence.
+    failures: list = []
+    plain = Producer({**config, "message.timeout.ms": 10000})
+    plain.produce(other, b"refused", on_delivery=lambda error, _message: failures.append(error))
+    plain.flush(15)
+    assert failures and failures[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    pipeline_admin = AdminClient(config)
+    assert other not in pipeline_admin.list_topics(timeout=10).topics
+    consumer = Consumer({**config, "group.id": f"read-topic-acl-{suffix}", "auto.offset.reset": "earliest"})
+    consumer.subscribe([other])
+    message = consumer.poll(10)
+    consumer.close()
+    assert message is not None and message.error().code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+    # Nor change its own topic's configs, nor create one, nor use an undeclared transactional id.
+    change = ConfigResource("topic", mine, incremental_configs=[
+        ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+    with pytest.raises(KafkaException) as altered:
+        pipeline_admin.incremental_alter_configs([change])[change].result(30)
+    assert altered.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    created = pipeline_admin.create_topics([NewTopic(f"acl_new_{suffix}", 1, 3)])
+    with pytest.raises(KafkaException) as refused:
+        created[f"acl_new_{suffix}"].result(30)
+    assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    stranger = TransactionalProducer(config, f"not-declared-{suffix}", label="acl test")
+    with pytest.raises(PipelineError, match="(?i)transactional id authorization failed"):
+        stranger.init()
+    stranger.close()
+
+
+def test_provisioning_grants_the_catalogs_acls_and_reports_then_removes_drift(cluster, registry_client):
+    _all_up(cluster)
+    suffix = uuid.uuid4().hex[:8]
+    # A principal of this test's own, so fixing its drift leaves the other tests' grants alone.
+    principal = f"drift-{suffix}"
+    catalog = sandbox_catalog({"raw": f"drift_raw_{suffix}", "dlq": f"drift_dlq_{suffix}"})
+    catalog = dataclasses.replace(catalog, access=dataclasses.replace(catalog.access, principal=principal))
+    admin = _admin(cluster)
+    plan = plan_acls(admin, catalog)
+    assert plan.authorizer and plan.missing == declared_acls(catalog) and not plan.present
+    assert {(r.acl, r.action) for r in apply_acls(admin, plan, fix_drift=True, dry_run=False)} == {
+        (str(acl), "created") for acl in declared_acls(catalog)}
+    # A hand-made grant the catalog does not derive: altering the raw copy's configs.
+    stray = Acl("topic", f"drift_raw_{suffix}", "literal", "ALTER_CONFIGS")
+    admin.create_acls([stray.binding(principal)])[stray.binding(principal)].result(30)
+
+    plan = plan_acls(admin, catalog)
+    assert declared_acls(catalog) <= plan.present and stray in plan.extra
+    assert not plan.missing
+    assert drift_text(plan) == (f"the ACLs of User:{principal} differ from the catalog's: "
+                                f"not declared ALTER_CONFIGS on topic drift_raw_{suffix}")
+    report = apply_acls(admin, plan, fix_drift=False, dry_run=True)
+    assert (str(stray), "would-remove") not in [(r.acl, r.action) for r in report]
+    assert (str(stray), "extra") in [(r.acl, r.action) for r in report]
+    applied = apply_acls(admin, plan, fix_drift=True, dry_run=False)
+    assert (str(stray), "removed") in [(r.acl, r.action) for r in applied]
+    assert stray not in plan_acls(admin, catalog).extra
+
+
+def test_the_passwords_never_reach_a_task_log_an_xcom_or_a_rendered_template(
+        cluster, registry_client, airflow_db, monkeypatch, capfd, tmp_path):
+    """kafka_provisioning (as admin) and kafka_smoke (as the pipeline) through Airflow, on the cluster."""
+    import json
+
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    _all_up(cluster)
+    for connection, principal in (("KAFKA_DEFAULT", "pipeline"), ("KAFKA_ADMIN", "admin")):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{connection}",
+                           json.dumps({"conn_type": "kafka", "extra": _config(cluster, principal)}))
+    smoke = f"secure_smoke_{uuid.uuid4().hex[:8]}"
+    declarations = tmp_path / "topics.yaml"
+    declarations.write_text(yaml.safe_dump({
+        "access": {"principal": "pipeline", "group_prefixes": ["kafka_smoke-", "read-topic-"]},
+        "topics": [{"name": smoke, "role": "smoke", "partitions": 3,
+                    "value_schema": str(ROOT / "schemas" / "smoke_event.avsc")}]}))
+    dags = DagBag(dag_folder=str(ROOT / "dags"))
+    provisioned = dags.get_dag("kafka_provisioning").test(run_conf={"declarations": str(declarations)})
+    smoked = dags.get_dag("kafka_smoke").test(run_conf={"topic": smoke, "records": 200})
+    assert provisioned.state == "success" and smoked.state == "success"
+
+    passwords = {p: cluster.settings.kafka_auth_files.password(p) for p in ("admin", "pipeline")}
+    with create_session() as session:
+        xcoms = [XComModel.deserialize_value(row) for run in (provisioned, smoked)
+                 for row in session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=run.dag_id))]
+        rendered = [row.rendered_fields for row in session.query(RenderedTaskInstanceFields).filter(
+            RenderedTaskInstanceFields.run_id.in_([provisioned.run_id, smoked.run_id]))]
+    captured = capfd.readouterr()
+    logs = captured.out + captured.err + "".join(
+        p.read_text(errors="replace") for p in (Path(airflow_db) / "logs").rglob("*") if p.is_file())
+    assert any(r.get("action") == "created" for r in next(x for x in xcoms if isinstance(x, list) and x
+                                                         and "acl" in x[0]))
+    assert {"produced": 200}.items() <= next(x for x in xcoms if isinstance(x, dict) and "produced" in x).items()
+    assert xcoms and rendered
+    for principal, password in passwords.items():
+        assert password not in logs, f"{principal}'s password is in a task log"
+        assert password not in json.dumps(xcoms, default=str), f"{principal}'s password is in an XCom"
+        assert password not in json.dumps(rendered, default=str), f"{principal}'s password is in a rendered template"

@@ -72,7 +72,7 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(staging, kafka_config, registry_client, tmp_path):
+def pipeline(staging, kafka_config, registry_client, tmp_path, ctr_store):
     suffix = uuid.uuid4().hex[:10]
     topics = IngestTopics(f"health_raw_{suffix}", f"health_dlq_{suffix}", f"health_ckpt_{suffix}")
     provision_ingest_topics(AdminClient(kafka_config), registry_client, topics)
@@ -88,7 +88,7 @@ def pipeline(staging, kafka_config, registry_client, tmp_path):
         report_uri=str(tmp_path / "reports"), state_uri=str(tmp_path / "state.json"))
     catalog = sandbox_catalog(topics.as_dict())
     inputs = HealthInputs(config=config, kafka_config=kafka_config, registry=registry_client, ingest=ingest, catalog=catalog,
-                          runs=[r.run_summary() for r in reversed(results.values())])
+                          runs=[r.run_summary() for r in reversed(results.values())], store_url=ctr_store.url)
     return Pipeline(topics, inputs, results)
 
 
@@ -111,7 +111,7 @@ def test_every_check_passes_on_a_healthy_pipeline_and_the_report_shows_them(pipe
     location = write_report(outcomes, str(tmp_path / "reports"), "manual__healthy", dlq_threshold=0.05)
     page = (tmp_path / "reports" / "manual__healthy" / "report.html").read_text()
     assert location.html.endswith("manual__healthy/report.html")
-    assert "All 7 checks passed." in page and pipeline.topics.raw in page
+    assert f"All {len(CHECKS)} checks passed." in page and pipeline.topics.raw in page
     for plot in ("lag.png", "dlq_ratio.png"):
         assert (tmp_path / "reports" / "manual__healthy" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "manual__healthy/lag.png" in (tmp_path / "reports" / "latest.html").read_text()

@@ -30,7 +30,7 @@ PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 ONE_SHOT = {"airflow-init", "minio-init", "jmx-agent-init"}
 AIRFLOW_SERVICES = {
     "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-    "airflow-triggerer",
+    "airflow-triggerer", "airflow-worker",
 }
 PROJECT_DIRS = ("dags", "plugins", "include", "schemas", "scripts")
 IMAGE_HOME = "/opt/airflow"
@@ -288,14 +288,18 @@ def test_airflow_init_creates_exactly_the_connections_the_code_uses(init_connect
     from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
     from kafka_pipeline.triggers import DLQ_WATCH_CONN_ID
 
-    # The CTR store is reached through the Postgres provider's hook and its default connection.
+    from dags.kafka_provisioning import ADMIN_CONNECTION
+
+    # The CTR store is reached through the Postgres provider's hook and its default connection;
+    # kafka_provisioning signs in as the cluster's admin.
     hook_ids = {KafkaClusterHook.default_conn_name, SchemaRegistryHook.default_conn_name, DLQ_WATCH_CONN_ID,
-                PostgresHook.default_conn_name}
+                PostgresHook.default_conn_name, ADMIN_CONNECTION}
     local_ids = {name.lower() for name in
                  re.findall(r"\bAIRFLOW_CONN_([A-Z0-9_]+)=", LOCAL_ENV.read_text())}
     assert set(init_connections) == hook_ids == local_ids
     assert init_connections[KafkaClusterHook.default_conn_name].conn_type == KafkaClusterHook.conn_type
     assert init_connections[DLQ_WATCH_CONN_ID].conn_type == KafkaClusterHook.conn_type
+    assert init_connections[ADMIN_CONNECTION].conn_type == KafkaClusterHook.conn_type
     assert (init_connections[SchemaRegistryHook.default_conn_name].conn_type
             == SchemaRegistryHook.conn_type)
     # `connections add` keeps an existing connection, so each one is deleted first.
@@ -403,7 +407,8 @@ def test_airflow_commands_exist_in_the_installed_cli(services, airflow_cli):
 def test_airflow_settings_are_options_of_the_installed_airflow(services):
     from airflow.configuration import retrieve_configuration_description
 
-    description = retrieve_configuration_description(include_providers=False)
+    # The Celery executor's options ([celery]) are its provider's.
+    description = retrieve_configuration_description(include_providers=True)
     for name in AIRFLOW_SERVICES:
         for variable in services[name]["environment"]:
             if variable.startswith("AIRFLOW__"):
@@ -421,7 +426,7 @@ def test_every_airflow_component_shares_the_secrets_and_the_api_server(services,
         env = services[name]["environment"]
         assert {key: env.get(key) for key in shared} == {key: airflow_env[key] for key in shared}, name
     assert REQUIRED.fullmatch(airflow_env["AIRFLOW__CORE__FERNET_KEY"])  # no default key
-    assert airflow_env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert _interpolate(airflow_env["AIRFLOW__CORE__EXECUTOR"]) == "LocalExecutor"  # unless the celery profile's
 
     execution = urlsplit(airflow_env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
     apiserver = services["airflow-apiserver"]
@@ -569,7 +574,7 @@ def test_no_secret_has_a_default_and_the_secrets_script_writes_every_one_compose
     text = COMPOSE_FILE.read_text()
     required = set(REQUIRED.findall(text))
     assert required == {"AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_DB_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET",
-                        "AIRFLOW_API_SECRET_KEY", "MINIO_ROOT_PASSWORD", "CTR_DB_PASSWORD"}
+                        "AIRFLOW_API_SECRET_KEY", "MINIO_ROOT_PASSWORD", "CTR_DB_PASSWORD", "REDIS_PASSWORD"}
     # Nothing that looks like a secret falls back to a written value.
     assert not re.findall(r"\$\{\w*(?:PASSWORD|SECRET|KEY)\w*:-", text)
     assert not re.search(r"://\w+:(?!\$\{)[^@\s]+@", text)  # no password written in a URL
@@ -588,3 +593,42 @@ def test_no_secret_has_a_default_and_the_secrets_script_writes_every_one_compose
     assert "nothing changed" in run.stdout and "AIRFLOW_ADMIN_PASSWORD" in run.stdout
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
     assert {line.split("=")[0] for line in env_file.read_text().splitlines()} == required
+
+
+def test_the_celery_profile_runs_two_workers_on_redis_with_the_results_in_the_metadata_db(services, airflow_env,
+                                                                                          secrets, airflow_cli):
+    from airflow.providers.celery.executors import celery_executor
+
+    celery = {name for name, service in services.items() if "celery" in service.get("profiles", [])}
+    assert celery == {"redis", "airflow-worker"}
+    # One setting chooses the executor; the default stays the LocalExecutor (checked above).
+    assert re.fullmatch(r"\$\{AIRFLOW_COMPOSE_EXECUTOR:-LocalExecutor\}", airflow_env["AIRFLOW__CORE__EXECUTOR"])
+    assert "AIRFLOW_COMPOSE_EXECUTOR=CeleryExecutor docker compose -f docker-compose.airflow.yml --profile celery up" \
+        in COMPOSE_FILE.read_text()
+
+    worker = services["airflow-worker"]
+    assert worker["deploy"]["replicas"] == 2
+    args = airflow_cli(shlex.split(worker["command"]))
+    assert args.func.__name__ == "worker" and not args.celery_hostname  # celery@<container>, each its own
+    assert {k: v for k, v in worker["environment"].items() if k != "DUMB_INIT_SETSID"} == airflow_env
+    (probe,) = worker["healthcheck"]["test"][1:]
+    app = re.search(r"--app (\S+)", probe)[1]
+    assert app == f"{celery_executor.__name__}.app" and hasattr(celery_executor, "app")
+    assert 'inspect ping -d "celery@$${HOSTNAME}"' in probe
+    for dependency in ("redis", "airflow-apiserver", "kafka", "schema-registry", "minio-init"):
+        assert dependency in worker["depends_on"], dependency
+    # The scheduler waits for Redis when the profile runs it, and does without it otherwise.
+    assert services["airflow-scheduler"]["depends_on"]["redis"] == {"condition": "service_healthy", "required": False}
+
+    broker = urlsplit(_interpolate(airflow_env["AIRFLOW__CELERY__BROKER_URL"], secrets))
+    assert (broker.scheme, broker.hostname, broker.port, broker.password) == ("redis", "redis", 6379,
+                                                                              secrets["REDIS_PASSWORD"])
+    assert airflow_env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    redis = services["redis"]
+    assert re.fullmatch(r"redis:\d+\.\d+-\w+", redis["image"])
+    assert _interpolate(redis["environment"]["REDIS_PASSWORD"], secrets) == broker.password
+    assert _interpolate(redis["environment"]["REDISCLI_AUTH"], secrets) == broker.password
+    (script,) = redis["command"]
+    # The password is in redis-server's config on stdin, never on its command line.
+    assert script.endswith("| redis-server -") and "requirepass %s" in script and "--requirepass" not in script
+    assert "redis-data" in yaml.safe_load(COMPOSE_FILE.read_text())["volumes"]

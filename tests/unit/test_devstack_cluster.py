@@ -50,3 +50,34 @@ def test_prometheus_scrapes_every_nodes_agent(tmp_path):
 def test_only_one_node_or_three_are_offered():
     with pytest.raises(StackError, match="KAFKA_BROKERS=2: the stack runs 1 Kafka node or a cluster of 3"):
         StackSettings(kafka_brokers=2)
+
+
+def test_an_authenticated_cluster_takes_scram_over_tls_from_clients_and_certificates_between_controllers(tmp_path):
+    import ssl
+
+    stack = Stack(StackSettings(home=tmp_path, kafka_port=19092, kafka_controller_port=19093,
+                                kafka_metrics_port=17071, kafka_brokers=3, kafka_auth="scram"))
+    auth = stack.settings.kafka_auth_files
+    auth.ensure()
+    config = stack.services["kafka-2"]._write_config().read_text()
+    assert "listeners=SASL_SSL://127.0.0.1:19192,CONTROLLER://127.0.0.1:19193" in config
+    assert "listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL" in config
+    assert "listener.name.controller.ssl.client.auth=required" in config
+    assert "allow.everyone.if.no.acl.found=false" in config and "PLAINTEXT" not in config
+    # Secrets are made once, readable by their owner only, and kept across starts.
+    password = auth.password("pipeline")
+    auth.ensure()
+    assert auth.password("pipeline") == password and auth.password("admin") != password
+    for secret in (auth.password_file("admin"), auth.password_file("pipeline"), auth.node_file):
+        assert secret.stat().st_mode & 0o077 == 0
+    # The node certificate is the CA's, for 127.0.0.1: a client trusting the CA accepts it.
+    context = ssl.create_default_context(cafile=str(auth.ca_file))
+    context.load_cert_chain(str(auth.node_file))
+    assert auth.client_config("pipeline")["sasl.username"] == "pipeline"
+    arguments = auth.format_arguments()
+    assert arguments.count("--add-scram") == 2 and f"name=pipeline,password={password}" in arguments[3]
+
+
+def test_an_unknown_auth_mode_is_one_sentence(tmp_path):
+    with pytest.raises(StackError, match="KAFKA_AUTH='tls': choose one of none, scram"):
+        StackSettings(home=tmp_path, kafka_auth="tls")

@@ -12,8 +12,11 @@ from confluent_kafka import KafkaError
 
 import include
 from include.avazu.lines import AvazuInputError, CorruptInputError, HeaderMismatchError, TruncatedInputError
+from include.ctr.dashboard import DashboardConfigError
 from include.ctr.flink_rest import FlinkJobError, FlinkUnavailable
-from include.ctr.migrate import MigrationError, StoreUnreachable
+from include.ctr.batch import BatchMismatch, HourNotStaged, NotAnAvazuHour
+from include.ctr.migrate import MigrationError
+from include.ctr.store import StoreNotMigrated, StoreUnreachable
 from include.ctr.stream_job import CtrJobFailed
 from include.dlq.config import DlqConfigError
 from include.dlq.reprocessor import ReprocessingMismatch
@@ -38,6 +41,7 @@ from include.kafka.errors import (
     TransactionAborted,
     classify,
 )
+from include.kafka.client_file import ClientConfigError
 from include.kafka.reachability import ServiceUnreachable
 from include.kafka.registry import SchemaNotRegistered, UnknownSchemaId
 from include.kafka.reader import ReadTimedOut
@@ -71,6 +75,7 @@ KINDS = {
     PushgatewayUnavailable: RETRIABLE,
     ReprocessingMismatch: PERMANENT,
     DeclarationError: PERMANENT,
+    ClientConfigError: PERMANENT,  # a client settings file missing or malformed
     HourMappingError: PERMANENT,
     SchemaNotRegistered: PERMANENT,
     SchemaMismatchError: PERMANENT,
@@ -87,6 +92,7 @@ KINDS = {
     PipelineMismatch: PERMANENT,
     SmokeFailure: PERMANENT,
     MigrationError: PERMANENT,  # a misnamed, duplicated, edited or removed migration
+    DashboardConfigError: PERMANENT,
     ServiceUnreachable: RETRIABLE,  # broker or registry down
     StorageUnavailable: RETRIABLE,  # S3 endpoint down
     KafkaUnavailable: RETRIABLE,
@@ -95,6 +101,10 @@ KINDS = {
     ReadTimedOut: RETRIABLE,
     SimulationFailed: RETRIABLE,
     StoreUnreachable: RETRIABLE,  # the CTR store's PostgreSQL down
+    StoreNotMigrated: PERMANENT,  # the CTR tables are missing: run the migrations
+    BatchMismatch: PERMANENT,  # the CTR batch's counts disagree with the staging manifest
+    HourNotStaged: PERMANENT,
+    NotAnAvazuHour: PERMANENT,
     FlinkUnavailable: RETRIABLE,  # the Flink job manager does not answer
     FlinkJobError: PERMANENT,  # an unknown job, a failed savepoint
     # The CTR job FAILED after Flink's own restarts, or its remembered restore point is gone.

@@ -16,7 +16,7 @@ from include.health.report import summary_table, write_report
 from include.ingest.config import load_ingest_config
 from include.kafka_admin.catalog import load_catalog
 from kafka_pipeline.failures import fails_cleanly
-from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
+from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook, postgres_url
 
 # The XCom key under which a check leaves its outcome, also when it fails.
 OUTCOME_KEY = "outcome"
@@ -30,6 +30,7 @@ class PipelineCheckOperator(BaseOperator):
 
     :param check: the check's name
     :param staging_uri: where the ingested hours were staged; empty: include/config/ingest.yaml's (templated)
+    :param postgres_conn_id: the CTR store's connection (checks that read it)
     """
 
     template_fields: Sequence[str] = ("check", "staging_uri")
@@ -37,7 +38,8 @@ class PipelineCheckOperator(BaseOperator):
 
     def __init__(self, *, check: str, staging_uri: str | None = None,
                  kafka_config_id: str = KafkaClusterHook.default_conn_name,
-                 schema_registry_conn_id: str = SchemaRegistryHook.default_conn_name, **kwargs: Any):
+                 schema_registry_conn_id: str = SchemaRegistryHook.default_conn_name,
+                 postgres_conn_id: str = "postgres_default", **kwargs: Any):
         if check not in CHECKS:
             raise ValueError(f"unknown health check {check!r}; the checks are {', '.join(CHECKS)}")
         kwargs.setdefault("doc_md", f"Health check `{check}`: {CHECKS[check].description} (include/health).")
@@ -46,6 +48,7 @@ class PipelineCheckOperator(BaseOperator):
         self.staging_uri = staging_uri
         self.kafka_config_id = kafka_config_id
         self.schema_registry_conn_id = schema_registry_conn_id
+        self.postgres_conn_id = postgres_conn_id
 
     @fails_cleanly
     def execute(self, context: Any) -> dict[str, Any]:
@@ -53,12 +56,15 @@ class PipelineCheckOperator(BaseOperator):
         runs = _recent_runs(context, self.inlets, config.throughput.recent_runs)
         kafka = KafkaClusterHook(self.kafka_config_id)
         registry = SchemaRegistryHook(self.schema_registry_conn_id)
-        if self.check != "brokers":  # an unreachable broker is the brokers check's finding
+        check = CHECKS[self.check]
+        # An unreachable broker is the brokers check's finding; the CTR store's check reads no Kafka.
+        if self.check != "brokers" and check.reads_kafka:
             kafka.ensure_reachable()
             registry.ensure_reachable()
         inputs = HealthInputs(config=config, kafka_config=kafka.client_config(), registry=registry.get_conn(),
                               ingest=load_ingest_config().with_overrides({"staging_uri": self.staging_uri}),
-                              catalog=load_catalog(), runs=runs, log=self.log)
+                              catalog=load_catalog(), runs=runs, log=self.log,
+                              store_url=postgres_url(self.postgres_conn_id) if check.reads_store else None)
         outcome = run_check(self.check, inputs)
         context["ti"].xcom_push(key=OUTCOME_KEY, value=outcome.as_dict())
         outcome.raise_if_failed()

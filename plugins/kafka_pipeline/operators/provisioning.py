@@ -14,6 +14,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from include.kafka_admin.acls import apply_acls, drift_text, plan_acls
 from include.kafka_admin.catalog import DEFAULT_DECLARATIONS, load_catalog
 from include.kafka_admin.subjects import register_subjects, subject_specs
 from include.kafka_admin.topics import apply_plans, format_table, plan_topics, verify_topics
@@ -22,6 +23,7 @@ from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
 from kafka_pipeline.params import as_bool
 
 TOPIC_COLUMNS = ["topic", "action", "partitions", "details"]
+ACL_COLUMNS = ["acl", "action"]
 SUBJECT_COLUMNS = ["subject", "action", "version", "schema_id", "compatibility", "schema_file"]
 
 
@@ -63,6 +65,40 @@ class ProvisionTopicsOperator(BaseOperator):
         return rows
 
 
+class ProvisionAclsOperator(BaseOperator):
+    """Give the catalog's principal the ACLs derived from the catalog (include.kafka_admin.acls);
+    report ACLs of that principal the catalog does not derive, and remove them when fixing drift.
+    On a cluster without an authorizer it reports that and changes nothing.
+
+    :param dry_run: only plan and report (templated)
+    :param fix_drift: remove the principal's ACLs the catalog does not derive (templated)
+    """
+
+    template_fields: Sequence[str] = ("declarations", "dry_run", "fix_drift")
+    ui_color = "#fbeee8"
+
+    def __init__(self, *, declarations: str = str(DEFAULT_DECLARATIONS), dry_run: Any = False,
+                 fix_drift: Any = True, kafka_config_id: str = KafkaClusterHook.default_conn_name, **kwargs):
+        super().__init__(**kwargs)
+        self.declarations = declarations
+        self.dry_run = dry_run
+        self.fix_drift = fix_drift
+        self.kafka_config_id = kafka_config_id
+
+    @fails_cleanly
+    def execute(self, context) -> list[dict]:
+        catalog = load_catalog(self.declarations)
+        hook = KafkaClusterHook(self.kafka_config_id)
+        hook.ensure_reachable()
+        admin = hook.admin()
+        outcomes = apply_acls(admin, plan_acls(admin, catalog), fix_drift=as_bool(self.fix_drift),
+                              dry_run=as_bool(self.dry_run))
+        rows = [o.as_dict() for o in outcomes]
+        self.log.info("ACLs of User:%s%s:\n%s", catalog.access.principal,
+                      " (dry run)" if as_bool(self.dry_run) else "", format_table(rows, ACL_COLUMNS))
+        return rows
+
+
 class RegisterSchemasOperator(BaseOperator):
     """Set each subject's compatibility level, check the schema against it, then register.
 
@@ -93,7 +129,7 @@ class RegisterSchemasOperator(BaseOperator):
 
 
 class VerifyProvisioningOperator(BaseOperator):
-    """Describe every topic and subject again and fail, naming each, where any differs."""
+    """Describe every topic, subject and ACL again and fail, naming each, where any differs."""
 
     template_fields: Sequence[str] = ("declarations",)
 
@@ -111,6 +147,9 @@ class VerifyProvisioningOperator(BaseOperator):
         hook = KafkaClusterHook(self.kafka_config_id)
         hook.ensure_reachable()
         plans = verify_topics(hook.admin(), catalog)
+        acls = plan_acls(hook.admin(), catalog)
+        if not acls.in_sync:
+            raise AirflowFailException(drift_text(acls))
         registry = SchemaRegistryHook(self.schema_registry_conn_id)
         # A dry run's "would-register" rows must not pass verification: check for "unchanged" only.
         outcomes = register_subjects(registry.get_conn(), subject_specs(catalog), dry_run=True)
@@ -119,7 +158,7 @@ class VerifyProvisioningOperator(BaseOperator):
             raise AirflowFailException(
                 f"{len(missing)} subject(s) do not hold the declared schema as a registered version: "
                 f"{', '.join(missing)}")
-        summary = {"topics": len(plans), "subjects": len(outcomes),
+        summary = {"topics": len(plans), "subjects": len(outcomes), "acls": len(acls.present),
                    "partitions": sum(p.actual_partitions or 0 for p in plans)}
         self.log.info("Verified against %s: %s", catalog.source.name, summary)
         return summary
