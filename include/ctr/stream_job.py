@@ -380,6 +380,13 @@ class CtrStreamJob:
         location = self.rest.savepoint_location(job_id, request, self.stop_timeout)
         point = RestorePoint(location, "savepoint", job_id, int(time.time() * 1000))
         self.restore_points.remember(point)
+        # The savepoint is complete before the job is: its tasks finish (and the sinks flush) after.
+        deadline = time.monotonic() + self.stop_timeout
+        while (job := self.rest.job(job_id)) is not None and job.state in LIVE_STATES:
+            if time.monotonic() > deadline:
+                raise CtrJobFailed(f"the CTR job {job_id} took its savepoint {location} but was still {job.state} "
+                                   f"{self.stop_timeout:.0f} s later; the next run resumes from that savepoint")
+            time.sleep(min(self.poll_interval, 0.5))
         self.run_record.stop_reason = reason
         self.run_record.savepoint = location
         log.info("CTR job %s stopped in %.1f s; its savepoint %s is remembered in %s", job_id,
