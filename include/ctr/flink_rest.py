@@ -91,6 +91,8 @@ class JobMetrics:
     # When the latest checkpoint completed (ms), and the path it was restored from, if any.
     last_checkpoint_ms: int | None = None
     restored_path: str | None = None
+    # Times the job has restarted since it was submitted (Flink's numRestarts).
+    restarts: int = 0
 
     @property
     def records_in(self) -> int:
@@ -236,7 +238,9 @@ class FlinkRestClient:
         checkpoints = self._call(f"/jobs/{job_id}/checkpoints")
         latest = checkpoints.get("latest") or {}
         completed = latest.get("completed") or {}
+        restarts = {m["id"]: m.get("value") for m in self._call(f"/jobs/{job_id}/metrics?get=numRestarts")}
         return JobMetrics(job_id, job["state"], tuple(sources), checkpoints["counts"]["completed"],
                           completed.get("external_path"), (latest.get("restored") or {}).get("id"),
                           tuple(sinks), completed.get("latest_ack_timestamp"),
-                          (latest.get("restored") or {}).get("external_path"))
+                          (latest.get("restored") or {}).get("external_path"),
+                          int(float(restarts.get("numRestarts") or 0)))

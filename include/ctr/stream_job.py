@@ -149,7 +149,7 @@ class CtrStreamRun:
     savepoint: str | None = None  # where the stop put the job's state
     records_in: dict[str, int] = field(default_factory=dict)
     rows_written: int = 0
-    restarts_seen: int = 0
+    restarts_seen: int = 0  # by Flink's numRestarts, since the watch began
     progress_lines: int = 0
     reports_failed: int = 0  # readings whose metrics push or newest-record lookup failed (logged each)
     seconds: float = 0.0
@@ -184,6 +184,8 @@ class CtrStreamJob:
         self.run_record = CtrStreamRun(name)
         self._previous: CtrJobProgress | None = None
         self._remembered_checkpoint: str | None = None
+        self._restarts_at_start: int | None = None
+        self._restart_logged = False  # the RESTARTING state was seen and its cause logged
 
     def stop(self, reason: str = "stop requested") -> None:
         """Ask ``run`` to stop the job with a savepoint and return; safe from a signal handler or a thread."""
@@ -284,11 +286,23 @@ class CtrStreamJob:
 
     def _state_changed(self, job_id: str, before: str, now: str) -> None:
         if now == "RESTARTING":
-            self.run_record.restarts_seen += 1
+            self._restart_logged = True
             log.warning("CTR job %s is restarting (Flink restores its last checkpoint) after: %s",
                         job_id, self.rest.failure_cause(job_id))
         elif before:
             log.info("CTR job %s: %s -> %s", job_id, before, now)
+
+    def _count_restarts(self, metrics: JobMetrics) -> None:
+        """Restarts since this watch began, by Flink's own count: a restart can pass between two polls unseen."""
+        if self._restarts_at_start is None:
+            self._restarts_at_start = metrics.restarts
+        seen = metrics.restarts - self._restarts_at_start
+        if seen > self.run_record.restarts_seen:
+            if not self._restart_logged:
+                log.warning("CTR job %s restarted (Flink restored its last checkpoint) after: %s",
+                            metrics.job_id, self.rest.failure_cause(metrics.job_id))
+            self.run_record.restarts_seen = seen
+            self._restart_logged = False
 
     def _ended_outside(self, job_id: str, state: str) -> None:
         """The job reached a final state nobody here asked for: remember where to resume, and say why."""
@@ -302,6 +316,7 @@ class CtrStreamJob:
         log.warning("CTR job %s is %s, not stopped by this task; %s", job_id, state, resume)
 
     def _progress(self, metrics: JobMetrics) -> None:
+        self._count_restarts(metrics)
         now = time.time()
         records = {s.name.split("[", 1)[0]: s.records_in for s in metrics.sources}
         watermarks = {s.name.split("[", 1)[0]: s.watermark_ms for s in metrics.sources}
@@ -365,6 +380,13 @@ class CtrStreamJob:
         location = self.rest.savepoint_location(job_id, request, self.stop_timeout)
         point = RestorePoint(location, "savepoint", job_id, int(time.time() * 1000))
         self.restore_points.remember(point)
+        # The savepoint is complete before the job is: its tasks finish (and the sinks flush) after.
+        deadline = time.monotonic() + self.stop_timeout
+        while (job := self.rest.job(job_id)) is not None and job.state in LIVE_STATES:
+            if time.monotonic() > deadline:
+                raise CtrJobFailed(f"the CTR job {job_id} took its savepoint {location} but was still {job.state} "
+                                   f"{self.stop_timeout:.0f} s later; the next run resumes from that savepoint")
+            time.sleep(min(self.poll_interval, 0.5))
         self.run_record.stop_reason = reason
         self.run_record.savepoint = location
         log.info("CTR job %s stopped in %.1f s; its savepoint %s is remembered in %s", job_id,

@@ -24,6 +24,7 @@ class FakeFlink:
         self.points: dict[str, RestorePoint] = {}
         self.stops: list[str] = []
         self.cause = "java.lang.RuntimeException: the sink's database refused the connection"
+        self.restarts = 0
         self.on_poll = lambda job_id: None
 
     def add(self, job_id: str, state: str, name: str = "ctr") -> None:
@@ -47,7 +48,8 @@ class FakeFlink:
         return JobMetrics(job_id, job.state, (SourceProgress("events_by_hour[1]", 10, 1_000),
                                               SourceProgress("events_by_arrival[2]", 10, 5_000, 3)),
                           completed_checkpoints=1, last_checkpoint=f"file:/ckpt/{job_id}/chk-1",
-                          sinks=(SinkProgress("ctr_hourly_sink", 7),), last_checkpoint_ms=4_000)
+                          sinks=(SinkProgress("ctr_hourly_sink", 7),), last_checkpoint_ms=4_000,
+                          restarts=self.restarts)
 
     def trigger_stop(self, job_id, target_directory=None, *, drain=False):
         if self.jobs[job_id].state != "RUNNING":
@@ -207,3 +209,19 @@ def test_the_metrics_carry_lag_and_throughput_and_a_stopped_job_only_its_state()
     assert running[("avazu_ctr_last_report_timestamp_seconds", ())] == 123.0
     stopped = samples(progress_registry(None, now=124.0))
     assert stopped == {("avazu_ctr_job_running", ()): 0, ("avazu_ctr_last_report_timestamp_seconds", ()): 124.0}
+
+
+def test_a_restart_between_two_polls_is_counted_by_flinks_own_count(tmp_path, caplog):
+    flink = FakeFlink()
+    flink.restarts = 2  # before this watch: not counted
+    polls = []
+
+    def poll(job_id):
+        polls.append(job_id)
+        if len(polls) == 3:
+            flink.restarts = 3  # a task manager lost and the job recovered, never seen RESTARTING
+    flink.on_poll = poll
+    with caplog.at_level("WARNING", logger="include.ctr.stream_job"):
+        run = _job(flink, tmp_path).run(max_runtime=0.2)
+    assert run.restarts_seen == 1
+    assert "restarted (Flink restored its last checkpoint) after: java.lang.RuntimeException" in caplog.text
