@@ -72,7 +72,7 @@ def main() -> int:
             print(f"  {name}: started in {local.started_in:.1f} s; backfilling ...", flush=True)
             began = time.monotonic()
             runs = api.backfill(DAG_ID, FIRST_HOUR, args.hours, max_active_runs=args.max_active_runs,
-                                timeout=3600)
+                                timeout=3600, check_alive=local.check_alive)
             seconds = time.monotonic() - began
             load = os.getloadavg()[0]
             ids = {r["dag_run_id"] for r in runs}

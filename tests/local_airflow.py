@@ -92,9 +92,10 @@ class Api:
                       lambda: set(dag_ids) <= {d["dag_id"] for d in self.get("/dags", limit=100)["dags"]}, timeout)
 
     def backfill(self, dag_id: str, first: datetime, hours: int, max_active_runs: int,
-                 timeout: float = 900) -> list[dict]:
+                 timeout: float = 900, check_alive=lambda: None) -> list[dict]:
         """Backfill ``hours`` hourly runs from ``first`` and wait until the backfill is complete; every run
-        must have succeeded. The runs, in logical-date order."""
+        must have succeeded. The runs, in logical-date order. ``check_alive`` raises when a service died
+        (a backfill never completes without its scheduler)."""
         last = first + timedelta(hours=hours - 1)
         body = {"dag_id": dag_id, "from_date": first.isoformat(), "to_date": last.isoformat(),
                 "max_active_runs": max_active_runs, "reprocess_behavior": "failed", "dag_run_conf": {}}
@@ -110,6 +111,7 @@ class Api:
         created = self.wait_for(f"the backfill of {dag_id} to be created", create, 120)
 
         def completed():
+            check_alive()
             try:
                 return self.get(f"/backfills/{created['id']}")["completed_at"]
             except httpx.TimeoutException:
@@ -163,28 +165,37 @@ class LocalAirflow:
     def status(self) -> str:
         return self._run("devstack.airflow", "status").stdout
 
+    def check_alive(self) -> None:
+        """Fail naming the services whose process has ended, and their logs."""
+        from devstack.airflow import AirflowServices, AirflowSettings
+
+        services = AirflowServices(AirflowSettings(home=self.home, api_port=self.port)).services.values()
+        dead = [s for s in services if s.pidfile.exists() and s.pid() is None]
+        assert not dead, f"{', '.join(s.name for s in dead)} stopped on their own; see {', '.join(str(s.log) for s in dead)}"
+
     def stop(self) -> None:
         """Stop every service; fail when one is left behind."""
         began = time.monotonic()
         stop = self._run("devstack.airflow", "stop")
         self.stopped_in = time.monotonic() - began
         assert stop.returncode == 0, stop.stdout + stop.stderr
-        left = self.leftover_processes()
+        left = leftover_processes(self.home)
         assert not left, f"processes left behind: {left}"
 
-    def leftover_processes(self) -> list[str]:
-        """Pids of processes devstack started for this home that still run."""
-        marker, home = b"DEVSTACK_SERVICE=", str(self.home).encode()
-        left = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    environ = (proc / "environ").read_bytes()
-                except OSError:
-                    continue
-                if home in environ and marker in environ:
-                    left.append(proc.name)
-        return left
+
+def leftover_processes(home: Path) -> list[str]:
+    """Pids of processes devstack started for the Airflow home ``home`` that still run."""
+    marker, home_bytes = b"DEVSTACK_SERVICE=", str(home).encode()
+    left = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                environ = (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if home_bytes in environ and marker in environ:
+                left.append(proc.name)
+    return left
 
 
 @dataclass

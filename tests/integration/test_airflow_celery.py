@@ -65,7 +65,7 @@ def test_a_backfill_spreads_over_both_workers_and_ingests_every_hour_exactly_onc
     api.wait_until_parsed(DAG_ID)
     api.unpause(DAG_ID)
     began = time.monotonic()
-    runs = api.backfill(DAG_ID, FIRST_HOUR, HOURS, max_active_runs=4)
+    runs = api.backfill(DAG_ID, FIRST_HOUR, HOURS, max_active_runs=4, check_alive=local.check_alive)
     took = time.monotonic() - began
     print(f"\nbackfill of {HOURS} hours through two Celery workers: {took:.1f} s")
 

@@ -29,7 +29,7 @@ from include.kafka_admin.catalog import load_catalog
 from include.kafka_admin.sandbox import provision_sandbox
 from tests.browser import Browser
 from tests.waiting import wait_for
-from tests.local_airflow import Api, free_port as _free_port
+from tests.local_airflow import Api, free_port as _free_port, leftover_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_IDS = sorted(p.stem for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
@@ -93,16 +93,7 @@ def services(tmp_path_factory, kafka_config, schema_registry_url):
     stopped_in = time.monotonic() - began
     print(f"Airflow services: started in {started_in:.1f} s, stopped in {stopped_in:.1f} s")
     assert stop.returncode == 0, stop.stdout + stop.stderr
-    marker = b"DEVSTACK_SERVICE="
-    left = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                environ = (proc / "environ").read_bytes()
-            except OSError:
-                continue
-            if str(home).encode() in environ and marker in environ:
-                left.append(proc.name)
+    left = leftover_processes(home)
     assert not left, f"processes left behind: {left}"
     assert stopped_in < 60
     stopped = [line for log in (home / "logs").rglob("attempt=*.log") if "stream_processors" in str(log)

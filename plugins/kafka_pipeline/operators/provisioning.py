@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
+from confluent_kafka.admin import AdminClient
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.kafka_admin.acls import apply_acls, drift_text, plan_acls
@@ -23,6 +24,13 @@ from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
 from kafka_pipeline.params import as_bool
 
 TOPIC_COLUMNS = ["topic", "action", "partitions", "details"]
+
+
+def _reachable_admin(kafka_config_id: str) -> AdminClient:
+    """An admin client of the connection, once its cluster answers (retriable error otherwise)."""
+    hook = KafkaClusterHook(kafka_config_id)
+    hook.ensure_reachable()
+    return hook.admin()
 ACL_COLUMNS = ["acl", "action"]
 SUBJECT_COLUMNS = ["subject", "action", "version", "schema_id", "compatibility", "schema_file"]
 
@@ -52,9 +60,7 @@ class ProvisionTopicsOperator(BaseOperator):
     @fails_cleanly
     def execute(self, context) -> list[dict]:
         catalog = load_catalog(self.declarations)
-        hook = KafkaClusterHook(self.kafka_config_id)
-        hook.ensure_reachable()
-        admin = hook.admin()
+        admin = _reachable_admin(self.kafka_config_id)
         outcomes = apply_plans(admin, catalog, plan_topics(admin, catalog),
                                fix_drift=as_bool(self.fix_drift),
                                grow_partitions=as_bool(self.grow_partitions),
@@ -88,9 +94,7 @@ class ProvisionAclsOperator(BaseOperator):
     @fails_cleanly
     def execute(self, context) -> list[dict]:
         catalog = load_catalog(self.declarations)
-        hook = KafkaClusterHook(self.kafka_config_id)
-        hook.ensure_reachable()
-        admin = hook.admin()
+        admin = _reachable_admin(self.kafka_config_id)
         outcomes = apply_acls(admin, plan_acls(admin, catalog), fix_drift=as_bool(self.fix_drift),
                               dry_run=as_bool(self.dry_run))
         rows = [o.as_dict() for o in outcomes]
@@ -144,10 +148,9 @@ class VerifyProvisioningOperator(BaseOperator):
     @fails_cleanly
     def execute(self, context) -> dict:
         catalog = load_catalog(self.declarations)
-        hook = KafkaClusterHook(self.kafka_config_id)
-        hook.ensure_reachable()
-        plans = verify_topics(hook.admin(), catalog)
-        acls = plan_acls(hook.admin(), catalog)
+        admin = _reachable_admin(self.kafka_config_id)
+        plans = verify_topics(admin, catalog)
+        acls = plan_acls(admin, catalog)
         if not acls.in_sync:
             raise AirflowFailException(drift_text(acls))
         registry = SchemaRegistryHook(self.schema_registry_conn_id)
