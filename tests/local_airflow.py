@@ -183,6 +183,16 @@ class LocalAirflow:
         assert not left, f"processes left behind: {left}"
 
 
+def copy_config_with_topics(config_dir: Path, topics: dict[str, str]) -> None:
+    """The project's settings files copied to ``config_dir`` (for AVAZU_CONFIG_DIR), each declared
+    topic renamed to ``topics[its role]``."""
+    shutil.copytree(ROOT / "include" / "config", config_dir)
+    declared = yaml.safe_load((config_dir / "topics.yaml").read_text())
+    for topic in declared["topics"]:
+        topic["name"] = topics[topic["role"]]
+    (config_dir / "topics.yaml").write_text(yaml.safe_dump(declared))
+
+
 def leftover_processes(home: Path) -> list[str]:
     """Pids of processes devstack started for the Airflow home ``home`` that still run."""
     marker, home_bytes = b"DEVSTACK_SERVICE=", str(home).encode()
@@ -229,11 +239,7 @@ def ingest_sandbox(folder: Path, kafka_config: dict, registry_url: str, rows: in
                       {role: topics[role] for role in INGEST_ROLES})
 
     config_dir = folder / "config"
-    shutil.copytree(ROOT / "include" / "config", config_dir)
-    declared = yaml.safe_load((config_dir / "topics.yaml").read_text())
-    for topic in declared["topics"]:
-        topic["name"] = topics[topic["role"]]
-    (config_dir / "topics.yaml").write_text(yaml.safe_dump(declared))
+    copy_config_with_topics(config_dir, topics)
     ingest = yaml.safe_load((config_dir / "ingest.yaml").read_text())
     ingest.pop("generate_if_missing", None)
     ingest.update(source_uri=str(source), staging_uri=str(folder / "staging"), mode="backfill",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from include.kafka_admin.catalog import load_catalog
 from include.kafka_admin.sandbox import provision_sandbox
 from tests.browser import Browser
 from tests.waiting import wait_for
-from tests.local_airflow import Api, free_port as _free_port, leftover_processes
+from tests.local_airflow import Api, copy_config_with_topics, free_port as _free_port, leftover_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_IDS = sorted(p.stem for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
@@ -48,11 +47,7 @@ def services(tmp_path_factory, kafka_config, schema_registry_url):
     stream_suffix = f"-svc-{suffix}"
 
     config_dir = home / "config"
-    shutil.copytree(ROOT / "include" / "config", config_dir)
-    declared = yaml.safe_load((config_dir / "topics.yaml").read_text())
-    for topic in declared["topics"]:
-        topic["name"] = topics[topic["role"]]
-    (config_dir / "topics.yaml").write_text(yaml.safe_dump(declared))
+    copy_config_with_topics(config_dir, topics)
     ingest = yaml.safe_load((config_dir / "ingest.yaml").read_text())
     ingest.update(source_uri=str(home / "data" / "train_sample.csv.gz"), staging_uri=str(home / "staging"),
                   generate_if_missing={"rows": 4_800, "seed": 5, "fault_rate": 0.002},
