@@ -94,8 +94,6 @@ def test_a_task_manager_killed_mid_stream_recovers_from_its_checkpoint(pipeline)
     # watermark back until --idle-timeout (10 min here): more of hour 4 on every partition, and
     # hour 4 moves the watermark to hour 3: hour 2 closes.
     ctr.ingest(HOURS[4], again=True)
-    wait_for("hour 2 in ctr_hourly", lambda: _all_impressions(ctr, HOURS[2]) > 0, 120)
-    ctr.settled()
-    assert_exact("ctr_hourly", ctr.frame("SELECT * FROM ctr_hourly"), ctr.hourly_truth(HOURS[:3]))
+    ctr.wait_for_exact_hours(HOURS[:3])
     assert len(ctr.frame("SELECT * FROM ctr_late WHERE window_kind = 'hour'")) == 1
     ctr.assert_closed_minutes_exact()
