@@ -8,6 +8,7 @@
  * so this module does them in one pass over the line's bytes:
  *
  *   encode(lines, header, hours) -> (values, keys, taken, payload_bytes, text_bytes, declined)
+ *   columns(lines, hours) -> (rows, declined)
  *
  *   lines    a list of str, one CSV line each, without its line break
  *   header   the Confluent wire-format header (magic byte and schema id), prepended to each value
@@ -18,6 +19,10 @@
  * A line is declined when it is not pure ASCII or when any field is not what the clean-row pattern
  * allows, so this module only ever skips Python work for rows whose verdict is already certain;
  * the project's unit tests hold it to byte-for-byte agreement with the row path.
+ *
+ * `columns` validates the same way and returns, instead of payloads, the figures the EDA survey
+ * counts (include.eda.stats) of each clean row as a packed record (ROW_LAYOUT): the id as uint64,
+ * the hour, the six site/app hex fields as uint32, the click and the three small columns.
  *
  * The field rules below are CLEAN_ROW_PATTERN written out; the module exports the pattern it
  * implements as CLEAN_ROW_PATTERN and the Python side refuses the module if the two differ.
@@ -113,73 +118,107 @@ typedef struct {
     int key_is_ip;
 } line_result;
 
-/* Validate one ASCII line and write its payload at `out`; returns the end, or NULL: not clean. */
-static unsigned char *encode_line(const unsigned char *s, Py_ssize_t n, unsigned char *out,
-                                  const unsigned char *header, Py_ssize_t header_len,
-                                  const uint32_t *hours, Py_ssize_t hour_count, line_result *result) {
+/* The fields of a clean row: where each is in the line, and the value of each integer and hex field. */
+typedef struct {
+    const unsigned char *at[FIELDS];
+    Py_ssize_t len[FIELDS];
+    int64_t value[FIELDS]; /* CLICK, HOUR, SMALL, TINY: the integer; HEX8: the 32-bit number; ID, TEXT: unused */
+} clean_fields;
+
+static inline int hex_digit(unsigned char c) { return is_digit(c) ? c - '0' : c - 'a' + 10; }
+
+/* Split one ASCII line and check every field against the clean-row pattern; 0: not a clean row. */
+static int split_clean(const unsigned char *s, Py_ssize_t n, const uint32_t *hours, Py_ssize_t hour_count,
+                       clean_fields *fields) {
     const unsigned char *end = s + n, *p = s;
-    const unsigned char *device_id = NULL, *device_ip = NULL;
-    memcpy(out, header, (size_t)header_len);
-    out += header_len;
     for (int f = 0; f < FIELDS; f++) {
         const unsigned char *field = p;
         while (p < end && *p != ',') p++;
         Py_ssize_t len = p - field;
         if (f < FIELDS - 1) {
-            if (p == end) return NULL; /* too few fields */
-            p++;                       /* past the comma */
+            if (p == end) return 0; /* too few fields */
+            p++;                    /* past the comma */
         } else if (p != end) {
-            return NULL; /* a comma after the last field: too many fields */
+            return 0; /* a comma after the last field: too many fields */
         }
+        fields->at[f] = field;
+        fields->len[f] = len;
         switch (LAYOUT[f]) {
         case ID:
             /* [1-9][0-9]{0,18} | 1[0-7][0-9]{18} | 18[0-3][0-9]{17}: below 1.84e19 < 2^64 */
-            if (len < 1 || len > 20 || field[0] == '0' || !all_digits(field, len)) return NULL;
+            if (len < 1 || len > 20 || field[0] == '0' || !all_digits(field, len)) return 0;
             if (len == 20 && !(field[0] == '1' && (field[1] <= '7' || (field[1] == '8' && field[2] <= '3'))))
-                return NULL;
+                return 0;
+            break;
+        case CLICK:
+            if (len != 1 || (field[0] != '0' && field[0] != '1')) return 0;
+            fields->value[f] = field[0] - '0';
+            break;
+        case HOUR:
+            if (len != 8 || field[0] != '1' || !all_digits(field, 8)) return 0;
+            fields->value[f] = decimal(field, 8);
+            if (!hour_valid((uint32_t)fields->value[f], hours, hour_count)) return 0;
+            break;
+        case SMALL:
+            if (len == 2 && field[0] == '-' && field[1] == '1') fields->value[f] = -1;
+            else if (len >= 1 && len <= 9 && all_digits(field, len)) fields->value[f] = decimal(field, len);
+            else return 0;
+            break;
+        case TINY:
+            if (len < 1 || len > 2 || !all_digits(field, len)) return 0;
+            fields->value[f] = decimal(field, len);
+            break;
+        case HEX8: {
+            if (len != 8) return 0;
+            uint32_t number = 0;
+            for (int i = 0; i < 8; i++) {
+                if (!is_hex(field[i])) return 0;
+                number = (number << 4) | (uint32_t)hex_digit(field[i]);
+            }
+            fields->value[f] = number;
+            break;
+        }
+        case TEXT:
+            /* [^,]+ : any ASCII byte but the comma, which ended the field */
+            if (len < 1) return 0;
+            break;
+        }
+    }
+    return 1;
+}
+
+/* Write the payload of a clean row at `out`; returns the end. */
+static unsigned char *encode_fields(const clean_fields *fields, unsigned char *out, const unsigned char *header,
+                                    Py_ssize_t header_len, line_result *result) {
+    memcpy(out, header, (size_t)header_len);
+    out += header_len;
+    for (int f = 0; f < FIELDS; f++) {
+        const unsigned char *field = fields->at[f];
+        Py_ssize_t len = fields->len[f];
+        switch (LAYOUT[f]) {
+        case ID:
             out = put_varint(out, len);
             memcpy(out, field, (size_t)len);
             out += len;
             break;
         case CLICK:
-            if (len != 1 || (field[0] != '0' && field[0] != '1')) return NULL;
-            *out++ = field[0] == '1' ? 0x02 : 0x00;
+            *out++ = fields->value[f] ? 0x02 : 0x00;
             break;
-        case HOUR: {
-            if (len != 8 || field[0] != '1' || !all_digits(field, 8)) return NULL;
-            int64_t hour = decimal(field, 8);
-            if (!hour_valid((uint32_t)hour, hours, hour_count)) return NULL;
-            out = put_varint(out, hour);
+        case HOUR:
+            out = put_varint(out, fields->value[f]);
             break;
-        }
-        case SMALL: {
-            int64_t value;
-            if (len == 2 && field[0] == '-' && field[1] == '1') value = -1;
-            else if (len >= 1 && len <= 9 && all_digits(field, len)) value = decimal(field, len);
-            else return NULL;
-            *out++ = UNION_VALUE;
-            out = put_varint(out, value);
-            break;
-        }
+        case SMALL:
         case TINY:
-            if (len < 1 || len > 2 || !all_digits(field, len)) return NULL;
             *out++ = UNION_VALUE;
-            out = put_varint(out, decimal(field, len));
+            out = put_varint(out, fields->value[f]);
             break;
         case HEX8:
-            if (len != 8) return NULL;
-            for (int i = 0; i < 8; i++)
-                if (!is_hex(field[i])) return NULL;
-            if (f == DEVICE_ID_FIELD) device_id = field;
-            else if (f == DEVICE_IP_FIELD) device_ip = field;
             *out++ = UNION_VALUE;
             *out++ = 0x10; /* the length 8 */
             memcpy(out, field, 8);
             out += 8;
             break;
         case TEXT:
-            /* [^,]+ : any ASCII byte but the comma, which ended the field */
-            if (len < 1) return NULL;
             *out++ = UNION_VALUE;
             out = put_varint(out, len);
             memcpy(out, field, (size_t)len);
@@ -187,6 +226,7 @@ static unsigned char *encode_line(const unsigned char *s, Py_ssize_t n, unsigned
             break;
         }
     }
+    const unsigned char *device_id = fields->at[DEVICE_ID_FIELD], *device_ip = fields->at[DEVICE_IP_FIELD];
     if (memcmp(device_id, PLACEHOLDER_DEVICE_ID, 8) == 0) {
         result->key = device_ip;
         result->key_is_ip = 1;
@@ -207,6 +247,30 @@ static Py_ssize_t utf8_length(PyObject *text) {
         bytes += c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
     }
     return bytes;
+}
+
+/* Each line's bytes and length when it is ASCII (only ASCII lines are clean), else NULL; the UTF-8
+ * bytes of all of them in `text_bytes`. -1 with an exception set when an item is not a str. */
+static int ascii_lines(PyObject *lines, const unsigned char **data, Py_ssize_t *lengths, long long *text_bytes) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(lines); i++) {
+        PyObject *line = PyTuple_GET_ITEM(lines, i);
+        if (!PyUnicode_Check(line)) {
+            PyErr_Format(PyExc_TypeError, "line %zd is %.100s, not str", i, Py_TYPE(line)->tp_name);
+            return -1;
+        }
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(line) < 0) return -1;
+#endif
+        if (PyUnicode_IS_ASCII(line)) {
+            data[i] = PyUnicode_1BYTE_DATA(line);
+            lengths[i] = PyUnicode_GET_LENGTH(line);
+            *text_bytes += lengths[i];
+        } else {
+            data[i] = NULL;
+            *text_bytes += utf8_length(line);
+        }
+    }
+    return 0;
 }
 
 static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *args) {
@@ -243,25 +307,9 @@ static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *args) {
 
     long long text_bytes = 0;
     size_t capacity = 1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *line = PyTuple_GET_ITEM(lines, i);
-        if (!PyUnicode_Check(line)) {
-            PyErr_Format(PyExc_TypeError, "line %zd is %.100s, not str", i, Py_TYPE(line)->tp_name);
-            goto done;
-        }
-#if PY_VERSION_HEX < 0x030C0000
-        if (PyUnicode_READY(line) < 0) goto done;
-#endif
-        if (PyUnicode_IS_ASCII(line)) {
-            data[i] = PyUnicode_1BYTE_DATA(line);
-            lengths[i] = PyUnicode_GET_LENGTH(line);
-            text_bytes += lengths[i];
-            capacity += (size_t)lengths[i] + PAYLOAD_SLACK;
-        } else {
-            data[i] = NULL; /* declined: only ASCII lines are clean */
-            text_bytes += utf8_length(line);
-        }
-    }
+    if (ascii_lines(lines, data, lengths, &text_bytes) < 0) goto done;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (data[i] != NULL) capacity += (size_t)lengths[i] + PAYLOAD_SLACK;
     buffer = PyMem_RawMalloc(capacity);
     if (buffer == NULL) {
         PyErr_NoMemory();
@@ -283,9 +331,9 @@ static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *args) {
     for (Py_ssize_t i = 0; i < n; i++) {
         results[i].start = -1;
         if (data[i] == NULL) continue;
-        unsigned char *next = encode_line(data[i], lengths[i], out, header.buf, header.len,
-                                          hour_table, hour_count, &results[i]);
-        if (next == NULL) continue;
+        clean_fields fields;
+        if (!split_clean(data[i], lengths[i], hour_table, hour_count, &fields)) continue;
+        unsigned char *next = encode_fields(&fields, out, header.buf, header.len, &results[i]);
         results[i].start = out - buffer;
         results[i].length = next - out;
         payload_bytes += next - out;
@@ -342,18 +390,116 @@ done:
     return result;
 }
 
+/* One clean row's figures for the EDA survey, as `columns` returns them (see ROW_LAYOUT). */
+typedef struct {
+    uint64_t id;
+    uint32_t hour;
+    uint32_t hex[6]; /* site_id, site_domain, site_category, app_id, app_domain, app_category */
+    uint8_t click, banner_pos, device_type, device_conn_type;
+} column_row;
+
+static const char ROW_LAYOUT[] =
+    "id:u8,hour:u4,site_id:u4,site_domain:u4,site_category:u4,app_id:u4,app_domain:u4,app_category:u4,"
+    "click:u1,banner_pos:u1,device_type:u1,device_conn_type:u1";
+#define FIRST_HEX_FIELD 5
+
+static uint64_t unsigned_decimal(const unsigned char *s, Py_ssize_t n) {
+    uint64_t v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) v = v * 10 + (uint64_t)(s[i] - '0');
+    return v;
+}
+
+static PyObject *columns(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *lines_arg;
+    Py_buffer hours;
+    if (!PyArg_ParseTuple(args, "Oy*:columns", &lines_arg, &hours)) return NULL;
+
+    PyObject *result = NULL, *lines = NULL, *rows = NULL, *declined = NULL;
+    const unsigned char **data = NULL;
+    Py_ssize_t *lengths = NULL;
+    uint32_t *hour_table = NULL;
+    char *taken_flags = NULL;
+
+    if (hours.len % sizeof(uint32_t) != 0) {
+        PyErr_SetString(PyExc_ValueError, "hours must be packed uint32 values");
+        goto done;
+    }
+    lines = PySequence_Tuple(lines_arg);
+    if (lines == NULL) goto done;
+    Py_ssize_t n = PyTuple_GET_SIZE(lines);
+    data = PyMem_Calloc((size_t)(n ? n : 1), sizeof *data);
+    lengths = PyMem_Calloc((size_t)(n ? n : 1), sizeof *lengths);
+    taken_flags = PyMem_Calloc((size_t)(n ? n : 1), 1);
+    Py_ssize_t hour_count = hours.len / (Py_ssize_t)sizeof(uint32_t);
+    hour_table = PyMem_Malloc((size_t)(hour_count ? hour_count : 1) * sizeof(uint32_t));
+    if (data == NULL || lengths == NULL || taken_flags == NULL || hour_table == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(hour_table, hours.buf, (size_t)hours.len);
+    long long text_bytes = 0;
+    if (ascii_lines(lines, data, lengths, &text_bytes) < 0) goto done;
+    /* At most n rows; the bytes object is shrunk to the rows taken afterwards. */
+    rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(column_row) * (n ? n : 1));
+    if (rows == NULL) goto done;
+    column_row *out = (column_row *)PyBytes_AS_STRING(rows);
+    Py_ssize_t taken = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        clean_fields fields;
+        if (data[i] == NULL || !split_clean(data[i], lengths[i], hour_table, hour_count, &fields)) continue;
+        column_row *row = &out[taken++];
+        row->id = unsigned_decimal(fields.at[0], fields.len[0]);
+        row->hour = (uint32_t)fields.value[2];
+        for (int k = 0; k < 6; k++) row->hex[k] = (uint32_t)fields.value[FIRST_HEX_FIELD + k];
+        row->click = (uint8_t)fields.value[1];
+        row->banner_pos = (uint8_t)fields.value[4];
+        row->device_type = (uint8_t)fields.value[14];
+        row->device_conn_type = (uint8_t)fields.value[15];
+        taken_flags[i] = 1;
+    }
+    Py_END_ALLOW_THREADS
+    if (_PyBytes_Resize(&rows, (Py_ssize_t)sizeof(column_row) * taken) < 0) goto done;
+    declined = PyList_New(n - taken);
+    if (declined == NULL) goto done;
+    Py_ssize_t d = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (taken_flags[i]) continue;
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL) goto done;
+        PyList_SET_ITEM(declined, d++, index);
+    }
+    result = Py_BuildValue("(OO)", rows, declined);
+
+done:
+    Py_XDECREF(rows);
+    Py_XDECREF(declined);
+    Py_XDECREF(lines);
+    PyMem_Free(data);
+    PyMem_Free(lengths);
+    PyMem_Free(taken_flags);
+    PyMem_Free(hour_table);
+    PyBuffer_Release(&hours);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode", encode, METH_VARARGS,
      "encode(lines, header, hours) -> (values, keys, taken, payload_bytes, text_bytes, declined)\n\n"
      "Per line, the Confluent wire-format Avro payload and the partition key of a clean Avazu row,\n"
      "or None for both (the line's index is then in `declined`)."},
+    {"columns", columns, METH_VARARGS,
+     "columns(lines, hours) -> (rows, declined)\n\n"
+     "The clean rows of the lines as packed records (ROW_LAYOUT, native byte order), in line order,\n"
+     "and the indices of the lines that are not clean rows, for the row path to decide."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "avazu_rowcodec",
-    .m_doc = "Validate and Avro-encode the clean rows of a batch of Avazu CSV lines (see encode).",
+    .m_doc = "Validate and Avro-encode the clean rows of a batch of Avazu CSV lines (see encode), or read "
+              "their figures for the EDA survey (see columns).",
     .m_size = -1,
     .m_methods = methods,
 };
@@ -363,7 +509,8 @@ PyMODINIT_FUNC PyInit_avazu_rowcodec(void) {
     if (m == NULL) return NULL;
     if (PyModule_AddStringConstant(m, "CLEAN_ROW_PATTERN", CLEAN_ROW_PATTERN) < 0 ||
         PyModule_AddStringConstant(m, "COLUMNS", COLUMN_NAMES) < 0 ||
-        PyModule_AddStringConstant(m, "PLACEHOLDER_DEVICE_ID", PLACEHOLDER_DEVICE_ID) < 0) {
+        PyModule_AddStringConstant(m, "PLACEHOLDER_DEVICE_ID", PLACEHOLDER_DEVICE_ID) < 0 ||
+        PyModule_AddStringConstant(m, "ROW_LAYOUT", ROW_LAYOUT) < 0) {
         Py_DECREF(m);
         return NULL;
     }

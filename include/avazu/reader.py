@@ -10,6 +10,12 @@ bounded by the chunk size and one inflated block, whatever the file size.
 
 Every data line ends up either in ``RowChunk.records`` or in ``RowChunk.bad_rows``:
 ``rows_read == good_rows + bad_rows`` at every chunk and at the end.
+
+:meth:`AvazuReader.column_chunks` reads the same lines with the same verdicts a column at a time
+(:class:`ColumnChunk`): the clean rows - nearly all of a real file - are told apart and read into
+a packed array by the ingestion's C codec (:class:`include.encoding.native.NativeColumns`, outside
+the interpreter), and only the lines it declines go through ``parse_line``. For passes that
+aggregate (the EDA survey) rather than look at each row.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from include import storage
 from include.avazu.contract import Reason, parse_line
 from include.avazu.lines import (
@@ -27,15 +35,18 @@ from include.avazu.lines import (
     CorruptInputError,
     HeaderMismatchError,
     LineSource,
+    TextLines,
     TruncatedInputError,
     UndecodableLine,
 )
+from include.encoding.native import ROW_DTYPE, NativeColumns
 
 # The input errors are defined with the line layer and raised through the reader.
 __all__ = [
     "AvazuInputError",
     "AvazuReader",
     "BadRow",
+    "ColumnChunk",
     "CorruptInputError",
     "HeaderMismatchError",
     "ReadProgress",
@@ -81,6 +92,30 @@ class RowChunk:
     @property
     def rows_read(self) -> int:
         return len(self.records) + len(self.bad_rows)
+
+    @property
+    def hours(self) -> list[int]:
+        return [record["hour"] for record in self.records]
+
+
+@dataclass(slots=True)
+class ColumnChunk:
+    """Consecutive data lines read a column at a time: the clean rows as Arrow columns, the others as
+    ``parse_line`` decided them. Good rows are ``clean`` and ``records`` together; in file order
+    they are ``lines`` / ``line_numbers`` / ``hours``.
+    """
+
+    first_line: int
+    clean: np.ndarray  # the clean rows' figures (include.encoding.native.ROW_DTYPE)
+    records: list[dict[str, Any]]  # the good rows parse_line decided (not clean, yet good)
+    bad_rows: list[BadRow]  # in line order
+    lines: list[str]  # every good row's line, in file order
+    line_numbers: list[int]
+    hours: list[int]  # every good row's hour, in file order
+
+    @property
+    def rows_read(self) -> int:
+        return len(self.lines) + len(self.bad_rows)
 
 
 @dataclass(slots=True)
@@ -167,6 +202,79 @@ class AvazuReader:
         if chunk.rows_read:
             yield chunk
         self._log_progress(final=True)
+
+    def column_chunks(self) -> Iterator[ColumnChunk]:
+        """The file as :class:`ColumnChunk` objects of about ``chunk_rows`` lines (whole blocks of them).
+
+        :class:`include.encoding.batch.RowCodecUnavailable` (one sentence) at once where the C codec is
+        not built: iterate the reader itself instead.
+        """
+        return self._column_chunks(NativeColumns())
+
+    def _column_chunks(self, native: NativeColumns) -> Iterator[ColumnChunk]:
+        self.progress = ReadProgress()
+        self._source = LineSource(self.uri)
+        texts: list[TextLines] = []
+        undecodable: list[BadRow] = []
+        pending = 0
+        last_log = time.monotonic()
+        try:
+            for item in self._source:
+                if type(item) is UndecodableLine:
+                    undecodable.append(BadRow(item.line, item.reason, None, item.message,
+                                              item.raw.decode("utf-8", errors="replace")))
+                    pending += 1
+                else:
+                    texts.append(item)
+                    pending += len(item.lines)
+                if pending >= self.chunk_rows:
+                    yield self._columns(native, texts, undecodable)
+                    texts, undecodable, pending = [], [], 0
+                if time.monotonic() - last_log >= self.progress_every_s:
+                    last_log = time.monotonic()
+                    self._log_progress()
+        except AvazuInputError:
+            if pending:
+                yield self._columns(native, texts, undecodable)
+            self._log_progress(final=True)
+            raise
+        if pending:
+            yield self._columns(native, texts, undecodable)
+        self._log_progress(final=True)
+
+    def _columns(self, native: NativeColumns, texts: list[TextLines], undecodable: list[BadRow]) -> ColumnChunk:
+        lines = [line for text in texts for line in text.lines]
+        numbers = np.concatenate([np.arange(t.first_line, t.first_line + len(t.lines)) for t in texts]) \
+            if texts else np.empty(0, np.int64)
+        clean, declined = native.columns(lines)
+        good = np.ones(len(lines), bool)
+        hours = np.zeros(len(lines), np.int64)
+        records: list[dict[str, Any]] = []
+        bad = list(undecodable)
+        for index in declined:
+            result = parse_line(lines[index])
+            if type(result) is dict:
+                records.append(result)
+                hours[index] = result["hour"]
+            else:
+                good[index] = False
+                bad.append(BadRow(int(numbers[index]), result.reason, result.field, result.message, lines[index]))
+        if declined:
+            taken = np.ones(len(lines), bool)
+            taken[declined] = False
+            hours[taken] = clean["hour"]
+            kept = np.flatnonzero(good)
+            good_lines = [lines[i] for i in kept.tolist()]
+        else:
+            hours[:] = clean["hour"]
+            kept = slice(None)
+            good_lines = lines
+        if undecodable:
+            bad.sort(key=lambda row: row.line_number)
+        self.progress.good_rows += len(good_lines)
+        self.progress.bad_rows += len(bad)
+        return ColumnChunk(int(numbers[0]) if len(numbers) else bad[0].line_number, clean, records, bad, good_lines,
+                           numbers[kept].tolist(), hours[kept].tolist())
 
     def _parse_into(
         self, chunk: RowChunk, lines: list[str], start: int, stop: int, first_line: int

@@ -21,7 +21,7 @@ from typing import Any
 
 from include import storage
 from include.avazu.contract import HEADER_LINE
-from include.avazu.reader import BadRow, RowChunk
+from include.avazu.reader import BadRow, ColumnChunk, RowChunk
 from include.errors import PermanentError
 from include.paths import CONFIG_DIR, settings_file
 from include.settings import Checks, read_yaml_file
@@ -238,14 +238,14 @@ class SampleSet:
         self.hourly = HourlyReservoirs(self.plan.per_hour_size, self.plan.seed)
         self.bad = BadRowHead(self.plan.bad_rows_kept)
 
-    def add(self, chunk: RowChunk) -> None:
+    def add(self, chunk: RowChunk | ColumnChunk) -> None:
         """Offer one chunk's good rows to every sampler and its bad rows to the bad-row head."""
         lines, numbers = chunk.lines, chunk.line_numbers
         if lines:
             self.head.offer(lines, numbers)
             self.uniform.offer(lines, numbers)
             if self.plan.per_hour_size:
-                self.hourly.offer(lines, numbers, [record["hour"] for record in chunk.records])
+                self.hourly.offer(lines, numbers, chunk.hours)
         if chunk.bad_rows:
             self.bad.offer(chunk.bad_rows)
 

@@ -16,10 +16,11 @@ Memory does not grow with the number of rows:
 
 from __future__ import annotations
 
+import heapq
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from operator import itemgetter
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from include.avazu.contract import COLUMN_NAMES, Reason, hour_to_datetime
-from include.avazu.reader import ReadProgress, RowChunk
+from include.avazu.reader import BadRow, ColumnChunk, ReadProgress, RowChunk
 
 CATEGORY_GROUPS = (
     ("site_id", "site_domain", "site_category"),
@@ -35,7 +36,8 @@ CATEGORY_GROUPS = (
 )
 CATEGORY_COLUMNS = tuple(name for group in CATEGORY_GROUPS for name in group)
 CTR_COLUMNS = ("banner_pos", "device_type", "device_conn_type")
-_SEGMENT_KEY = itemgetter("hour", "click", *CTR_COLUMNS)
+_SEGMENT_COLUMNS = ("hour", "click", *CTR_COLUMNS)
+_SEGMENT_KEY = itemgetter(*_SEGMENT_COLUMNS)
 _ID = itemgetter("id")
 
 
@@ -61,9 +63,14 @@ class DuplicateIdCounter:
 
     def add(self, ids: list[str]) -> None:
         """Add ids given as canonical decimal strings (the contract's form)."""
-        if not ids:
+        if ids:
+            self.add_array(np.array(ids, dtype=np.uint64))
+
+    def add_array(self, ids: np.ndarray) -> None:
+        """Add ids given as a uint64 array."""
+        if not len(ids):
             return
-        self._buffer.append(np.array(ids, dtype=np.uint64))
+        self._buffer.append(ids)
         self._buffered += len(ids)
         self.ids_seen += len(ids)
         if self._buffered >= self.buffer_ids:
@@ -163,10 +170,43 @@ class DatasetStats:
 
     def add(self, chunk: RowChunk) -> None:
         """Fold one chunk into the statistics."""
-        records = chunk.records
-        self.good_rows += len(records)
-        self.bad_rows += len(chunk.bad_rows)
-        for bad in chunk.bad_rows:
+        self._add_bad(chunk.bad_rows)
+        self.good_rows += len(chunk.records)
+        if not chunk.records:
+            return
+        self._add_records(chunk.records)
+        self._count_out_of_order(chunk.hours)
+
+    def add_columns(self, chunk: ColumnChunk) -> None:
+        """Fold one column chunk into the statistics: the same figures as :meth:`add` of its rows."""
+        self._add_bad(chunk.bad_rows)
+        self.good_rows += len(chunk.lines)
+        clean = chunk.clean
+        if len(clean):
+            # One integer per segment: hour (< 2^27), click, and the three small columns (< 2^7 each).
+            segment = ((clean["hour"].astype(np.uint64) << np.uint64(22)) | (clean["click"].astype(np.uint64) << np.uint64(21))
+                       | (clean["banner_pos"].astype(np.uint64) << np.uint64(14))
+                       | (clean["device_type"].astype(np.uint64) << np.uint64(7)) | clean["device_conn_type"])
+            keys, counts = np.unique(segment, return_counts=True)
+            self.segments.update(dict(zip(zip((keys >> 22).tolist(), ((keys >> 21) & 1).tolist(),
+                                              ((keys >> 14) & 127).tolist(), ((keys >> 7) & 127).tolist(),
+                                              (keys & 127).tolist()), counts.tolist())))
+            for group, counter in self.categories.items():
+                triples = np.stack([clean[name] for name in group], axis=1).view(np.dtype((np.void, 12))).ravel()
+                keys, counts = np.unique(triples, return_counts=True)
+                numbers = keys.view(np.uint32).reshape(-1, 3).tolist()
+                counter.update({tuple(f"{n:08x}" for n in key): c for key, c in zip(numbers, counts.tolist())})
+                if len(counter) > self.max_tracked_values:
+                    self._prune(group)
+            self.duplicate_ids.add_array(clean["id"].copy())
+        if chunk.records:
+            self._add_records(chunk.records)
+        if chunk.hours:
+            self._count_out_of_order(chunk.hours)
+
+    def _add_bad(self, bad_rows: Sequence[BadRow]) -> None:
+        self.bad_rows += len(bad_rows)
+        for bad in bad_rows:
             self.bad_by_reason[bad.reason.value] += 1
             self.bad_by_field[f"{bad.reason.value}:{bad.field or '-'}"] += 1
             examples = self.bad_examples.setdefault(bad.reason.value, [])
@@ -174,16 +214,15 @@ class DatasetStats:
                 example = bad.as_dict()
                 example["raw"] = example["raw"][:300]
                 examples.append(example)
-        if not records:
-            return
+
+    def _add_records(self, records: list[dict[str, Any]]) -> None:
         self.segments.update(map(_SEGMENT_KEY, records))
         for group, counter in self.categories.items():
             counter.update(map(itemgetter(*group), records))
             if len(counter) > self.max_tracked_values:
                 self._prune(group)
         self.duplicate_ids.add(list(map(_ID, records)))
-        self._count_out_of_order([r["hour"] for r in records])
-        self._count_nulls(chunk)
+        self._count_nulls(records)
 
     def _prune(self, group: tuple[str, ...]) -> None:
         counter = self.categories[group]
@@ -196,14 +235,9 @@ class DatasetStats:
         self.out_of_order_rows += sum(map(int.__lt__, hours[1:], hours[:-1]))
         self._last_hour = hours[-1]
 
-    def _count_nulls(self, chunk: RowChunk) -> None:
-        # A good row has a None exactly where its line has an empty field. Joined with commas,
-        # any empty field shows up as ",," (or a comma at either end), so one substring search
-        # rules it out for the whole chunk in the common case.
-        text = ",".join(chunk.lines)
-        if ",," not in text and text[0] != "," and text[-1] != ",":
-            return
-        for record in chunk.records:
+    def _count_nulls(self, records: list[dict[str, Any]]) -> None:
+        # A good row has a None exactly where its line has an empty field (clean rows have none).
+        for record in records:
             if None in record.values():
                 self.nulls.update(name for name, value in record.items() if value is None)
 
@@ -283,7 +317,9 @@ class DatasetStats:
             "approximate": group[position] in self.approximate,
             "top": [
                 {"value": value, "rows": rows, "share": _ratio(rows, counted)}
-                for value, rows in counter.most_common(self.top_k)
+                # Ties in value order, so that the list does not depend on the order rows were counted in.
+                for value, rows in heapq.nsmallest(self.top_k, counter.items(),
+                                                   key=lambda item: (-item[1], item[0] is None, item[0] or ""))
             ],
         }
 

@@ -21,6 +21,7 @@ from include.avazu.generator import GeneratorSpec, generate_if_missing
 from include.avazu.reader import AvazuInputError, AvazuReader
 from include.eda.sampling import SampleSet, SamplingPlan, WrittenSample, load_sampling_config
 from include.eda.stats import DatasetStats
+from include.encoding.batch import RowCodecUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,13 @@ def survey(
     stats = DatasetStats(top_k=top_k)
     samples = SampleSet(plan)
     try:
-        for chunk in reader:
-            stats.add(chunk)
+        chunks, add = reader.column_chunks(), stats.add_columns
+    except RowCodecUnavailable as why:
+        log.warning("%s; surveying row by row instead, several times slower", why)
+        chunks, add = iter(reader), stats.add
+    try:
+        for chunk in chunks:
+            add(chunk)
             samples.add(chunk)
     except AvazuInputError:
         stats.duplicate_ids.close()

@@ -1,9 +1,12 @@
-"""The C codec (native/avazu_rowcodec.c) as a batch encoder, refused when it does not fit the contract."""
+"""The C codec (native/avazu_rowcodec.c), refused when it does not fit the contract: as a batch
+encoder for the ingestion, and as a reader of the clean rows' figures for the EDA survey."""
 
 from __future__ import annotations
 
 from array import array
 from typing import Sequence
+
+import numpy as np
 
 from include.avazu.contract import AVAZU_HOURS, CLEAN_ROW_PATTERN, COLUMN_NAMES, PLACEHOLDER_DEVICE_ID
 from include.encoding.batch import EncodedBatch, RowCodec, RowCodecUnavailable
@@ -41,3 +44,33 @@ class NativeEncoder:
 
     def encode(self, lines: Sequence[str]) -> EncodedBatch:
         return EncodedBatch(*_native.encode(lines, self._header, self._hours))
+
+
+# The packed record of one clean row that ``columns`` returns (its ROW_LAYOUT, native byte order).
+ROW_DTYPE = np.dtype([("id", "=u8"), ("hour", "=u4"),
+                      *[(name, "=u4") for name in ("site_id", "site_domain", "site_category",
+                                                   "app_id", "app_domain", "app_category")],
+                      *[(name, "u1") for name in ("click", "banner_pos", "device_type", "device_conn_type")]])
+_ROW_LAYOUT = ",".join(f"{name}:{ROW_DTYPE[name].kind}{ROW_DTYPE[name].itemsize}" for name in ROW_DTYPE.names)
+
+
+class NativeColumns:
+    """``columns(lines)``: the clean rows' figures as a :data:`ROW_DTYPE` array, and the declined lines.
+
+    A clean row's figures are exactly its fields as ``parse_line`` reads them: the id as an unsigned
+    integer, the hex fields as 32-bit numbers (``f"{n:08x}"`` gives the text back), the others as
+    integers. A declined line (its index in the list) is for ``parse_line`` to decide.
+    """
+
+    def __init__(self):
+        problem = native_codec_problem()
+        if problem is None and getattr(_native, "ROW_LAYOUT", None) != _ROW_LAYOUT:
+            problem = ("the installed avazu_rowcodec has no columns() of the layout include.encoding.native reads; "
+                       "reinstall it (`make install`)")
+        if problem is not None:
+            raise RowCodecUnavailable(problem)
+        self._hours = array("I", sorted(AVAZU_HOURS)).tobytes()
+
+    def columns(self, lines: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        rows, declined = _native.columns(lines, self._hours)
+        return np.frombuffer(rows, ROW_DTYPE), declined

@@ -204,3 +204,43 @@ def test_report_and_plots_are_written(surveyed):
     assert (
         f"{ROWS:,} read = {stats['rows']['good']:,} good + {stats['rows']['bad']:,} bad" in report
     )
+
+
+def _stats_by(source, columns: bool, chunk_rows: int) -> dict:
+    stats = DatasetStats()
+    reader = AvazuReader(str(source), chunk_rows=chunk_rows)
+    for chunk in reader.column_chunks() if columns else reader:
+        (stats.add_columns if columns else stats.add)(chunk)
+    result = stats.result(reader.progress, str(source))
+    result.pop("computed_at"), result.pop("read_seconds"), result.pop("rows_per_second")
+    return result
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7_000, 100_000])
+def test_the_column_path_gives_the_row_paths_figures(surveyed, chunk_rows, tmp_path):
+    # Every fault kind, clean and declined rows mixed in each chunk, an undecodable line among them.
+    source = surveyed[0]
+    assert _stats_by(source, True, chunk_rows) == _stats_by(source, False, 20_000)
+
+
+def test_column_chunks_keep_every_good_line_in_file_order(surveyed):
+    source, truth, _, _ = surveyed
+    reader = AvazuReader(str(source), chunk_rows=5_000)
+    rows = [(number, line, hour) for chunk in reader.column_chunks()
+            for number, line, hour in zip(chunk.line_numbers, chunk.lines, chunk.hours)]
+    by_rows = [(number, line, record["hour"]) for chunk in AvazuReader(str(source))
+               for number, line, record in zip(chunk.line_numbers, chunk.lines, chunk.records)]
+    assert rows == by_rows and len(rows) == ROWS - len(truth.bad_lines())
+
+
+def test_without_the_c_codec_the_survey_reads_row_by_row(surveyed, tmp_path, monkeypatch, caplog):
+    import include.encoding.native as native
+
+    source, _, stats, _ = surveyed
+    monkeypatch.setattr(native, "_native", None)
+    survey(str(source), str(tmp_path / "out"), SamplingPlan(head_sizes=(100,), uniform_size=100, per_hour_size=2))
+    again = json.loads((tmp_path / "out" / "data_stats.json").read_text())
+    for key in ("computed_at", "read_seconds", "rows_per_second", "survey_seconds", "samples", "source_uri"):
+        again.pop(key), stats.pop(key, None)
+    assert again == {k: v for k, v in stats.items() if k in again}
+    assert "surveying row by row instead" in caplog.text
