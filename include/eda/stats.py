@@ -138,6 +138,37 @@ def _partition_of(ids: np.ndarray, partitions: int) -> np.ndarray:
     return ((mixed >> np.uint64(40)) % np.uint64(partitions)).astype(np.int64)
 
 
+class _KeyCounts:
+    """Rows per key for keys in numpy arrays, merged chunk by chunk: memory is the distinct keys."""
+
+    def __init__(self):
+        self.keys: np.ndarray | None = None
+        self.counts = np.empty(0, np.int64)
+
+    def __len__(self) -> int:
+        return 0 if self.keys is None else len(self.keys)
+
+    def add(self, keys: np.ndarray) -> None:
+        keys, counts = np.unique(keys, return_counts=True)
+        if self.keys is None:
+            self.keys, self.counts = keys, counts
+            return
+        self.keys, inverse = np.unique(np.concatenate([self.keys, keys]), return_inverse=True)
+        self.counts = np.bincount(inverse.ravel(), weights=np.concatenate([self.counts, counts]),
+                                  minlength=len(self.keys)).astype(np.int64)
+
+    def keep_top(self, size: int) -> None:
+        """Only the ``size`` most frequent keys (the long tail is cut; the counts become approximate)."""
+        top = np.sort(np.argsort(-self.counts, kind="stable")[:size])
+        self.keys, self.counts = self.keys[top], self.counts[top]
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """The keys and their counts, and start again from nothing."""
+        keys = self.keys if self.keys is not None else np.empty(0, np.uint64)
+        counts, self.keys, self.counts = self.counts, None, np.empty(0, np.int64)
+        return keys, counts
+
+
 class DatasetStats:
     """Accumulates the statistics of ``data_stats.json`` from :class:`RowChunk` objects."""
 
@@ -158,6 +189,9 @@ class DatasetStats:
         self.categories: dict[tuple[str, ...], Counter] = {
             group: Counter() for group in CATEGORY_GROUPS
         }
+        # The column path's counts of the same, keyed by numbers (folded in by _fold_clean_counts).
+        self._clean_segments = _KeyCounts()
+        self._clean_categories = {group: _KeyCounts() for group in CATEGORY_GROUPS}
         self.approximate: set[str] = set()
         self.nulls: Counter = Counter()
         self.bad_by_reason: Counter = Counter()
@@ -184,20 +218,17 @@ class DatasetStats:
         clean = chunk.clean
         if len(clean):
             # One integer per segment: hour (< 2^27), click, and the three small columns (< 2^7 each).
-            segment = ((clean["hour"].astype(np.uint64) << np.uint64(22)) | (clean["click"].astype(np.uint64) << np.uint64(21))
-                       | (clean["banner_pos"].astype(np.uint64) << np.uint64(14))
-                       | (clean["device_type"].astype(np.uint64) << np.uint64(7)) | clean["device_conn_type"])
-            keys, counts = np.unique(segment, return_counts=True)
-            self.segments.update(dict(zip(zip((keys >> 22).tolist(), ((keys >> 21) & 1).tolist(),
-                                              ((keys >> 14) & 127).tolist(), ((keys >> 7) & 127).tolist(),
-                                              (keys & 127).tolist()), counts.tolist())))
-            for group, counter in self.categories.items():
-                triples = np.stack([clean[name] for name in group], axis=1).view(np.dtype((np.void, 12))).ravel()
-                keys, counts = np.unique(triples, return_counts=True)
-                numbers = keys.view(np.uint32).reshape(-1, 3).tolist()
-                counter.update({tuple(f"{n:08x}" for n in key): c for key, c in zip(numbers, counts.tolist())})
-                if len(counter) > self.max_tracked_values:
-                    self._prune(group)
+            self._clean_segments.add((clean["hour"].astype(np.uint64) << np.uint64(22))
+                                     | (clean["click"].astype(np.uint64) << np.uint64(21))
+                                     | (clean["banner_pos"].astype(np.uint64) << np.uint64(14))
+                                     | (clean["device_type"].astype(np.uint64) << np.uint64(7))
+                                     | clean["device_conn_type"])
+            for group, counts in self._clean_categories.items():
+                # The triple's three 32-bit numbers as one 12-byte key.
+                counts.add(np.stack([clean[name] for name in group], axis=1).view(np.dtype((np.void, 12))).ravel())
+                if len(counts) > self.max_tracked_values:
+                    counts.keep_top(self.max_tracked_values // 2)
+                    self.approximate.update(group)
             self.duplicate_ids.add_array(clean["id"].copy())
         if chunk.records:
             self._add_records(chunk.records)
@@ -224,6 +255,20 @@ class DatasetStats:
         self.duplicate_ids.add(list(map(_ID, records)))
         self._count_nulls(records)
 
+    def _fold_clean_counts(self) -> None:
+        """Add the column path's counts to the row path's, keyed as parse_line's records are."""
+        keys, counts = self._clean_segments.take()
+        self.segments.update(dict(zip(zip((keys >> 22).tolist(), ((keys >> 21) & 1).tolist(),
+                                          ((keys >> 14) & 127).tolist(), ((keys >> 7) & 127).tolist(),
+                                          (keys & 127).tolist()), counts.tolist())))
+        for group, clean in self._clean_categories.items():
+            keys, counts = clean.take()
+            numbers = keys.view(np.uint32).reshape(-1, 3).tolist()
+            self.categories[group].update({(f"{a:08x}", f"{b:08x}", f"{c:08x}"): n
+                                           for (a, b, c), n in zip(numbers, counts.tolist())})
+            if len(self.categories[group]) > self.max_tracked_values:
+                self._prune(group)
+
     def _prune(self, group: tuple[str, ...]) -> None:
         counter = self.categories[group]
         self.categories[group] = Counter(dict(counter.most_common(self.max_tracked_values // 2)))
@@ -243,6 +288,7 @@ class DatasetStats:
 
     def result(self, progress: ReadProgress, source_uri: str) -> dict[str, Any]:
         """The finished statistics as a JSON-ready dict (closes the duplicate-id spill files)."""
+        self._fold_clean_counts()
         hour_rows: Counter = Counter()
         hour_clicks: Counter = Counter()
         by_column: dict[str, tuple[Counter, Counter]] = {

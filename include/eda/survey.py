@@ -10,6 +10,7 @@ Output layout under ``output_uri`` (a local folder or an ``s3://`` prefix)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ from include.avazu.reader import AvazuInputError, AvazuReader
 from include.eda.sampling import SampleSet, SamplingPlan, WrittenSample, load_sampling_config
 from include.eda.stats import DatasetStats
 from include.encoding.batch import RowCodecUnavailable
+from include.read_ahead import read_ahead
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +67,16 @@ def survey(
     stats = DatasetStats(top_k=top_k)
     samples = SampleSet(plan)
     try:
-        chunks, add = reader.column_chunks(), stats.add_columns
+        # Reading (inflating, the C codec) on a thread of its own, while this one counts and samples.
+        chunks, add = read_ahead(reader.column_chunks(), name="survey-read"), stats.add_columns
     except RowCodecUnavailable as why:
         log.warning("%s; surveying row by row instead, several times slower", why)
         chunks, add = iter(reader), stats.add
     try:
-        for chunk in chunks:
-            add(chunk)
-            samples.add(chunk)
+        with contextlib.closing(chunks):
+            for chunk in chunks:
+                add(chunk)
+                samples.add(chunk)
     except AvazuInputError:
         stats.duplicate_ids.close()
         raise

@@ -4,17 +4,16 @@ A chunk is ``chunk_rows`` consecutive rows of a partition, as :class:`TextSegmen
 lines and :class:`~include.avazu.lines.UndecodableLine` items, in file order. Row indexes count
 the partition's data lines from 0 (line number minus 2), so a resumed run skips exactly the rows
 its checkpoint counted. :func:`iter_chunks` hands a chunk out as soon as it has its first row and
-goes on filling it; :func:`read_ahead` runs that on a reader thread, one chunk ahead of the
-producer, so inflating, decoding and splitting lines overlap producing.
+goes on filling it; :func:`include.read_ahead.read_ahead` runs that on a reader thread, one chunk ahead
+of the producer, so inflating, decoding and splitting lines overlap producing.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Iterator
+from typing import Callable, Iterator
 
 from include.avazu.lines import LineSource, TextLines, UndecodableLine
 
@@ -82,55 +81,6 @@ class Chunk:
                 item = self.segments[position], self.encoded[position]
             yield item
             position += 1
-
-
-def read_ahead(chunks: Generator[Chunk, None, None], depth: int = 1) -> Iterator[Chunk]:
-    """``chunks``, read on a thread of their own up to ``depth`` chunks ahead of the consumer.
-
-    Reading (inflating, decoding, splitting lines, starting each run's encoding) then overlaps
-    producing instead of waiting for it; with :func:`iter_chunks` producing starts on the
-    first lines of a chunk rather than after its last. An error while reading is raised in the
-    consumer's thread when it reaches that point; when the consumer stops early (close this
-    generator), the reader stops at its next chunk.
-    """
-    handoff: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read() -> None:
-        try:
-            for chunk in chunks:
-                if not put(chunk):
-                    return
-        except BaseException as error:  # handed to the consumer, which raises it
-            put(error)
-        else:
-            put(done)
-        finally:
-            chunks.close()
-
-    reader = threading.Thread(target=read, name="ingest-read", daemon=True)
-    reader.start()
-    try:
-        while True:
-            item = handoff.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        reader.join()
 
 
 def iter_chunks(data_uri: str, chunk_rows: int, start_row: int = 0, start_chunk: int = 0,

@@ -71,7 +71,8 @@ from include.ingest.checkpoint import (
     read_latest_checkpoint,
     transactional_id,
 )
-from include.ingest.chunks import Chunk, iter_chunks, read_ahead
+from include.ingest.chunks import Chunk, iter_chunks
+from include.read_ahead import read_ahead
 from include.ingest.config import IngestConfig, IngestTopics
 from include.ingest.result import ChunkCounts, IngestResult, ReconciliationError, reconcile
 from include.ingest.staging import HourPartition
@@ -268,7 +269,7 @@ class HourlyIngestor:
             prepare = functools.partial(worker.submit, codecs.batches.encode)
             chunks = iter_chunks(self.partition.data_uri, self.config.chunk_rows, plan.start_row, plan.start_chunk, prepare)
             try:
-                with contextlib.closing(read_ahead(chunks)) as ahead:
+                with contextlib.closing(read_ahead(chunks, name="ingest-read")) as ahead:
                     for chunk in ahead:
                         counts = self._commit_chunk(unit, chunk, totals, codecs, line_map, plan.generation, result)
                         wrote_any = True

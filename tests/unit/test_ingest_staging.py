@@ -14,7 +14,8 @@ import pytest
 from include.avazu.contract import HEADER_LINE, parse_line
 from include.avazu.generator import FaultKind, GeneratorSpec, generate
 from include.avazu.reader import HeaderMismatchError, TruncatedInputError
-from include.ingest.chunks import TextSegment, iter_chunks, read_ahead
+from include.ingest.chunks import TextSegment, iter_chunks
+from include.read_ahead import read_ahead
 from include.ingest.result import IngestResult, ReconciliationError, reconcile
 from include.avazu.lines import UndecodableLine
 from include.ingest.staging import (
