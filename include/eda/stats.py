@@ -139,34 +139,72 @@ def _partition_of(ids: np.ndarray, partitions: int) -> np.ndarray:
 
 
 class _KeyCounts:
-    """Rows per key for keys in numpy arrays, merged chunk by chunk: memory is the distinct keys."""
+    """Rows per key, for keys given as columns of numpy arrays (a key is one value of each column).
 
-    def __init__(self):
-        self.keys: np.ndarray | None = None
+    Chunks are grouped as they come (sorted, then counted by runs: faster than ``np.unique`` on
+    multi-column keys) and merged into the totals once as many keys are pending as the totals
+    hold, so merging costs O(n log n) in all. Memory is the distinct keys.
+    """
+
+    def __init__(self, columns: int):
+        self.keys = [np.empty(0, np.uint64)] * columns
         self.counts = np.empty(0, np.int64)
+        self._pending: list[tuple[list[np.ndarray], np.ndarray]] = []
+        self._pending_keys = 0
 
-    def __len__(self) -> int:
-        return 0 if self.keys is None else len(self.keys)
 
-    def add(self, keys: np.ndarray) -> None:
-        keys, counts = np.unique(keys, return_counts=True)
-        if self.keys is None:
-            self.keys, self.counts = keys, counts
-            return
-        self.keys, inverse = np.unique(np.concatenate([self.keys, keys]), return_inverse=True)
-        self.counts = np.bincount(inverse.ravel(), weights=np.concatenate([self.counts, counts]),
-                                  minlength=len(self.keys)).astype(np.int64)
+    def add(self, *columns: np.ndarray) -> None:
+        keys, counts = _grouped(list(columns), None)
+        self._pending.append((keys, counts))
+        self._pending_keys += len(counts)
+        if self._pending_keys >= max(len(self.counts), 4096):
+            self._merge()
 
-    def keep_top(self, size: int) -> None:
-        """Only the ``size`` most frequent keys (the long tail is cut; the counts become approximate)."""
-        top = np.sort(np.argsort(-self.counts, kind="stable")[:size])
-        self.keys, self.counts = self.keys[top], self.counts[top]
+    def prune(self, limit: int) -> bool:
+        """Past ``limit`` distinct keys, keep only the most frequent half of ``limit`` (the long tail is
+        cut, and the counts become approximate); whether it did."""
+        if len(self.counts) + self._pending_keys <= limit:
+            return False
+        self._merge()
+        if len(self.counts) <= limit:
+            return False
+        top = np.sort(np.argsort(-self.counts, kind="stable")[:limit // 2])
+        self.keys, self.counts = [column[top] for column in self.keys], self.counts[top]
+        return True
 
-    def take(self) -> tuple[np.ndarray, np.ndarray]:
-        """The keys and their counts, and start again from nothing."""
-        keys = self.keys if self.keys is not None else np.empty(0, np.uint64)
-        counts, self.keys, self.counts = self.counts, None, np.empty(0, np.int64)
+    def take(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """The keys (one array per column) and their counts, and start again from nothing."""
+        self._merge()
+        keys, counts = self.keys, self.counts
+        self.keys, self.counts = [np.empty(0, np.uint64)] * len(keys), np.empty(0, np.int64)
         return keys, counts
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        parts = [(self.keys, self.counts), *self._pending]
+        columns = [np.concatenate([keys[i] for keys, _ in parts]) for i in range(len(self.keys))]
+        self.keys, self.counts = _grouped(columns, np.concatenate([counts for _, counts in parts]))
+        self._pending, self._pending_keys = [], 0
+
+
+def _grouped(columns: list[np.ndarray], weights: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
+    """The distinct keys of ``columns`` (sorted) and the rows, or the sum of ``weights``, of each."""
+    rows = len(columns[0])
+    if rows == 0:
+        return columns, np.empty(0, np.int64)
+    order = np.lexsort(columns[::-1])  # the first column sorts first
+    columns = [column[order] for column in columns]
+    starts = np.zeros(rows, bool)
+    starts[0] = True
+    for column in columns:
+        starts[1:] |= column[1:] != column[:-1]
+    starts = np.flatnonzero(starts)
+    if weights is None:
+        counts = np.diff(np.append(starts, rows))
+    else:
+        counts = np.add.reduceat(weights[order], starts)
+    return [column[starts] for column in columns], counts.astype(np.int64)
 
 
 class DatasetStats:
@@ -190,8 +228,8 @@ class DatasetStats:
             group: Counter() for group in CATEGORY_GROUPS
         }
         # The column path's counts of the same, keyed by numbers (folded in by _fold_clean_counts).
-        self._clean_segments = _KeyCounts()
-        self._clean_categories = {group: _KeyCounts() for group in CATEGORY_GROUPS}
+        self._clean_segments = _KeyCounts(1)
+        self._clean_categories = {group: _KeyCounts(len(group)) for group in CATEGORY_GROUPS}
         self.approximate: set[str] = set()
         self.nulls: Counter = Counter()
         self.bad_by_reason: Counter = Counter()
@@ -224,10 +262,8 @@ class DatasetStats:
                                      | (clean["device_type"].astype(np.uint64) << np.uint64(7))
                                      | clean["device_conn_type"])
             for group, counts in self._clean_categories.items():
-                # The triple's three 32-bit numbers as one 12-byte key.
-                counts.add(np.stack([clean[name] for name in group], axis=1).view(np.dtype((np.void, 12))).ravel())
-                if len(counts) > self.max_tracked_values:
-                    counts.keep_top(self.max_tracked_values // 2)
+                counts.add(*(clean[name] for name in group))
+                if counts.prune(self.max_tracked_values):
                     self.approximate.update(group)
             self.duplicate_ids.add_array(clean["id"].copy())
         if chunk.records:
@@ -257,15 +293,14 @@ class DatasetStats:
 
     def _fold_clean_counts(self) -> None:
         """Add the column path's counts to the row path's, keyed as parse_line's records are."""
-        keys, counts = self._clean_segments.take()
+        (keys,), counts = self._clean_segments.take()
         self.segments.update(dict(zip(zip((keys >> 22).tolist(), ((keys >> 21) & 1).tolist(),
                                           ((keys >> 14) & 127).tolist(), ((keys >> 7) & 127).tolist(),
                                           (keys & 127).tolist()), counts.tolist())))
         for group, clean in self._clean_categories.items():
             keys, counts = clean.take()
-            numbers = keys.view(np.uint32).reshape(-1, 3).tolist()
             self.categories[group].update({(f"{a:08x}", f"{b:08x}", f"{c:08x}"): n
-                                           for (a, b, c), n in zip(numbers, counts.tolist())})
+                                           for a, b, c, n in zip(*(k.tolist() for k in keys), counts.tolist())})
             if len(self.categories[group]) > self.max_tracked_values:
                 self._prune(group)
 

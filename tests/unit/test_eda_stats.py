@@ -160,12 +160,13 @@ def test_duplicate_id_counter_is_exact(buffer_ids, tmp_path):
     assert list(tmp_path.iterdir()) == []  # spill files are removed
 
 
-def test_category_counters_are_pruned_and_marked_approximate(surveyed, frame):
+@pytest.mark.parametrize("columns", [False, True], ids=["rows", "columns"])
+def test_category_counters_are_pruned_and_marked_approximate(surveyed, frame, columns):
     source = surveyed[0]
     stats = DatasetStats(max_tracked_values=500)
     reader = AvazuReader(str(source))
-    for chunk in reader:
-        stats.add(chunk)
+    for chunk in reader.column_chunks() if columns else reader:
+        (stats.add_columns if columns else stats.add)(chunk)
     result = stats.result(reader.progress, str(source))
     for column in CATEGORY_COLUMNS:
         entry = result["top_categories"][column]
