@@ -15,9 +15,10 @@ import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import groupby
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from include import storage
 from include.avazu.contract import HEADER_LINE
@@ -125,25 +126,27 @@ class UniformReservoir:
         self._w = 1.0
         self._next = 0  # stream index of the next item to take once the reservoir is full
 
-    def offer(self, lines: Sequence[str], line_numbers: Sequence[int]) -> None:
-        """Consider the next ``len(lines)`` items of the stream."""
-        count = len(lines)
-        base = self.seen
+    def offer(self, lines: Sequence[str], line_numbers: Sequence[int], start: int = 0, stop: int | None = None) -> None:
+        """Consider the next items of the stream: ``lines[start:stop]`` (all of them by default)."""
+        stop = len(lines) if stop is None else stop
+        count = stop - start
+        base = self.seen - start  # the stream index of lines[0]
         self.seen += count
         if self.size == 0:
             return
         taken = 0
         if len(self.items) < self.size:
             taken = min(self.size - len(self.items), count)
-            self.items.extend(zip(line_numbers[:taken], lines[:taken]))
+            self.items.extend(zip(line_numbers[start:start + taken], lines[start:start + taken]))
             if len(self.items) < self.size:
                 return
             self._w = math.exp(math.log(self._unit()) / self.size)
-            self._next = base + taken + self._skip()
+            self._next = base + start + taken + self._skip()
+        size, items, randrange = self.size, self.items, self.rng.randrange
         while self._next < self.seen:
             offset = self._next - base
-            self.items[self.rng.randrange(self.size)] = (line_numbers[offset], lines[offset])
-            self._w *= math.exp(math.log(self._unit()) / self.size)
+            items[randrange(size)] = (line_numbers[offset], lines[offset])
+            self._w *= math.exp(math.log(self._unit()) / size)
             self._next += self._skip() + 1
 
     def _skip(self) -> int:
@@ -177,19 +180,19 @@ class HourlyReservoirs:
     def offer(
         self, lines: Sequence[str], line_numbers: Sequence[int], hours: Sequence[int]
     ) -> None:
-        position = 0
+        if not len(hours):
+            return
         # Rows come in hour order, so runs of one hour are long and cost one call each.
-        for hour, run in groupby(hours):
-            length = sum(1 for _ in run)
+        ordered = np.asarray(hours)
+        starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]])).tolist()
+        for start, stop in zip(starts, starts[1:] + [len(ordered)]):
+            hour = int(ordered[start])
             reservoir = self.by_hour.get(hour)
             if reservoir is None:
                 reservoir = self.by_hour[hour] = UniformReservoir(
                     self.size, random.Random(f"{self.seed}:hour:{hour}")
                 )
-            reservoir.offer(
-                lines[position : position + length], line_numbers[position : position + length]
-            )
-            position += length
+            reservoir.offer(lines, line_numbers, start, stop)
 
     def rows(self) -> list[tuple[int, str]]:
         return sorted(item for reservoir in self.by_hour.values() for item in reservoir.items)
