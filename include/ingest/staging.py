@@ -49,14 +49,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from include import storage
 from include.avazu.contract import AVAZU_HOUR_SET, HEADER_LINE, parse_line
 from include.avazu.generator import GeneratorSpec, generate_if_missing
 from include.avazu.lines import LineSource, TextLines, UndecodableLine
 from include.avazu.reader import AvazuInputError
 from include.encoding.batch import RowCodecUnavailable
-from include.encoding.native import NativeEncoder
-from include.encoding.rows import AdEventEncoder, load_ad_event_schema
+from include.encoding.native import NativeColumns
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ class _HourWriter:
 class _Splitter:
     """Routes the source's lines to hour writers (see the module doc for the rule)."""
 
-    def __init__(self, folder: Path, clean_rows: NativeEncoder | None = None):
+    def __init__(self, folder: Path, clean_rows: NativeColumns | None = None):
         self.folder = folder
         # Recognises a block's clean rows at once; None: every line is parsed.
         self.clean_rows = clean_rows
@@ -373,18 +374,20 @@ class _Splitter:
         return bad
 
     def _add_text_clean_first(self, item: TextLines) -> int:
-        """:meth:`add_text` with the C codec: its clean rows' hour is their hour field as written.
+        """:meth:`add_text` with the C codec: the clean rows' hours come from it, packed.
 
-        A clean row's hour field is a valid Avazu hour (the codec checked it), so each line's hour
-        is its third field unless the codec declined the line; those are parsed, and a bad one
-        without a readable hour stays in the hour of the line before it.
+        A clean row's hour field is a valid Avazu hour (the codec checked it); the lines it declines
+        are parsed, and a bad one without a readable hour stays in the hour of the line before it.
         """
         lines, first = item.lines, item.first_line
-        declined = self.clean_rows.encode(lines).declined
-        try:
-            hours: list[str | int | None] = [line.split(",", 3)[2] for line in lines]
-        except IndexError:  # a declined line with fewer than three fields: every line one by one
-            hours = [fields[2] if len(fields) > 2 else None for fields in (line.split(",", 3) for line in lines)]
+        clean, declined = self.clean_rows.columns(lines)
+        hours = np.zeros(len(lines), np.int64)  # 0: no readable hour
+        if declined:
+            taken = np.ones(len(lines), bool)
+            taken[declined] = False
+            hours[taken] = clean["hour"]
+        else:
+            hours[:] = clean["hour"]
         bad_at: dict[int, str] = {}
         for index in declined:
             result = parse_line(lines[index])
@@ -392,22 +395,18 @@ class _Splitter:
                 hours[index] = result["hour"]
             else:
                 bad_at[index] = result.reason.value
-                hours[index] = _readable_hour(lines[index])
-        run_hour, run_start, run_text = self.current, 0, None
-        for index, hour in enumerate(hours):
-            if hour is None:
-                continue  # a bad line without a readable hour: the hour of the line before it
-            if hour == run_text:
-                continue
-            hour = int(hour)
-            if hour != run_hour:
-                if index > run_start:
-                    self._emit_run(run_hour, lines, first, run_start, index, bad_at)
-                run_hour, run_start = hour, index
-            run_text = hours[index] if type(hours[index]) is str else None
-        if len(lines) > run_start:
-            self._emit_run(run_hour, lines, first, run_start, len(lines), bad_at)
-        self.current = run_hour
+                hours[index] = _readable_hour(lines[index]) or 0
+        if bad_at:  # the lines without a readable hour take the hour before them
+            readable = np.where(hours > 0, np.arange(len(hours)), -1)
+            np.maximum.accumulate(readable, out=readable)
+            hours = np.where(readable >= 0, hours[np.maximum(readable, 0)], self.current or 0)
+        starts = np.flatnonzero(np.concatenate([[hours[0] != (self.current or 0)], hours[1:] != hours[:-1]]))
+        bounds = [0, *starts.tolist(), len(lines)] if len(starts) == 0 or starts[0] != 0 else [*starts.tolist(), len(lines)]
+        run_hours = hours[bounds[:-1]].tolist()
+        for hour, start, end in zip(run_hours, bounds[:-1], bounds[1:]):
+            if end > start:
+                self._emit_run(hour or None, lines, first, start, end, bad_at)
+        self.current = run_hours[-1] or None
         return len(bad_at)
 
     def _emit_run(self, hour: int | None, lines: list[str], first: int, start: int, end: int,
@@ -576,10 +575,10 @@ def _stage(source_uri: str, staging_uri: str, force: bool, progress_every_s: flo
     return result
 
 
-def _clean_row_codec() -> NativeEncoder | None:
-    """The C codec that recognises clean rows (its payloads are not used here), or None without it."""
+def _clean_row_codec() -> NativeColumns | None:
+    """The C codec that recognises clean rows and reads their hours, or None without it."""
     try:
-        return NativeEncoder(AdEventEncoder(0, load_ad_event_schema()))
+        return NativeColumns()
     except RowCodecUnavailable as problem:
         log.warning("staging parses every line in Python, several times slower: %s", problem)
         return None
