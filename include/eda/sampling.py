@@ -142,12 +142,28 @@ class UniformReservoir:
                 return
             self._w = math.exp(math.log(self._unit()) / self.size)
             self._next = base + start + taken + self._skip()
-        size, items, randrange = self.size, self.items, self.rng.randrange
-        while self._next < self.seen:
-            offset = self._next - base
+        # _unit() and _skip() written out with locals: the picks are the sampler's hot loop.
+        size, items, randrange, random_ = self.size, self.items, self.rng.randrange, self.rng.random
+        log, log1p, exp, floor = math.log, math.log1p, math.exp, math.floor
+        w, position, seen = self._w, self._next, self.seen
+        while position < seen:
+            offset = position - base
             items[randrange(size)] = (line_numbers[offset], lines[offset])
-            self._w *= math.exp(math.log(self._unit()) / size)
-            self._next += self._skip() + 1
+            u = random_()
+            while u <= 0.0:
+                u = random_()
+            w *= exp(log(u) / size)
+            if w >= 1.0:
+                skip = 0
+            elif w <= 0.0:
+                skip = 1 << 62
+            else:
+                u = random_()
+                while u <= 0.0:
+                    u = random_()
+                skip = floor(log(u) / log1p(-w))
+            position += skip + 1
+        self._w, self._next = w, position
 
     def _skip(self) -> int:
         # W is the largest key so far; it shrinks like size / seen and never reaches 0 or 1 in
