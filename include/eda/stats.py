@@ -172,6 +172,11 @@ class _KeyCounts:
         self.keys, self.counts = [column[top] for column in self.keys], self.counts[top]
         return True
 
+    def totals(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """The keys (one array per column) and their counts so far."""
+        self._merge()
+        return self.keys, self.counts
+
     def take(self) -> tuple[list[np.ndarray], np.ndarray]:
         """The keys (one array per column) and their counts, and start again from nothing."""
         self._merge()
@@ -292,17 +297,15 @@ class DatasetStats:
         self._count_nulls(records)
 
     def _fold_clean_counts(self) -> None:
-        """Add the column path's counts to the row path's, keyed as parse_line's records are."""
+        """Add the column path's segment counts to the row path's, keyed as parse_line's records are.
+
+        The category triples are not folded: there can be a million of them, and the report needs
+        each column's counts only (see :meth:`_top`).
+        """
         (keys,), counts = self._clean_segments.take()
         self.segments.update(dict(zip(zip((keys >> 22).tolist(), ((keys >> 21) & 1).tolist(),
                                           ((keys >> 14) & 127).tolist(), ((keys >> 7) & 127).tolist(),
                                           (keys & 127).tolist()), counts.tolist())))
-        for group, clean in self._clean_categories.items():
-            keys, counts = clean.take()
-            self.categories[group].update({(f"{a:08x}", f"{b:08x}", f"{c:08x}"): n
-                                           for a, b, c, n in zip(*(k.tolist() for k in keys), counts.tolist())})
-            if len(self.categories[group]) > self.max_tracked_values:
-                self._prune(group)
 
     def _prune(self, group: tuple[str, ...]) -> None:
         counter = self.categories[group]
@@ -392,6 +395,10 @@ class DatasetStats:
         counter: Counter = Counter()
         for key, rows in self.categories[group].items():
             counter[key[position]] += rows
+        # The column path's triples, summed per value of this column before any text is made.
+        keys, counts = self._clean_categories[group].totals()
+        (values,), rows = _grouped([keys[position]], counts)
+        counter.update({f"{value:08x}": n for value, n in zip(values.tolist(), rows.tolist())})
         counted = sum(counter.values())
         return {
             "distinct": len(counter),
