@@ -249,28 +249,88 @@ static Py_ssize_t utf8_length(PyObject *text) {
     return bytes;
 }
 
-/* Each line's bytes and length when it is ASCII (only ASCII lines are clean), else NULL; the UTF-8
- * bytes of all of them in `text_bytes`. -1 with an exception set when an item is not a str. */
-static int ascii_lines(PyObject *lines, const unsigned char **data, Py_ssize_t *lengths, long long *text_bytes) {
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(lines); i++) {
-        PyObject *line = PyTuple_GET_ITEM(lines, i);
+/* A call's lines and valid hours, ready for the GIL-free pass. */
+typedef struct {
+    PyObject *lines;              /* a tuple: holds the str objects whatever happens to the caller's list */
+    Py_ssize_t n;
+    const unsigned char **data;   /* each line's bytes when it is ASCII (only ASCII lines are clean), else NULL */
+    Py_ssize_t *lengths;
+    long long text_bytes;         /* the UTF-8 bytes of all the lines */
+    uint32_t *hours;              /* a copy, so the table is aligned whatever buffer the caller passed */
+    Py_ssize_t hour_count;
+} batch;
+
+static void batch_close(batch *b) {
+    Py_XDECREF(b->lines);
+    PyMem_Free(b->data);
+    PyMem_Free(b->lengths);
+    PyMem_Free(b->hours);
+}
+
+/* 0, or -1 with an exception set (the batch is then closed). */
+static int batch_open(batch *b, PyObject *lines_arg, const Py_buffer *hours) {
+    memset(b, 0, sizeof *b);
+    if (hours->len % sizeof(uint32_t) != 0) {
+        PyErr_SetString(PyExc_ValueError, "hours must be packed uint32 values");
+        return -1;
+    }
+    b->lines = PySequence_Tuple(lines_arg);
+    if (b->lines == NULL) return -1;
+    b->n = PyTuple_GET_SIZE(b->lines);
+    b->data = PyMem_Calloc((size_t)(b->n ? b->n : 1), sizeof *b->data);
+    b->lengths = PyMem_Calloc((size_t)(b->n ? b->n : 1), sizeof *b->lengths);
+    b->hour_count = hours->len / (Py_ssize_t)sizeof(uint32_t);
+    b->hours = PyMem_Malloc((size_t)(b->hour_count ? b->hour_count : 1) * sizeof(uint32_t));
+    if (b->data == NULL || b->lengths == NULL || b->hours == NULL) {
+        PyErr_NoMemory();
+        batch_close(b);
+        return -1;
+    }
+    memcpy(b->hours, hours->buf, (size_t)hours->len);
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        PyObject *line = PyTuple_GET_ITEM(b->lines, i);
         if (!PyUnicode_Check(line)) {
             PyErr_Format(PyExc_TypeError, "line %zd is %.100s, not str", i, Py_TYPE(line)->tp_name);
+            batch_close(b);
             return -1;
         }
 #if PY_VERSION_HEX < 0x030C0000
-        if (PyUnicode_READY(line) < 0) return -1;
+        if (PyUnicode_READY(line) < 0) {
+            batch_close(b);
+            return -1;
+        }
 #endif
         if (PyUnicode_IS_ASCII(line)) {
-            data[i] = PyUnicode_1BYTE_DATA(line);
-            lengths[i] = PyUnicode_GET_LENGTH(line);
-            *text_bytes += lengths[i];
+            b->data[i] = PyUnicode_1BYTE_DATA(line);
+            b->lengths[i] = PyUnicode_GET_LENGTH(line);
+            b->text_bytes += b->lengths[i];
         } else {
-            data[i] = NULL;
-            *text_bytes += utf8_length(line);
+            b->text_bytes += utf8_length(line);
         }
     }
     return 0;
+}
+
+/* Line i split into `fields` when it is a clean row; 0 when it is not. */
+static inline int batch_clean(const batch *b, Py_ssize_t i, clean_fields *fields) {
+    return b->data[i] != NULL && split_clean(b->data[i], b->lengths[i], b->hours, b->hour_count, fields);
+}
+
+/* The indices of the lines not taken (taken[i] == 0), as a list. */
+static PyObject *declined_list(const batch *b, const char *taken, Py_ssize_t count) {
+    PyObject *declined = PyList_New(b->n - count);
+    if (declined == NULL) return NULL;
+    Py_ssize_t d = 0;
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        if (taken[i]) continue;
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL) {
+            Py_DECREF(declined);
+            return NULL;
+        }
+        PyList_SET_ITEM(declined, d++, index);
+    }
+    return declined;
 }
 
 static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *args) {
@@ -278,65 +338,43 @@ static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer header, hours;
     if (!PyArg_ParseTuple(args, "Oy*y*:encode", &lines_arg, &header, &hours)) return NULL;
 
-    PyObject *result = NULL, *lines = NULL, *values = NULL, *keys = NULL, *declined = NULL;
-    const unsigned char **data = NULL;
-    Py_ssize_t *lengths = NULL;
+    PyObject *result = NULL, *values = NULL, *keys = NULL, *declined = NULL;
     line_result *results = NULL;
     unsigned char *buffer = NULL;
-    uint32_t *hour_table = NULL;
+    char *taken_flags = NULL;
+    batch b;
+    int opened = 0;
 
     if (header.len > HEADER_MAX) {
         PyErr_SetString(PyExc_ValueError, "the wire-format header is longer than 16 bytes");
         goto done;
     }
-    if (hours.len % sizeof(uint32_t) != 0) {
-        PyErr_SetString(PyExc_ValueError, "hours must be packed uint32 values");
-        goto done;
-    }
-    /* A tuple of the lines holds them for the GIL-free pass, whatever happens to the caller's list. */
-    lines = PySequence_Tuple(lines_arg);
-    if (lines == NULL) goto done;
-    Py_ssize_t n = PyTuple_GET_SIZE(lines);
-    data = PyMem_Calloc((size_t)(n ? n : 1), sizeof *data);
-    lengths = PyMem_Calloc((size_t)(n ? n : 1), sizeof *lengths);
+    if (batch_open(&b, lines_arg, &hours) < 0) goto done;
+    opened = 1;
+    Py_ssize_t n = b.n;
     results = PyMem_Calloc((size_t)(n ? n : 1), sizeof *results);
-    if (data == NULL || lengths == NULL || results == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-
-    long long text_bytes = 0;
+    taken_flags = PyMem_Calloc((size_t)(n ? n : 1), 1);
     size_t capacity = 1;
-    if (ascii_lines(lines, data, lengths, &text_bytes) < 0) goto done;
     for (Py_ssize_t i = 0; i < n; i++)
-        if (data[i] != NULL) capacity += (size_t)lengths[i] + PAYLOAD_SLACK;
+        if (b.data[i] != NULL) capacity += (size_t)b.lengths[i] + PAYLOAD_SLACK;
     buffer = PyMem_RawMalloc(capacity);
-    if (buffer == NULL) {
+    if (results == NULL || taken_flags == NULL || buffer == NULL) {
         PyErr_NoMemory();
         goto done;
     }
 
     Py_ssize_t taken = 0;
     long long payload_bytes = 0;
-    /* A copy, so the table is aligned whatever buffer the caller passed. */
-    Py_ssize_t hour_count = hours.len / (Py_ssize_t)sizeof(uint32_t);
-    hour_table = PyMem_Malloc((size_t)(hour_count ? hour_count : 1) * sizeof(uint32_t));
-    if (hour_table == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    memcpy(hour_table, hours.buf, (size_t)hours.len);
     Py_BEGIN_ALLOW_THREADS
     unsigned char *out = buffer;
     for (Py_ssize_t i = 0; i < n; i++) {
-        results[i].start = -1;
-        if (data[i] == NULL) continue;
         clean_fields fields;
-        if (!split_clean(data[i], lengths[i], hour_table, hour_count, &fields)) continue;
+        if (!batch_clean(&b, i, &fields)) continue;
         unsigned char *next = encode_fields(&fields, out, header.buf, header.len, &results[i]);
         results[i].start = out - buffer;
         results[i].length = next - out;
         payload_bytes += next - out;
+        taken_flags[i] = 1;
         taken++;
         out = next;
     }
@@ -344,15 +382,11 @@ static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *args) {
 
     values = PyList_New(n);
     keys = PyList_New(n);
-    declined = PyList_New(n - taken);
+    declined = declined_list(&b, taken_flags, taken);
     if (values == NULL || keys == NULL || declined == NULL) goto done;
-    Py_ssize_t d = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         line_result *r = &results[i];
-        if (r->start < 0) {
-            PyObject *index = PyLong_FromSsize_t(i);
-            if (index == NULL) goto done;
-            PyList_SET_ITEM(declined, d++, index);
+        if (!taken_flags[i]) {
             Py_INCREF(Py_None);
             PyList_SET_ITEM(values, i, Py_None);
             Py_INCREF(Py_None);
@@ -372,19 +406,17 @@ static PyObject *encode(PyObject *Py_UNUSED(module), PyObject *args) {
         memcpy(k, r->key, 8);
         PyList_SET_ITEM(keys, i, key);
     }
-    result = Py_BuildValue("(OOnLLO)", values, keys, taken, payload_bytes, text_bytes, declined);
+    result = Py_BuildValue("(OOnLLO)", values, keys, taken, payload_bytes, b.text_bytes, declined);
 
 done:
     /* A list not yet filled holds NULLs, which list deallocation skips. */
     Py_XDECREF(values);
     Py_XDECREF(keys);
     Py_XDECREF(declined);
-    Py_XDECREF(lines);
-    PyMem_Free(data);
-    PyMem_Free(lengths);
+    if (opened) batch_close(&b);
     PyMem_Free(results);
+    PyMem_Free(taken_flags);
     PyMem_RawFree(buffer);
-    PyMem_Free(hour_table);
     PyBuffer_Release(&header);
     PyBuffer_Release(&hours);
     return result;
@@ -414,31 +446,19 @@ static PyObject *columns(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer hours;
     if (!PyArg_ParseTuple(args, "Oy*:columns", &lines_arg, &hours)) return NULL;
 
-    PyObject *result = NULL, *lines = NULL, *rows = NULL, *declined = NULL;
-    const unsigned char **data = NULL;
-    Py_ssize_t *lengths = NULL;
-    uint32_t *hour_table = NULL;
+    PyObject *result = NULL, *rows = NULL, *declined = NULL;
     char *taken_flags = NULL;
+    batch b;
+    int opened = 0;
 
-    if (hours.len % sizeof(uint32_t) != 0) {
-        PyErr_SetString(PyExc_ValueError, "hours must be packed uint32 values");
-        goto done;
-    }
-    lines = PySequence_Tuple(lines_arg);
-    if (lines == NULL) goto done;
-    Py_ssize_t n = PyTuple_GET_SIZE(lines);
-    data = PyMem_Calloc((size_t)(n ? n : 1), sizeof *data);
-    lengths = PyMem_Calloc((size_t)(n ? n : 1), sizeof *lengths);
+    if (batch_open(&b, lines_arg, &hours) < 0) goto done;
+    opened = 1;
+    Py_ssize_t n = b.n;
     taken_flags = PyMem_Calloc((size_t)(n ? n : 1), 1);
-    Py_ssize_t hour_count = hours.len / (Py_ssize_t)sizeof(uint32_t);
-    hour_table = PyMem_Malloc((size_t)(hour_count ? hour_count : 1) * sizeof(uint32_t));
-    if (data == NULL || lengths == NULL || taken_flags == NULL || hour_table == NULL) {
+    if (taken_flags == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    memcpy(hour_table, hours.buf, (size_t)hours.len);
-    long long text_bytes = 0;
-    if (ascii_lines(lines, data, lengths, &text_bytes) < 0) goto done;
     /* At most n rows; the bytes object is shrunk to the rows taken afterwards. */
     rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(column_row) * (n ? n : 1));
     if (rows == NULL) goto done;
@@ -447,7 +467,7 @@ static PyObject *columns(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         clean_fields fields;
-        if (data[i] == NULL || !split_clean(data[i], lengths[i], hour_table, hour_count, &fields)) continue;
+        if (!batch_clean(&b, i, &fields)) continue;
         column_row *row = &out[taken++];
         row->id = unsigned_decimal(fields.at[0], fields.len[0]);
         row->hour = (uint32_t)fields.value[2];
@@ -460,25 +480,15 @@ static PyObject *columns(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     Py_END_ALLOW_THREADS
     if (_PyBytes_Resize(&rows, (Py_ssize_t)sizeof(column_row) * taken) < 0) goto done;
-    declined = PyList_New(n - taken);
+    declined = declined_list(&b, taken_flags, taken);
     if (declined == NULL) goto done;
-    Py_ssize_t d = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (taken_flags[i]) continue;
-        PyObject *index = PyLong_FromSsize_t(i);
-        if (index == NULL) goto done;
-        PyList_SET_ITEM(declined, d++, index);
-    }
     result = Py_BuildValue("(OO)", rows, declined);
 
 done:
     Py_XDECREF(rows);
     Py_XDECREF(declined);
-    Py_XDECREF(lines);
-    PyMem_Free(data);
-    PyMem_Free(lengths);
+    if (opened) batch_close(&b);
     PyMem_Free(taken_flags);
-    PyMem_Free(hour_table);
     PyBuffer_Release(&hours);
     return result;
 }

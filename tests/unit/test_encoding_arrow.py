@@ -200,3 +200,49 @@ def test_the_c_codec_holds_no_reference_to_what_it_was_given_or_returned():
     del batch
     assert ([sys.getrefcount(line) for line in lines[:3]], sys.getrefcount(None)) == before
     assert codec is native._native
+
+
+def _check_columns(lines: list[str]) -> tuple[int, int]:
+    """The C codec's columns() of ``lines``: each clean row's figures are parse_line's, the rest declined
+    (exactly the lines encode() declines). Returns (taken, declined)."""
+    rows, declined = native.NativeColumns().columns(lines)
+    assert declined == native.NativeEncoder(ROWS).encode(lines).declined
+    taken = [i for i in range(len(lines)) if i not in set(declined)]
+    assert len(rows) == len(taken)
+    for row, index in zip(rows, taken):
+        record = parse_line(lines[index])
+        figures = {name: row[name].item() for name in native.ROW_DTYPE.names}
+        hexes = {name: f"{figures.pop(name):08x}" for name in ("site_id", "site_domain", "site_category",
+                                                                 "app_id", "app_domain", "app_category")}
+        figures["id"] = str(figures["id"])
+        assert {**figures, **hexes} == {name: record[name] for name in native.ROW_DTYPE.names}, lines[index]
+    return len(taken), len(declined)
+
+
+def test_the_c_codecs_columns_are_parse_lines_figures(tmp_path):
+    path = tmp_path / "avazu.csv.gz"
+    generate(GeneratorSpec(20_000, hours=2, seed=12, fault_rates={kind: 0.01 for kind in FaultKind}), path)
+    lines = [line for item in LineSource(str(path)) if isinstance(item, TextLines) for line in item.lines]
+    taken, declined = _check_columns(lines)
+    assert taken > 15_000 and declined > 0
+    rng = random.Random(20141022)
+    mutated = list(mutated_lines(rng, [EXAMPLE_LINE, _with("id", "18399999999999999999"), _with("hour", "14103023")],
+                                 list("0123456789abcdef-,x:g") + ["", "-1", "00", "99"], 5_000, min_changes=0))
+    taken, declined = _check_columns(mutated)
+    assert taken > 100 and declined > 100
+
+
+def test_the_c_codecs_columns_reject_wrong_arguments_and_hold_no_references():
+    codec, hours = native._native, native.NativeColumns()._hours
+    with pytest.raises(TypeError, match="line 1 is bytes, not str"):
+        codec.columns([EXAMPLE_LINE, EXAMPLE_LINE.encode()], hours)
+    with pytest.raises(ValueError, match="packed uint32"):
+        codec.columns([EXAMPLE_LINE], hours[:-1])
+    assert codec.columns([], hours) == (b"", [])
+    lines = [EXAMPLE_LINE, "not a row", "caf\u00e9"] * 1000
+    codec.columns(lines, hours)
+    before = [sys.getrefcount(line) for line in lines[:3]]
+    for _ in range(20):
+        result = codec.columns(lines, hours)
+    del result
+    assert [sys.getrefcount(line) for line in lines[:3]] == before
