@@ -10,6 +10,7 @@ The ingestion and the job sign in with ``kafka_config``; set-up and the checks w
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -194,6 +195,28 @@ class CtrPipeline:
         late = self.frame("SELECT * FROM ctr_late WHERE window_kind = 'minute'")
         assert late.empty, f"records counted late by arrival minute:\n{late}"
         return len(closed)
+
+
+@contextmanager
+def logged_lines(*logger_names: str) -> Iterator[list[str]]:
+    """The messages the named loggers log meanwhile (a task's log), whatever Airflow's logging does with them."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    loggers = [logging.getLogger(name) for name in logger_names]
+    handler, levels = Collect(logging.INFO), [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 @contextmanager
