@@ -632,13 +632,20 @@ def _flink_texts(rest_url: str, job_id: str) -> dict[str, str]:
     return texts
 
 
+@pytest.fixture
+def cluster_up(cluster):
+    """The cluster with its nodes listening: before ``flink_cluster`` picks free ports, not after."""
+    _all_up(cluster)
+    return cluster
+
+
 def test_the_ctr_job_reads_as_the_pipeline_through_its_operator_and_no_password_reaches_flink(
-        cluster, flink_cluster, postgres_url, schema_registry_url, tmp_path, monkeypatch, capfd):
+        cluster_up, flink_cluster, postgres_url, schema_registry_url, tmp_path, monkeypatch, capfd):
     """ctr_stream's operator, its kafka_default the pipeline principal's: the job's sources sign in
     with SCRAM over TLS, under the catalog's group prefix, and its windows equal the independent count."""
     from kafka_pipeline.operators.flink import CtrStreamOperator
 
-    _all_up(cluster)
+    cluster = cluster_up
     pipeline = _config(cluster)
     settings = flink_cluster.settings
     with ctr_pipeline("cluster_ctr", flink_cluster, postgres_url, pipeline, schema_registry_url, tmp_path,
