@@ -1,7 +1,8 @@
 """A Flink session cluster from PyFlink's own distribution, for the CTR job (flink/ctr_job.py).
 
     python -m devstack.flink start|stop|restart|status
-    python -m devstack.flink submit [--savepoint PATH] [-- job arguments]    # default --topic: the catalog's raw topic
+    python -m devstack.flink submit [--savepoint PATH] [--client-config FILE] [-- job arguments]
+                                    # default --topic: the catalog's raw topic
 
 PyFlink lives in ``.venv-flink`` (``make flink-venv``): its wheel is a whole Flink 2.2 (bin/, lib/,
 conf/), and installed into the project's venv it would downgrade pandas and pyarrow. The job
@@ -17,13 +18,16 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import yaml
@@ -230,30 +234,59 @@ class FlinkCluster:
         return [(p.name, p.pid(), p.answers()) for p in self.processes]
 
 
-def jdbc_environment(postgres_url: str) -> dict[str, str]:
-    """flink/ctr_job.py's CTR_JDBC_URL, _USER and _PASSWORD from a postgresql:// URL.
+# flink-sql-connector-kafka relocates the Kafka client here: the JAAS config names its login module.
+CONNECTOR_KAFKA_PACKAGE = "org.apache.flink.kafka.shaded.org.apache.kafka"
 
-    Flink's client logs its environment, masking only variables named like a secret: the URL,
-    which holds the password, must not be among them.
+
+def flink_kafka_properties(kafka_config: Mapping[str, Any]) -> dict[str, str]:
+    """The Kafka Java client's properties of the job's sources, from librdkafka settings (a connection's
+    extra, a client settings file); an unsupported setting raises UnsupportedClientSetting, naming it."""
+    from include.kafka.java_client import java_client_properties
+
+    return java_client_properties(kafka_config, kafka_package=CONNECTOR_KAFKA_PACKAGE)
+
+
+def job_environment(postgres_url: str, kafka_properties: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What flink/ctr_job.py reads from its environment: its sinks' database and its sources' Kafka client.
+
+    * ``CTR_JDBC_URL``, ``CTR_JDBC_USER`` and ``CTR_JDBC_PASSWORD`` from a postgresql:// URL;
+    * ``CTR_KAFKA_PROPERTIES`` and ``CTR_KAFKA_SECRET_PROPERTIES``: the Java client properties
+      (:func:`flink_kafka_properties`; JSON objects) without and with secrets, e.g. the JAAS config
+      with the SASL password. ``bootstrap.servers`` is the job's ``--bootstrap-servers`` instead.
+
+    Nothing secret is on the job's command line, which every process on the machine can read. Flink's
+    client logs its environment, masking variables whose name says secret or password (and nothing
+    else): every value that holds a secret is in a variable named so, and the URL is not handed on whole.
     """
+    from include.kafka.java_client import is_secret
+
     parts = urlsplit(postgres_url)
     if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.username:
         raise StackError("POSTGRES_URL is not a postgresql://user:password@host:port/database URL")
+    kafka = {key: value for key, value in (kafka_properties or {}).items() if key != "bootstrap.servers"}
     return {"CTR_JDBC_URL": f"jdbc:postgresql://{parts.hostname}:{parts.port or 5432}{parts.path}",
-            "CTR_JDBC_USER": unquote(parts.username), "CTR_JDBC_PASSWORD": unquote(parts.password or "")}
+            "CTR_JDBC_USER": unquote(parts.username), "CTR_JDBC_PASSWORD": unquote(parts.password or ""),
+            "CTR_KAFKA_PROPERTIES": json.dumps({k: v for k, v in kafka.items() if not is_secret(k)}, sort_keys=True),
+            "CTR_KAFKA_SECRET_PROPERTIES": json.dumps({k: v for k, v in kafka.items() if is_secret(k)}, sort_keys=True)}
 
 
 def submit(settings: FlinkSettings, job_args: list[str], savepoint: str | None = None,
-           postgres_url: str | None = None) -> str:
+           postgres_url: str | None = None, kafka_properties: Mapping[str, str] | None = None) -> str:
     """Submit flink/ctr_job.py to the cluster (detached) and return the job id.
 
-    The sinks write to ``postgres_url`` (default: $POSTGRES_URL), handed to the job in its
-    environment, never on its command line, which every process on the machine can read.
+    The sinks write to ``postgres_url`` (default: $POSTGRES_URL); the sources sign in with
+    ``kafka_properties`` (:func:`flink_kafka_properties`; none: the broker asks no one to sign in),
+    whose ``bootstrap.servers`` becomes ``--bootstrap-servers`` unless the job's arguments have one.
+    Both reach the job in its environment (:func:`job_environment`), never on its command line.
     """
     postgres_url = postgres_url or os.environ.get("POSTGRES_URL")
     if not postgres_url:
         raise StackError("the CTR job writes to $POSTGRES_URL, which is not set; run `. scripts/local-env.sh` "
                          "after `make stack-start`")
+    environment = job_environment(postgres_url, kafka_properties)  # a bad URL fails before the jars are fetched
+    bootstrap = (kafka_properties or {}).get("bootstrap.servers")
+    if bootstrap and "--bootstrap-servers" not in job_args:
+        job_args = [*job_args, "--bootstrap-servers", bootstrap]
     jars = job_jars(settings)
     argv = [str(settings.flink_home / "bin" / "flink"), "run", "--detached", "-m", f"{settings.stack.host}:{settings.rest_port}",
             "--python", str(JOB_SCRIPT)]
@@ -263,7 +296,7 @@ def submit(settings: FlinkSettings, job_args: list[str], savepoint: str | None =
     # Neither the store's URL nor Airflow's connections (which may hold passwords) reach the client's logged environment.
     env = {key: value for key, value in os.environ.items()
            if key != "POSTGRES_URL" and not key.startswith("AIRFLOW_CONN_")}
-    env.update(jdbc_environment(postgres_url), FLINK_CONF_DIR=str(settings.conf_dir),
+    env.update(environment, FLINK_CONF_DIR=str(settings.conf_dir),
                FLINK_LOG_DIR=str(settings.home / "log"))
     write_config(settings)
     result = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -278,8 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.flink", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["start", "stop", "restart", "status", "submit", "jars"])
     parser.add_argument("--savepoint", help="submit: resume from this savepoint (or retained checkpoint)")
-    parser.add_argument("job_args", nargs=argparse.REMAINDER, help="submit: arguments of flink/ctr_job.py after --")
-    args = parser.parse_args(argv)
+    parser.add_argument("--client-config", type=Path, metavar="FILE",
+                        help="submit: librdkafka settings, one key=value a line, for a broker that asks clients "
+                             "to sign in (the job's sources get them as Java client properties)")
+    parser.epilog = "submit: the arguments after -- are flink/ctr_job.py's"
+    # Split at "--" by hand: a REMAINDER positional would swallow --savepoint and --client-config after "submit".
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own, job_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = parser.parse_args(own)
+    from include.errors import PipelineError
+
     cluster = FlinkCluster()
     try:
         if args.action in ("stop", "restart"):
@@ -296,14 +337,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "jars":
             print("\n".join(str(j) for j in job_jars(cluster.settings)))
         if args.action == "submit":
-            job_args = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
             if "--topic" not in job_args:
                 from include.kafka_admin.catalog import topic_for
 
                 job_args = ["--topic", topic_for("raw"), *job_args]
-            print(submit(cluster.settings, job_args, args.savepoint))
+            kafka_properties = None
+            if args.client_config is not None:
+                from include.kafka.client_file import client_settings
+
+                bootstrap = {"bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]} \
+                    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else {}
+                kafka_properties = flink_kafka_properties({**bootstrap, **client_settings(args.client_config)})
+            print(submit(cluster.settings, job_args, args.savepoint, kafka_properties=kafka_properties))
         return 0
     except StackError as error:
+        print(f"devstack.flink: {error}", file=sys.stderr)
+        return 1
+    except PipelineError as error:  # a client settings file that is malformed or cannot be translated
         print(f"devstack.flink: {error}", file=sys.stderr)
         return 1
 

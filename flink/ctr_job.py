@@ -23,6 +23,7 @@ after a restart writes the same rows again instead of adding to them.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -33,9 +34,12 @@ from urllib.parse import urlencode
 log = logging.getLogger("ctr_job")
 
 DIMENSIONS = ("site_id", "app_id", "device_type", "banner_pos")
-# Set by devstack.flink's submit from $POSTGRES_URL. The password has a variable of its own: Flink
-# logs the client's environment and masks only variables named like a secret.
+# Set by devstack.flink's submit (job_environment) from $POSTGRES_URL and the Kafka connection. Every
+# secret is in a variable named like one: Flink logs the client's environment and masks only those.
 JDBC_ENV = {"url": "CTR_JDBC_URL", "user": "CTR_JDBC_USER", "password": "CTR_JDBC_PASSWORD"}
+KAFKA_ENV = ("CTR_KAFKA_PROPERTIES", "CTR_KAFKA_SECRET_PROPERTIES")
+# Kafka client properties the sources set from the job's own arguments; the environment may not.
+OWN_KAFKA_PROPERTIES = ("bootstrap.servers", "group.id", "isolation.level", "auto.offset.reset")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,26 @@ class JdbcTarget:
         if schema:  # the JDBC driver sets the search_path from currentSchema, so table names stay plain
             url += ("&" if "?" in url else "?") + urlencode({"currentSchema": schema})
         return cls(url, os.environ[JDBC_ENV["user"]], os.environ[JDBC_ENV["password"]])
+
+
+def kafka_properties_from_environment() -> dict[str, str]:
+    """The Java client properties the sources sign in with (none for a broker that asks no one to)."""
+    properties: dict[str, str] = {}
+    for name in KAFKA_ENV:
+        try:
+            value = json.loads(os.environ.get(name) or "{}")
+        except json.JSONDecodeError:
+            value = None
+        # The value stays out of the message: it may hold the password.
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise SystemExit(f"{name} is not a JSON object of Kafka client properties: submit the job with "
+                             "`python -m devstack.flink submit`, which sets it from the Kafka connection")
+        properties.update(value)
+    own = sorted(set(properties) & set(OWN_KAFKA_PROPERTIES))
+    if own:
+        raise SystemExit(f"the Kafka client properties in {' and '.join(KAFKA_ENV)} set {', '.join(own)}, "
+                         "which the job sets from its own arguments")
+    return properties
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -107,8 +131,11 @@ def _interval(text: str) -> str:
     return f"INTERVAL '{amount}' {units[unit]}"
 
 
-def source_ddl(name: str, args: argparse.Namespace, group_suffix: str, watermark: str, extra_columns: str) -> str:
-    """A Kafka source of the columns the job needs; the format decodes only those."""
+def source_ddl(name: str, args: argparse.Namespace, group_suffix: str, watermark: str, extra_columns: str,
+               kafka_properties: dict[str, str] | None = None) -> str:
+    """A Kafka source of the columns the job needs; the format decodes only those. ``kafka_properties``
+    (how the client signs in) become ``properties.*`` options: the connector hands them to its
+    consumers and admin client."""
     options = {
         "connector": "kafka",
         "topic": args.topic,
@@ -120,6 +147,8 @@ def source_ddl(name: str, args: argparse.Namespace, group_suffix: str, watermark
         "scan.startup.mode": args.startup_mode,
         "scan.watermark.idle-timeout": args.idle_timeout.replace(" ", ""),
         "format": "avro-wire",
+        # Flink masks options named like a secret (the JAAS config) wherever it prints them.
+        **{f"properties.{key}": value for key, value in (kafka_properties or {}).items()},
     }
     if args.writer_schema_file:
         options["avro-wire.writer-schema"] = Path(args.writer_schema_file).read_text()
@@ -207,16 +236,17 @@ FROM {source}_checked WHERE late
 GROUP BY FLOOR({time_column} TO {unit})"""
 
 
-def statements(args: argparse.Namespace, target: JdbcTarget) -> tuple[list[str], list[str]]:
+def statements(args: argparse.Namespace, target: JdbcTarget,
+               kafka_properties: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """(DDL, INSERTs) of the job."""
     counts = "impressions BIGINT, clicks BIGINT"
     ddl = [
         source_ddl("events_by_hour", args, "hourly",
                    f"event_time AS event_time - {_interval(args.hour_lateness)}",
-                   "event_time AS TO_TIMESTAMP(CAST(`hour` AS STRING), 'yyMMddHH')"),
+                   "event_time AS TO_TIMESTAMP(CAST(`hour` AS STRING), 'yyMMddHH')", kafka_properties),
         source_ddl("events_by_arrival", args, "minute",
                    f"arrival AS arrival - {_interval(args.minute_lateness)}",
-                   "arrival TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL"),
+                   "arrival TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL", kafka_properties),
         sink_ddl("ctr_hourly", f"`hour` TIMESTAMP(3), dimension STRING, `value` STRING, {counts}",
                  "`hour`, dimension, `value`", target),
         sink_ddl("ctr_minute", f"`minute` TIMESTAMP(3), dimension STRING, `value` STRING, {counts}",
@@ -241,6 +271,7 @@ def main(argv: list[str]) -> None:
     if not (args.registry_url or args.writer_schema_file):
         raise SystemExit("give --registry-url (or SCHEMA_REGISTRY_URL) or --writer-schema-file")
     target = JdbcTarget.from_environment(args.schema)
+    kafka_properties = kafka_properties_from_environment()
 
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
@@ -261,11 +292,13 @@ def main(argv: list[str]) -> None:
         settings["pipeline.jars"] = ";".join(Path(j).resolve().as_uri() for j in args.jars.split(";") if j)
     for key, value in settings.items():
         config.set(key, value)
-    log.info("CTR job %s on topic %s at %s -> %s as %s, checkpoints every %s",
-             args.name, args.topic, args.bootstrap_servers, target.url, target.user,
-             args.checkpoint_interval)
+    log.info("CTR job %s on topic %s at %s (%s) -> %s as %s, checkpoints every %s",
+             args.name, args.topic, args.bootstrap_servers,
+             kafka_properties.get("security.protocol", "PLAINTEXT") + (
+                 f" {kafka_properties['sasl.mechanism']}" if "sasl.mechanism" in kafka_properties else ""),
+             target.url, target.user, args.checkpoint_interval)
 
-    ddl, inserts = statements(args, target)
+    ddl, inserts = statements(args, target, kafka_properties)
     for statement in ddl:
         env.execute_sql(statement)
     job = env.create_statement_set()

@@ -3,11 +3,14 @@ hours of its own, ingested as Airflow does, and the independent count every wind
 
 The expected figures are pandas counts: of the generated file for the hours, of the topic's records
 by their Kafka timestamps for the minutes. The cluster is the ``flink_cluster`` fixture (tests/conftest.py).
+The ingestion and the job sign in with ``kafka_config``; set-up and the checks with ``admin_config``
+(the same, unless the broker has ACLs).
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from devstack.flink import FlinkCluster, submit
+from devstack.flink import FlinkCluster, flink_kafka_properties, submit
 from include.avazu.generator import GeneratorSpec, generate
 from include.avazu.reader import read_all
 from include.ctr.flink_rest import FlinkRestClient
@@ -82,6 +85,7 @@ class CtrPipeline:
     staging: str
     truth: pd.DataFrame  # the generated file's rows
     job_args: list[str]
+    admin_config: dict  # set-up and checks: the admin principal's on a broker with ACLs
     job_name: str = ""
     job_id: str = ""
     ingested: int = 0  # records in the topic
@@ -94,7 +98,7 @@ class CtrPipeline:
         topics = self.topics
         if again:  # a checkpoint topic of its own, or the ingestor would skip the hour as done
             topics = IngestTopics(topics.raw, topics.dlq, f"{topics.checkpoints}_{uuid.uuid4().hex[:6]}")
-            provision_ingest_topics(AdminClient(self.kafka_config), self.registry, topics)
+            provision_ingest_topics(AdminClient(self.admin_config), self.registry, topics)
         config = load_ingest_config().with_topics(topics)
         result = HourlyIngestor(find_partition(self.staging, hour), config=config, kafka_config=self.kafka_config,
                                 registry=self.registry, origin=ORIGIN).run()
@@ -111,7 +115,8 @@ class CtrPipeline:
 
     def start(self, savepoint: str | None = None) -> None:
         began = time.monotonic()
-        self.job_id = submit(self.cluster.settings, self.job_args, savepoint, self.postgres_url)
+        self.job_id = submit(self.cluster.settings, self.job_args, savepoint, self.postgres_url,
+                             flink_kafka_properties(self.kafka_config))
         self.timings["submit_s"] = round(time.monotonic() - began, 1)
         wait_for("the job to run", lambda: self.rest.metrics(self.job_id).state == "RUNNING", 120)
 
@@ -168,7 +173,7 @@ class CtrPipeline:
         watermark = self.minute_watermark = max(current or 0, self.minute_watermark)
         self.settled()
         decoder = AvroDecoder(schema_fetcher(self.registry))
-        consumer = Consumer(reader_config(self.kafka_config, f"test-ctr-flink-{uuid.uuid4().hex[:8]}"))
+        consumer = Consumer(reader_config(self.admin_config, f"test-ctr-flink-{uuid.uuid4().hex[:8]}"))
         try:
             records = [{**decoder.decode(m.value()), "arrival_ms": m.timestamp()[1]}
                        for m in read_to_end(consumer, [self.topics.raw], commit=False, batch=10_000)]
@@ -193,9 +198,36 @@ class CtrPipeline:
 
 
 @contextmanager
+def logged_lines(*logger_names: str) -> Iterator[list[str]]:
+    """The messages the named loggers log meanwhile (a task's log), whatever Airflow's logging does with them."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    loggers = [logging.getLogger(name) for name in logger_names]
+    handler, levels = Collect(logging.INFO), [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+@contextmanager
 def ctr_pipeline(prefix: str, flink_cluster: FlinkCluster, postgres_url: str, kafka_config: dict,
-                 schema_registry_url: str, folder: Path) -> Iterator[CtrPipeline]:
-    """A pipeline named ``<prefix>_<suffix>``, nothing ingested and no job started; dropped afterwards."""
+                 schema_registry_url: str, folder: Path, admin_config: dict | None = None,
+                 group_prefix: str | None = None) -> Iterator[CtrPipeline]:
+    """A pipeline named ``<prefix>_<suffix>``, nothing ingested and no job started; dropped afterwards.
+
+    The job's consumer groups are ``<group_prefix or prefix>_<suffix>.hourly`` and ``.minute``.
+    """
+    admin_config = admin_config or kafka_config
     suffix = uuid.uuid4().hex[:10]
     schema = f"{prefix}_{suffix}"
     with psycopg.connect(postgres_url, autocommit=True) as admin:
@@ -204,19 +236,19 @@ def ctr_pipeline(prefix: str, flink_cluster: FlinkCluster, postgres_url: str, ka
         migrate(connection)
     registry = registry_client(schema_registry_url)
     topics = IngestTopics(f"{prefix}_raw_{suffix}", f"{prefix}_dlq_{suffix}", f"{prefix}_ckpt_{suffix}")
-    provision_ingest_topics(AdminClient(kafka_config), registry, topics)
+    provision_ingest_topics(AdminClient(admin_config), registry, topics)
     generate(GeneratorSpec(ROWS, start_hour=HOURS[0], hours=len(HOURS), seed=21), folder / "train.csv.gz")
     stage_source(str(folder / "train.csv.gz"), str(folder / "staging"))
     good, bad, _ = read_all(str(folder / "train.csv.gz"))
     assert not bad
     rest = FlinkRestClient(flink_cluster.settings.rest_url)
     job_name = f"ctr-test-{suffix}"
-    job_args = ["--topic", topics.raw, "--schema", schema, "--group-id", f"{prefix}_{suffix}",
+    job_args = ["--topic", topics.raw, "--schema", schema, "--group-id", f"{group_prefix or prefix}_{suffix}",
                 "--checkpoint-interval", "2 s", "--parallelism", "2",
                 # No partition goes idle during the test, so the watermark read is the windows' own.
                 "--idle-timeout", "10 min", "--name", job_name]
     ctr = CtrPipeline(flink_cluster, rest, postgres_url, schema, topics, kafka_config, registry,
-                      str(folder / "staging"), pd.DataFrame(good), job_args, job_name)
+                      str(folder / "staging"), pd.DataFrame(good), job_args, admin_config, job_name)
     try:
         yield ctr
     finally:

@@ -91,6 +91,10 @@ class Access:
     group_prefixes: tuple[str, ...] = ()
     transactional_id_prefixes: tuple[str, ...] = ()
 
+    def covers_group(self, group_id: str) -> bool:
+        """Whether the principal's ACLs let it use consumer group ``group_id`` (it has a declared prefix)."""
+        return any(group_id.startswith(prefix) for prefix in self.group_prefixes)
+
 
 @dataclass(frozen=True)
 class TopicCatalog:

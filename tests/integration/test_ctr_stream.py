@@ -11,13 +11,11 @@ tests run in order: the second resumes what the first stopped.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -25,7 +23,7 @@ import pytest
 from prometheus_client import delete_from_gateway
 
 from include.ctr.metrics import JOB
-from tests.ctr_flink import HOURS, CtrPipeline, ctr_pipeline, hour_start
+from tests.ctr_flink import HOURS, CtrPipeline, ctr_pipeline, hour_start, logged_lines
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -80,26 +78,6 @@ def _watch_while(operator, scenario: Callable[[], None]) -> dict:
     if failures:
         raise failures[0]
     return result
-
-
-@contextmanager
-def _logged_lines(logger_name: str) -> Iterator[list[str]]:
-    """The messages ``logger_name`` logs meanwhile, whatever Airflow's logging does with them."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger(logger_name)
-    handler, level = Collect(logging.INFO), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def _closed_hours_exact(ctr: CtrPipeline, at_least: tuple[int, ...], at_most: tuple[int, ...]) -> list[int]:
@@ -169,7 +147,7 @@ def test_a_sigterm_stops_the_job_with_a_savepoint_mid_stream(pipeline):
         seen["read_at_signal"] = min(s.records_in for s in ctr.rest.metrics(ctr.job_id).sources)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    with _logged_lines("include.ctr.stream_job") as logged:
+    with logged_lines("include.ctr.stream_job") as logged:
         result = _watch_while(_operator(ctr, "first"), scenario)
 
     assert result["job_id"] == ctr.job_id and not result["adopted"] and result["resumed_from"] is None

@@ -7,24 +7,30 @@ required, taking SCRAM over TLS only. The code under test signs in as the pipeli
 with the ACLs provisioning derives from the catalog; set-up and the checks of whole topics sign in
 as admin. The failure tests kill brokers with SIGKILL in the middle of an hour's ingestion and
 check the topics whole with a read_committed consumer: every row once, none lost, none twice.
-The registry is the local stack's (schemas do not live in Kafka).
+The registry is the local stack's (schemas do not live in Kafka). The Flink CTR job runs on it
+too, through ctr_stream's operator on a Flink session cluster of the module's own (``flink_cluster``),
+its sources signing in as the pipeline principal.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from devstack import Stack, StackSettings
@@ -47,8 +53,9 @@ from include.kafka.reader import read_topic
 from include.kafka.transactions import PHASE_AFTER_BEGIN, PHASE_AFTER_COMMIT, TransactionalProducer
 from include.errors import PipelineError
 from include.kafka_admin.acls import Acl, apply_acls, declared_acls, drift_text, plan_acls
-from include.kafka_admin.catalog import topic_for
+from include.kafka_admin.catalog import declared_catalog, topic_for
 from include.kafka_admin.sandbox import provision_sandbox, sandbox_catalog
+from tests.ctr_flink import HOURS, ctr_pipeline, logged_lines
 from tests.exactly_once import assert_every_row_once
 from tests.waiting import wait_for
 
@@ -608,3 +615,96 @@ def test_the_passwords_never_reach_a_task_log_an_xcom_or_a_rendered_template(
         assert password not in logs, f"{principal}'s password is in a task log"
         assert password not in json.dumps(xcoms, default=str), f"{principal}'s password is in an XCom"
         assert password not in json.dumps(rendered, default=str), f"{principal}'s password is in a rendered template"
+
+
+# -- the Flink CTR job on the cluster -----------------------------------------------------------
+
+def _flink_texts(rest_url: str, job_id: str) -> dict[str, str]:
+    """What Flink's REST API shows of the job and its job manager, as the API's own text."""
+    paths = [f"/jobs/{job_id}", f"/jobs/{job_id}/config", f"/jobs/{job_id}/plan", f"/jobs/{job_id}/exceptions",
+             f"/jobs/{job_id}/checkpoints/config", f"/jobs/{job_id}/jobmanager/config",
+             f"/jobs/{job_id}/jobmanager/environment", "/jobmanager/config", "/jobmanager/environment",
+             "/taskmanagers"]
+    texts = {}
+    for path in paths:
+        with urllib.request.urlopen(f"{rest_url}{path}", timeout=10) as response:
+            texts[path] = response.read().decode()
+    return texts
+
+
+@pytest.fixture
+def cluster_up(cluster):
+    """The cluster with its nodes listening: before ``flink_cluster`` picks free ports, not after."""
+    _all_up(cluster)
+    return cluster
+
+
+def test_the_ctr_job_reads_as_the_pipeline_through_its_operator_and_no_password_reaches_flink(
+        cluster_up, flink_cluster, postgres_url, schema_registry_url, tmp_path, monkeypatch, capfd):
+    """ctr_stream's operator, its kafka_default the pipeline principal's: the job's sources sign in
+    with SCRAM over TLS, under the catalog's group prefix, and its windows equal the independent count."""
+    from kafka_pipeline.operators.flink import CtrStreamOperator
+
+    cluster = cluster_up
+    pipeline = _config(cluster)
+    settings = flink_cluster.settings
+    with ctr_pipeline("cluster_ctr", flink_cluster, postgres_url, pipeline, schema_registry_url, tmp_path,
+                      admin_config=_config(cluster, "admin"), group_prefix="ctr-flink") as ctr:
+        group = ctr.job_args[ctr.job_args.index("--group-id") + 1]
+        assert declared_catalog().access.covers_group(group)
+        for hour in HOURS[:3]:
+            ctr.ingest(hour)  # as the pipeline, as ingest_hour does
+        # What a task of ctr_stream finds: the connections, and the cluster where devstack.flink looks.
+        monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps({"conn_type": "kafka", "extra": pipeline}))
+        monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", postgres_url)
+        monkeypatch.setenv("DEVSTACK_HOME", str(settings.stack.home))
+        monkeypatch.setenv("FLINK_REST_PORT", str(settings.rest_port))
+        monkeypatch.setenv("FLINK_RPC_PORT", str(settings.rpc_port))
+        monkeypatch.setenv("PUSHGATEWAY_URL", "")  # the watcher's metrics stay out of the shared Pushgateway
+        operator = CtrStreamOperator(
+            task_id="ctr_job", job_name=ctr.job_name, topic=ctr.topics.raw, schema=ctr.schema, group_id=group,
+            job_args=["--checkpoint-interval", "2 s", "--parallelism", "2", "--idle-timeout", "10 min"],
+            max_runtime=10, progress_interval=5, poll_interval=0.5)
+        with logged_lines("airflow.task", "include", "kafka_pipeline") as task_lines:
+            run = operator.execute(context={})  # submits, watches 10 s, hands the job on running
+        ctr.job_id = run["job_id"]
+        assert not run["adopted"] and run["savepoint"] is None and run["stop_reason"] == "max_runtime", run
+        assert ctr.rest.job(ctr.job_id).state == "RUNNING"
+
+        # Hour 0 closes with hours 0-2 read; hour 3, in a later minute, closes hour 1 and the minutes.
+        ctr.caught_up()
+        ctr.wait_for_exact_hours(HOURS[:1])
+        ctr.wait_for_a_later_minute()
+        ctr.ingest(HOURS[3])
+        ctr.caught_up()
+        ctr.wait_for_exact_hours(HOURS[:2])
+        assert ctr.assert_closed_minutes_exact() > 0
+        assert ctr.frame("SELECT * FROM ctr_late").empty
+        # The sources committed their offsets as groups under the catalog's prefix (ACLs allow no
+        # others): past every record (a committed offset also counts the transactions' markers).
+        admin = _admin(cluster)
+        for source in ("hourly", "minute"):
+            wanted = ConsumerGroupTopicPartitions(f"{group}.{source}")
+            committed = admin.list_consumer_group_offsets([wanted])[wanted.group_id].result(30)
+            assert sum(max(p.offset, 0) for p in committed.topic_partitions) >= ctr.ingested, (source, committed)
+
+        texts = _flink_texts(settings.rest_url, ctr.job_id)
+        logs = {str(p): p.read_text(errors="replace") for p in (settings.home / "log").rglob("*") if p.is_file()}
+        task_log = "\n".join(task_lines) + "".join(capfd.readouterr())
+        xcom_and_templates = json.dumps([run, {f: getattr(operator, f) for f in operator.template_fields}], default=str)
+
+    # The sign-in reached the job, and Flink hid it: the client's logged environment masks the
+    # variable, the consumers' logged config hides the JAAS config.
+    client_log = "".join(text for path, text in logs.items() if "-client-" in path)
+    assert "CTR_KAFKA_SECRET_PROPERTIES=******" in client_log and "CTR_JDBC_PASSWORD=******" in client_log
+    assert "security.protocol = SASL_SSL" in "".join(logs.values())
+    assert "sasl.jaas.config = [hidden]" in "".join(logs.values())
+    assert f"CTR job {ctr.job_id} RUNNING" in task_log
+    passwords = {f"Kafka {p}": cluster.settings.kafka_auth_files.password(p) for p in ("admin", "pipeline")}
+    passwords["the CTR store's"] = urlsplit(postgres_url).password
+    for name, password in passwords.items():
+        for path, text in {**texts, **logs}.items():
+            assert password not in text, f"{name} password is in {path}"
+        assert password not in task_log, f"{name} password is in the task log"
+        assert password not in xcom_and_templates, f"{name} password is in the XCom or the templated fields"
+    print(f"\nCTR job on the authenticated cluster: {ctr.ingested} records, timings {ctr.timings}")

@@ -42,6 +42,7 @@ from include.kafka.errors import (
     classify,
 )
 from include.kafka.client_file import ClientConfigError
+from include.kafka.java_client import UnsupportedClientSetting
 from include.kafka.reachability import ServiceUnreachable
 from include.kafka.registry import SchemaNotRegistered, UnknownSchemaId
 from include.kafka.reader import ReadTimedOut
@@ -76,6 +77,7 @@ KINDS = {
     ReprocessingMismatch: PERMANENT,
     DeclarationError: PERMANENT,
     ClientConfigError: PERMANENT,  # a client settings file missing or malformed
+    UnsupportedClientSetting: PERMANENT,  # a Kafka setting the Java client's properties cannot carry
     HourMappingError: PERMANENT,
     SchemaNotRegistered: PERMANENT,
     SchemaMismatchError: PERMANENT,

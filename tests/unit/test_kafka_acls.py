@@ -40,6 +40,18 @@ def test_the_ids_the_pipeline_uses_are_covered_by_a_declared_prefix():
         assert covered(spec.transactional_id, access.transactional_id_prefixes), spec.transactional_id
 
 
+def test_the_flink_ctr_jobs_consumer_groups_are_covered_by_a_declared_prefix():
+    import inspect
+
+    from kafka_pipeline.operators.flink import CtrStreamOperator
+
+    access = load_catalog().access
+    default = inspect.signature(CtrStreamOperator).parameters["group_id"].default
+    # The job's sources commit as <group_id>.hourly and <group_id>.minute.
+    assert all(access.covers_group(f"{default}.{source}") for source in ("hourly", "minute"))
+    assert not access.covers_group("ctr_flink_other")
+
+
 def test_a_sandbox_catalog_derives_the_acls_of_its_copies():
     catalog = sandbox_catalog({"raw": "raw_copy_1"})
     assert {a.name for a in declared_acls(catalog) if a.resource == "topic"} == {"raw_copy_1"}

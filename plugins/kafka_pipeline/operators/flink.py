@@ -23,7 +23,7 @@ from airflow.sdk import BaseHook, BaseOperator
 from include.ctr.flink_rest import FlinkRestClient
 from include.ctr.stream_job import CtrJobFailed, CtrJobProgress, CtrStreamJob, RestorePointFile, newest_record_ms
 from include.errors import PipelineError
-from include.kafka_admin.catalog import topic_for
+from include.kafka_admin.catalog import declared_catalog, topic_for
 from kafka_pipeline.failures import fails_cleanly
 from kafka_pipeline.hooks import KafkaClusterHook, SchemaRegistryHook
 from kafka_pipeline.operators.lifecycle import seconds, stop_on_sigterm
@@ -43,7 +43,9 @@ class CtrStreamOperator(BaseOperator):
         (templated: "True"/"False" as a param renders).
     :param progress_interval: seconds between progress lines and metric pushes (templated).
     :param poll_interval: seconds between looks at the job's state.
-    :param kafka_config_id: the Kafka connection (the job's bootstrap servers, the newest record's time).
+    :param kafka_config_id: the Kafka connection: the job's sources sign in as it does (its librdkafka
+        settings as Java client properties, handed to the job in its environment, never on a command
+        line), and the newest record's time is read through it.
     :param schema_registry_conn_id: the registry the job looks writer schemas up in.
     :param postgres_conn_id: the CTR store the job's sinks write to.
     :param pushgateway_url: where the metrics go; default ``$PUSHGATEWAY_URL``, none: not pushed.
@@ -99,7 +101,7 @@ class CtrStreamOperator(BaseOperator):
     @fails_cleanly
     def execute(self, context: Any) -> dict[str, Any]:
         try:  # the session cluster is the local stack's (devstack), which also holds the Flink client
-            from devstack.flink import FlinkSettings, submit
+            from devstack.flink import FlinkSettings, flink_kafka_properties, submit
             from devstack.stack import StackError
         except ImportError as error:
             raise CtrJobFailed(f"the Flink session cluster's client (devstack.flink) is not importable here ({error}); "
@@ -108,12 +110,15 @@ class CtrStreamOperator(BaseOperator):
         topic = self.topic or topic_for("raw")
         kafka = KafkaClusterHook(self.kafka_config_id)
         kafka.ensure_reachable()
+        # The sources sign in as the connection does; a setting the Java client cannot take fails here, in one sentence.
+        kafka_properties = flink_kafka_properties(kafka.client_config())
+        self._check_group(kafka_properties)
         job_args = self._job_arguments(topic, kafka)
         postgres_url = BaseHook.get_connection(self.postgres_conn_id).get_uri()
 
         def submit_job(savepoint: str | None) -> str:
             try:
-                return submit(settings, job_args, savepoint, postgres_url)
+                return submit(settings, job_args, savepoint, postgres_url, kafka_properties)
             except StackError as error:
                 raise CtrJobFailed(f"submitting the CTR job to {settings.rest_url} failed: {error}") from None
 
@@ -139,6 +144,15 @@ class CtrStreamOperator(BaseOperator):
             except PipelineError as error:
                 self.log.warning("the stopped job's metrics were not pushed: %s", error)
         return run.as_dict()
+
+    def _check_group(self, kafka_properties: dict[str, str]) -> None:
+        """Warn when the job's consumer groups are outside the catalog's group prefixes: on a cluster
+        with ACLs (include/kafka_admin/acls.py) its sources could not read or commit offsets there."""
+        access = declared_catalog().access
+        if "sasl.mechanism" in kafka_properties and not access.covers_group(self.group_id):
+            self.log.warning("the CTR job's consumer groups %s.hourly and .minute are under none of the group "
+                             "prefixes of include/config/topics.yaml (%s): %s may not use them on a cluster with ACLs",
+                             self.group_id, ", ".join(access.group_prefixes), access.principal)
 
     def _reporter(self, url: str):
         from include.ctr.metrics import push_progress
