@@ -13,7 +13,35 @@ USER airflow
 COPY --chown=airflow:0 native/ /tmp/native/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels /tmp/native
 
+# The Flink CTR job's client, built in a stage of its own: PyFlink in a venv of its own (it pins
+# pandas and pyarrow below the lock, as .venv-flink does locally), and the job's connector jars and
+# avro-wire format fetched and built by devstack.flink with Maven and a JDK, into the jar cache the
+# final image carries, so ctr_stream's submit finds them done and needs neither Maven nor a JDK.
+FROM apache/airflow:3.3.2-python3.11 AS flinkclient
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends maven openjdk-17-jdk-headless \
+    && apt-get clean && rm -rf /var/lib/apt/lists/* \
+    && mkdir -p /opt/flink-venv /opt/flink-cache && chown airflow:0 /opt/flink-venv /opt/flink-cache
+USER airflow
+COPY --chown=airflow:0 flink/ /opt/airflow/flink/
+COPY --chown=airflow:0 devstack/ /opt/airflow/devstack/
+RUN python -m venv /opt/flink-venv \
+    && /opt/flink-venv/bin/python -m pip install --no-cache-dir -r /opt/airflow/flink/requirements.txt
+RUN cd /opt/airflow && DEVSTACK_CACHE=/opt/flink-cache DEVSTACK_HOME=/tmp/devstack python -m devstack.flink jars
+
 FROM apache/airflow:3.3.2-python3.11
+
+# `flink run` (PyFlink's client, which plans the CTR job and submits it to the compose file's
+# Flink cluster) runs on Java.
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
+USER airflow
+COPY --from=flinkclient /opt/flink-venv/ /opt/flink-venv/
+COPY --from=flinkclient /opt/flink-cache/ /opt/flink-cache/
+ENV FLINK_VENV=/opt/flink-venv DEVSTACK_CACHE=/opt/flink-cache
 
 # The official way to extend the image: install as the airflow user, and name the image's own
 # Airflow so pip can never up- or downgrade it while resolving the lock.
@@ -28,6 +56,9 @@ COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
 COPY --chown=airflow:0 include/ /opt/airflow/include/
 COPY --chown=airflow:0 schemas/ /opt/airflow/schemas/
 COPY --chown=airflow:0 scripts/ /opt/airflow/scripts/
+# ctr_stream submits flink/ctr_job.py through devstack.flink's client.
+COPY --chown=airflow:0 flink/ /opt/airflow/flink/
+COPY --chown=airflow:0 devstack/ /opt/airflow/devstack/
 
 # DAGs and plugins do `from include.x import y`; plugins/ is on Airflow's sys.path already.
 ENV PYTHONPATH=/opt/airflow

@@ -7,7 +7,9 @@ the job for ``max_runtime`` seconds, logging its progress (records in, window ro
 watermarks and how far they trail the newest record) and pushing ``avazu_ctr_*`` metrics, then
 ends and leaves the job running; the next run takes it over without a gap. Stopping the task
 (SIGTERM, marking it failed, ``make airflow-stop``) stops the job with a savepoint; the next run
-resumes from it, or from the latest retained checkpoint if the job failed or was lost. The cluster:
+resumes from it, or from the latest retained checkpoint if the job failed or was lost. With
+``stop_when_caught_up`` a run stops the job with a savepoint once it has read everything the topic
+holds (``make demo`` runs it so). The cluster:
 ``make flink-start`` (see the README's "Airflow runs the CTR job").
 """
 
@@ -53,6 +55,10 @@ DEFAULT_ARGS = {
                              description="Seconds each run watches the job before the next run takes over."),
         "stop_at_end": Param(False, type="boolean",
                              description="Also stop the job with a savepoint at max_runtime (the next run resumes it)."),
+        "stop_when_caught_up": Param(False, type="boolean",
+                                     description="Stop the job with a savepoint as soon as it has read and checkpointed "
+                                                 "every record of the topic (a bounded run, as make demo does); "
+                                                 "max_runtime still bounds the wait."),
         "progress_interval": Param(30, type="integer", minimum=1, maximum=3600,
                                    description="Seconds between progress lines and metric pushes."),
     },
@@ -67,6 +73,7 @@ def ctr_stream():
         group_id="{{ params.group_id }}",
         max_runtime="{{ params.max_runtime }}",
         stop_at_end="{{ params.stop_at_end }}",
+        stop_when_caught_up="{{ params.stop_when_caught_up }}",
         progress_interval="{{ params.progress_interval }}",
     )
 

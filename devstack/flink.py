@@ -48,6 +48,9 @@ class FlinkSettings:
 
     stack: StackSettings = field(default_factory=StackSettings)
     venv: Path = field(default_factory=lambda: Path(os.environ.get("FLINK_VENV") or PROJECT_ROOT / ".venv-flink"))
+    # Where the job manager is: the local stack's host unless FLINK_HOST names another (the compose
+    # file's flink-jobmanager); submit and the REST client go there.
+    host: str = field(default_factory=lambda: os.environ.get("FLINK_HOST", ""))
     rest_port: int = field(default_factory=lambda: _env_int("FLINK_REST_PORT", 8082))
     rpc_port: int = field(default_factory=lambda: _env_int("FLINK_RPC_PORT", 6123))
     task_slots: int = field(default_factory=lambda: _env_int("FLINK_TASK_SLOTS", 2))
@@ -62,8 +65,12 @@ class FlinkSettings:
         return self.home / "conf"
 
     @property
+    def address(self) -> str:
+        return self.host or self.stack.host
+
+    @property
     def rest_url(self) -> str:
-        return f"http://{self.stack.host}:{self.rest_port}"
+        return f"http://{self.address}:{self.rest_port}"
 
     @property
     def flink_home(self) -> Path:
@@ -110,6 +117,27 @@ def job_jars(settings: FlinkSettings) -> list[Path]:
     return [*connector_jars(settings), format_jar(settings)]
 
 
+def cluster_options(settings: FlinkSettings) -> dict[str, object]:
+    """What the CTR job needs of any cluster it runs on: this one, and the compose file's (whose
+    FLINK_PROPERTIES tests/unit/test_compose_stack.py compares with these)."""
+    return {
+        "jobmanager.memory.process.size": "1024m",
+        "taskmanager.numberOfTaskSlots": settings.task_slots,
+        "taskmanager.memory.process.size": settings.taskmanager_memory,
+        "parallelism.default": 1,
+        "state.backend.type": "hashmap",
+        # A task manager that died is noticed in seconds, not Flink's default of 50 s.
+        "heartbeat.interval": 2000,
+        "heartbeat.timeout": 10000,
+        # The REST API's metrics are at most 2 s old (Flink's default: 10 s): ctr_stream's progress
+        # lines and the benchmark's rates read them.
+        "metrics.fetcher.update-interval": 2000,
+        # Under the cluster's state folder, where ctr_stream's restore-point file points.
+        "execution.checkpointing.dir": (settings.home / "checkpoints").as_uri(),
+        "execution.checkpointing.savepoint-dir": (settings.home / "savepoints").as_uri(),
+    }
+
+
 def write_config(settings: FlinkSettings) -> Path:
     """Flink's config.yaml for this cluster, and the distribution's log4j files beside it."""
     conf = settings.conf_dir
@@ -121,24 +149,12 @@ def write_config(settings: FlinkSettings) -> Path:
         "jobmanager.rpc.address": host,
         "jobmanager.rpc.port": settings.rpc_port,
         "jobmanager.bind-host": host,
-        "jobmanager.memory.process.size": "1024m",
         "taskmanager.bind-host": host,
         "taskmanager.host": host,
-        "taskmanager.numberOfTaskSlots": settings.task_slots,
-        "taskmanager.memory.process.size": settings.taskmanager_memory,
-        "parallelism.default": 1,
         "rest.address": host,
         "rest.bind-address": host,
         "rest.port": settings.rest_port,
-        "state.backend.type": "hashmap",
-        # A task manager that died is noticed in seconds, not Flink's default of 50 s.
-        "heartbeat.interval": 2000,
-        "heartbeat.timeout": 10000,
-        # The REST API's metrics are at most 2 s old (Flink's default: 10 s): ctr_stream's progress
-        # lines and the benchmark's rates read them.
-        "metrics.fetcher.update-interval": 2000,
-        "execution.checkpointing.dir": (settings.home / "checkpoints").as_uri(),
-        "execution.checkpointing.savepoint-dir": (settings.home / "savepoints").as_uri(),
+        **cluster_options(settings),
         # `flink run -py` plans the job with this Python, not whatever is first on PATH.
         "python.client.executable": str(settings.venv / "bin" / "python"),
         "python.executable": str(settings.venv / "bin" / "python"),
@@ -288,7 +304,7 @@ def submit(settings: FlinkSettings, job_args: list[str], savepoint: str | None =
     if bootstrap and "--bootstrap-servers" not in job_args:
         job_args = [*job_args, "--bootstrap-servers", bootstrap]
     jars = job_jars(settings)
-    argv = [str(settings.flink_home / "bin" / "flink"), "run", "--detached", "-m", f"{settings.stack.host}:{settings.rest_port}",
+    argv = [str(settings.flink_home / "bin" / "flink"), "run", "--detached", "-m", f"{settings.address}:{settings.rest_port}",
             "--python", str(JOB_SCRIPT)]
     if savepoint:
         argv += ["--fromSavepoint", savepoint]

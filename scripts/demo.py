@@ -2,7 +2,8 @@
 
 Each step is one DAG run; its task log goes to a file and what each task returned (its counts) is
 printed. Later pipeline stages add their DAGs to STEPS. What a step needs that is not a DAG run
-(a generated input file) is a PREPARATION, done first.
+(a generated input file, the Flink job's jars) is a PREPARATION, done first. At the end the CTR the
+Flink job wrote is printed: the hours it has closed and the top sites and apps by CTR.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ class DemoPreparation:
 
 # The hourly ingestion ingests a generated file of a few Avazu hours, with every kind of broken row.
 # It is generated once (deterministic: the same bytes every time), so a second `make demo` finds the
-# hours already ingested and writes nothing again - exactly once across re-runs.
-DEMO_SOURCE = "data/avazu/demo/train_demo.csv.gz"
-DEMO_STAGING = "data/avazu/demo/staging"
+# hours already ingested and writes nothing again - exactly once across re-runs. Four hours: the
+# Flink job's hour watermark trails the newest hour by its lateness (an hour), so the first two
+# close and are compared with the batch; the last two stay open until later hours arrive.
+DEMO_SOURCE = "data/avazu/demo/train_demo_4h.csv.gz"
+DEMO_STAGING = "data/avazu/demo/staging_4h"
 DEMO_ROWS = 120_000
-DEMO_HOURS = (14102100, 14102101, 14102102)
+DEMO_HOURS = (14102100, 14102101, 14102102, 14102103)
 DEMO_CHUNK_ROWS = 10_000
 # The sampling job's samples, data_stats.json, EDA report and plots of the same file.
 DEMO_EDA = "data/avazu/demo/eda"
@@ -68,10 +71,35 @@ def _hour_date(hour: int) -> str:
     return hour_to_datetime(hour).isoformat()
 
 
+def _fetch_flink_jars() -> str:
+    from devstack.flink import FlinkSettings, job_jars
+
+    jars = job_jars(FlinkSettings())
+    return f"{len(jars)} jars in {jars[0].parent.parent}"
+
+
 PREPARATIONS = [
     DemoPreparation("an Avazu-format file of a few hours with broken rows, for the hourly ingestion",
                     _generate_demo_source),
+    # Fetched from Maven Central and built once into the shared cache; ctr_stream's submit ships them.
+    DemoPreparation("the Flink CTR job's connector jars and its avro-wire format", _fetch_flink_jars),
 ]
+
+# ctr_stream, bounded: it stops the job with a savepoint once the job has read and checkpointed every
+# record of the raw topic (max_runtime only bounds the wait), and the next demo resumes from it.
+CTR_STREAM_CONF = {"stop_when_caught_up": True, "max_runtime": 900, "progress_interval": 10}
+
+
+def _ingest_and_repair(hour: int) -> list[DemoStep]:
+    """An hour's ingestion, then the DLQ reprocessing of its dead letters, as the scheduler runs them (the
+    reprocessing is started by the DLQ's new records): the repaired rows reach the raw topic before the
+    next hour, so the Flink job counts them in their hour instead of as late records (ctr_late)."""
+    return [
+        DemoStep("avazu_hourly_ingest", f"Avazu hour {hour}: stage the file, ingest the hour into the raw topic and its DLQ",
+                 {"source_uri": DEMO_SOURCE, "staging_uri": DEMO_STAGING, "chunk_rows": DEMO_CHUNK_ROWS},
+                 logical_date=_hour_date(hour)),
+        DemoStep("dlq_reprocessing", f"hour {hour}'s dead letters: repaired back into the raw topic, retried or parked"),
+    ]
 
 STEPS = [
     DemoStep("avazu_sampling", "samples, data_stats.json, an EDA report and plots of the demo file, in one pass",
@@ -79,17 +107,15 @@ STEPS = [
     DemoStep("kafka_provisioning", "topics and schemas as declared in include/config/topics.yaml"),
     DemoStep("kafka_smoke", "Avro records through the broker and the registry and back",
              {"topic": "smoke_avro_roundtrip", "records": 1000}),
-    *[DemoStep("avazu_hourly_ingest", f"Avazu hour {hour}: stage the file, ingest the hour into the raw topic and its DLQ",
-               {"source_uri": DEMO_SOURCE, "staging_uri": DEMO_STAGING, "chunk_rows": DEMO_CHUNK_ROWS},
-               logical_date=_hour_date(hour))
-      for hour in DEMO_HOURS],
+    *[step for hour in DEMO_HOURS for step in _ingest_and_repair(hour)],
     DemoStep("ctr_batch", "the demo hours' CTR aggregates from their staged files, with DuckDB, into ctr_batch_hourly",
              {"hours": list(DEMO_HOURS), "staging_uri": DEMO_STAGING}),
+    DemoStep("ctr_stream", "the Flink CTR job on the session cluster: raw topic -> ctr_hourly / ctr_minute in PostgreSQL, "
+             "stopped with a savepoint once it has read everything", CTR_STREAM_CONF),
     DemoStep("stream_pipelines_e2e",
              "seeds 003/004: simulators -> stream processors (bounded) -> final consumers, on the declared topics",
              {"web_events": 300, "purchase_events": 300, "bad_ratio": 0.1, "idle_timeout": 5, "max_runtime": 120}),
-    DemoStep("dlq_reprocessing", "repair, retry or park the dead letters of the ingestion's and the analytics DLQ"),
-    DemoStep("dlq_reprocessing", "again: every dead letter has its outcome, so nothing is new"),
+    DemoStep("dlq_reprocessing", "the analytics DLQ's dead letters (the ingestion's have their outcome: nothing new there)"),
     DemoStep("pipeline_health", "lag, DLQ ratio, reconciliation, stream = batch CTR, throughput, drift and broker checks; "
              "report and metrics",
              {"staging_uri": DEMO_STAGING}),
@@ -102,7 +128,8 @@ def _fail(message: str) -> None:
 
 
 def _preflight() -> None:
-
+    from devstack.flink import FlinkSettings
+    from include.ctr.flink_rest import FlinkRestClient, FlinkUnavailable
     from include.kafka.reachability import ServiceUnreachable, check_broker, check_registry
 
     try:
@@ -112,6 +139,14 @@ def _preflight() -> None:
         check_registry(registry_client(url), url)
     except ServiceUnreachable as error:
         _fail(str(error))
+    if not os.environ.get("POSTGRES_URL"):
+        _fail("POSTGRES_URL is not set: the CTR store's password file is missing (start the stack, then source "
+              "scripts/local-env.sh again)")
+    rest_url = FlinkSettings().rest_url
+    try:
+        FlinkRestClient(rest_url).jobs()
+    except FlinkUnavailable as error:
+        _fail(f"the Flink session cluster at {rest_url} does not answer ({error}); `make flink-start` starts it")
 
 
 class MappedResults(list):
@@ -176,6 +211,16 @@ def _describe(value: object) -> str:
                 f"{value['repaired_rows']:,} repaired + {value['parked_rows']:,} parked -> ctr_batch_hourly hour(s) "
                 f"{', '.join(map(str, value['write']['hours_rebuilt']))} ({value['write']['hourly_rows']:,} rows), "
                 f"{value['rows_per_s']:,.0f} rows/s")
+    if isinstance(value, dict) and "stop_reason" in value and "rows_written" in value and "savepoint" in value:
+        # A ctr_stream run: how the job started, what it read and wrote, how and where it stopped.
+        start = ("taken over running" if value["adopted"] else
+                 f"resumed from {value['resumed_from']}" if value["resumed_from"] else "started from the committed offsets")
+        read = ", ".join(f"{name} {count:,}" for name, count in sorted(value["records_in"].items())) or "nothing yet"
+        stop = (f"stopped ({value['stop_reason']}) with a savepoint: {value['savepoint']}" if value["savepoint"]
+                else f"left running ({value['stop_reason']})")
+        return (f"job {value['job_id']} {start}\n{'':25}records read per source: {read}; "
+                f"{value['rows_written']:,} window rows written; {value['progress_lines']} progress line(s)\n"
+                f"{'':25}{stop}, after {value['seconds']:.0f} s")
     if isinstance(value, dict) and set(value) == {"check", "status", "summary"}:
         return f"{value['status']}"
     if isinstance(value, dict) and "by_reason" in value and "repaired" in value:
@@ -255,6 +300,52 @@ def _print_ingested_hours(results: list[dict[str, object]]) -> None:
           f"+ {dead:,} in {hours[0]['topics']['dlq']}")
 
 
+# How many of the best values per dimension the demo prints (the dashboard shows its settings' rows).
+TOP_ROWS = 5
+
+
+def _print_stream_ctr() -> None:
+    """The CTR the Flink job wrote: its closed hours and the top sites and apps, as the dashboard reads them.
+
+    Fails the demo when the job closed none of the demo hours: ctr_reconciliation would then have
+    compared nothing, and its pass would say nothing.
+    """
+    import dataclasses
+
+    from include.avazu.contract import hour_to_datetime
+    from include.ctr.dashboard import RANKED, count, load_dashboard_settings, percent, read_store, shown_value
+    from include.ctr.store import connect
+
+    settings = load_dashboard_settings()
+    with connect(os.environ["POSTGRES_URL"]) as connection:
+        figures = read_store(connection, dataclasses.replace(settings, rows=TOP_ROWS))
+    starts = {hour_to_datetime(h).replace(tzinfo=None): h for h in DEMO_HOURS}
+    closed = [h for h in DEMO_HOURS if hour_to_datetime(h).replace(tzinfo=None) in {w.start for w in figures.hours}]
+    if not closed:
+        _fail(f"the Flink job closed none of the demo hours {DEMO_HOURS[0]}..{DEMO_HOURS[-1]}, so ctr_reconciliation "
+              "compared nothing; see the ctr_stream task log in .airflow-demo/demo-logs")
+    still_open = [h for h in DEMO_HOURS if h not in closed]
+    print(f"CTR from the stream (the Flink job's ctr_hourly in PostgreSQL) over the hours it has closed"
+          + (f"; {', '.join(map(str, still_open))} stay open until a later hour arrives (the job's hour watermark "
+             "trails the newest hour by an hour)" if still_open else "") + ":")
+    print(f"      {'Avazu hour':<18} {'impressions':>12} {'clicks':>10} {'CTR':>9}")
+    for window in figures.hours:
+        label = str(starts.get(window.start, window.start.strftime("%Y-%m-%d %H:%M")))
+        print(f"      {label:<18} {count(window.impressions):>12} {count(window.clicks):>10} {percent(window.ctr):>9}")
+    print(f"      {'all closed hours':<18} {count(figures.impressions):>12} {count(figures.clicks):>10} "
+          f"{percent(figures.ctr):>9}")
+    for dimension in ("site_id", "app_id"):
+        ranking = figures.rankings[dimension]
+        print(f"Top {RANKED[dimension]} by CTR (of the {ranking.ranked:,} with at least "
+              f"{count(ranking.min_impressions)} impressions; {ranking.unranked:,} with fewer are not ranked):")
+        print(f"      {dimension:<18} {'impressions':>12} {'clicks':>10} {'CTR':>9}")
+        for row in ranking.best:
+            print(f"      {shown_value(row.value):<18} {count(row.impressions):>12} {count(row.clicks):>10} "
+                  f"{percent(row.ctr):>9}")
+    if figures.late_records["hour"]:
+        print(f"      ({count(figures.late_records['hour'])} records reached the job after their hour had closed: ctr_late)")
+
+
 def main() -> None:
     logs = Path(os.environ.get("AIRFLOW_HOME", ROOT / ".airflow")) / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -266,10 +357,15 @@ def main() -> None:
         print(f"[prepare] {preparation.what}: {preparation.run()}", flush=True)
     results = [run_step(number, step, logs) for number, step in enumerate(STEPS, start=1)]
     _print_ingested_hours(results)
+    _print_stream_ctr()
     prometheus = os.environ.get("PROMETHEUS_URL")
     if prometheus:
         print(f"Prometheus: {prometheus} (try the query avazu_pipeline_check_ok, or "
               "sum by (topic) (kafka_server_brokertopicmetrics_messagesin_total))")
+    from devstack.flink import FlinkSettings
+
+    print(f"Flink: {FlinkSettings().rest_url} (the session cluster keeps running for `make dashboard` and ctr_stream, "
+          "whose next run resumes the job from its savepoint; `make flink-stop` stops it)")
     print("Demo finished: every step succeeded.")
 
 

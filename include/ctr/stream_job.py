@@ -20,7 +20,9 @@ topic, records the sources have yet to read, the latest checkpoint), hands the s
 (a task manager lost) is watched through it; a job that FAILED ends the run with one sentence
 naming Flink's cause. ``stop`` makes the loop stop the job with a savepoint (windows stay open in
 it) and remember where it is; ``max_runtime`` ends the watch and leaves the job running for the
-next watcher, or stops it too with ``stop_at_end``.
+next watcher, or stops it too with ``stop_at_end``. ``stop_when_caught_up`` stops it the same way as
+soon as its consumer groups have committed every record the topic holds (``unread_records``): a
+bounded run over what has been written so far, as ``make demo`` runs it.
 """
 
 from __future__ import annotations
@@ -44,10 +46,15 @@ from include.errors import PermanentError
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
 
+    from include.health.lag import LagSample, PartitionKey
+
 log = logging.getLogger(__name__)
 
 # The sources of flink/ctr_job.py: one per window kind, each with the watermark of its own clock.
 HOUR_SOURCE, ARRIVAL_SOURCE = "events_by_hour", "events_by_arrival"
+# The consumer groups those sources commit their offsets as, <group-id>.<suffix> (flink/ctr_job.py's
+# source_ddl, which runs in PyFlink's environment and cannot import this module).
+GROUP_SUFFIXES = ("hourly", "minute")
 
 
 class CtrJobFailed(PermanentError):
@@ -165,6 +172,7 @@ class CtrStreamJob:
                  restore_points: RestorePointFile, *, savepoint_dir: str | None = None,
                  newest_record_ms: Callable[[], int | None] | None = None,
                  report: Callable[[CtrJobProgress], None] | None = None,
+                 unread_records: Callable[[], int | None] | None = None,
                  poll_interval: float = 2.0, progress_interval: float = 30.0,
                  start_timeout: float = 300.0, stop_timeout: float = 300.0, unreachable_grace: float = 60.0):
         self.name = name
@@ -174,6 +182,7 @@ class CtrStreamJob:
         self.savepoint_dir = savepoint_dir
         self.newest_record_ms = newest_record_ms
         self.report = report
+        self.unread_records = unread_records
         self.poll_interval = poll_interval
         self.progress_interval = progress_interval
         self.start_timeout = start_timeout
@@ -186,6 +195,8 @@ class CtrStreamJob:
         self._remembered_checkpoint: str | None = None
         self._restarts_at_start: int | None = None
         self._restart_logged = False  # the RESTARTING state was seen and its cause logged
+        self._unread: int | None = -1  # the last reading of unread_records (-1: none yet)
+        self._checkpointed = False  # the watched job has completed a checkpoint
 
     def stop(self, reason: str = "stop requested") -> None:
         """Ask ``run`` to stop the job with a savepoint and return; safe from a signal handler or a thread."""
@@ -238,7 +249,12 @@ class CtrStreamJob:
 
     # -- watching ---------------------------------------------------------------------------------
 
-    def run(self, max_runtime: float | None = None, *, stop_at_end: bool = False) -> CtrStreamRun:
+    def run(self, max_runtime: float | None = None, *, stop_at_end: bool = False,
+            stop_when_caught_up: bool = False) -> CtrStreamRun:
+        """Start or adopt the job and watch it until stopped, ``max_runtime`` or, with ``stop_when_caught_up``,
+        until its consumer groups have committed every record of the topic (then it stops with a savepoint)."""
+        if stop_when_caught_up and self.unread_records is None:
+            raise ValueError("stop_when_caught_up needs unread_records: how many records the job has yet to commit")
         began = time.monotonic()
         job_id = self.start()
         # The watch's own length: a submit (30-60 s of planning on a busy machine) does not eat into it.
@@ -273,6 +289,10 @@ class CtrStreamJob:
                     if state == "RUNNING" and time.monotonic() - last_progress >= self.progress_interval:
                         self._progress(self.rest.metrics(job_id))
                         last_progress = time.monotonic()
+                    if stop_when_caught_up and state == "RUNNING" and self._caught_up(job_id):
+                        self._progress(self.rest.metrics(job_id))  # the final counts, in the log and the record
+                        self._stop_with_savepoint(job_id, "caught up")
+                        break
                     unreachable_since = None
                 except FlinkUnavailable:
                     unreachable_since = unreachable_since or time.monotonic()
@@ -283,6 +303,32 @@ class CtrStreamJob:
             self.run_record.seconds = round(time.monotonic() - began, 1)
         log.info("CTR job watch ended: %s", self.run_record.as_dict())
         return self.run_record
+
+    def _caught_up(self, job_id: str) -> bool:
+        """Whether the job's consumer groups have committed every record of the topic (at a checkpoint).
+
+        Offsets are committed when a checkpoint completes, so what they cover has been read and its
+        state saved; the windows that this closes fire on the next watermark, and the savepoint that
+        stops the job flushes the sinks. A failed reading (a broker hiccup) is counted, not fatal.
+        The job itself must have completed a checkpoint too (see below).
+        """
+        try:
+            unread = self.unread_records()
+        except Exception as error:
+            self.run_record.reports_failed += 1
+            log.warning("the CTR job's unread records could not be counted: %s", error)
+            return False
+        if unread != self._unread:
+            log.info("CTR job %s: %s", job_id, "its consumer groups have not committed an offset on every partition yet"
+                     if unread is None else f"{unread:,} records of the topic not yet committed by its consumer groups")
+            self._unread = unread
+        if unread != 0:
+            return False
+        # Offsets a restored job finds committed may be its predecessor's: once it has completed a
+        # checkpoint of its own, every task runs (a savepoint can be taken) and holds that position.
+        if not self._checkpointed:
+            self._checkpointed = self.rest.metrics(job_id).completed_checkpoints > 0
+        return self._checkpointed
 
     def _state_changed(self, job_id: str, before: str, now: str) -> None:
         if now == "RESTARTING":
@@ -391,6 +437,47 @@ class CtrStreamJob:
         self.run_record.savepoint = location
         log.info("CTR job %s stopped in %.1f s; its savepoint %s is remembered in %s", job_id,
                  time.monotonic() - began, location, self.restore_points.path)
+
+
+def consumer_groups(group_id: str) -> tuple[str, ...]:
+    """The consumer groups the job's sources commit as, for ``--group-id group_id``."""
+    return tuple(f"{group_id}.{suffix}" for suffix in GROUP_SUFFIXES)
+
+
+def unread_in(samples: "dict[PartitionKey, LagSample]", topic: str, groups: tuple[str, ...],
+              partitions: list[int]) -> int | None:
+    """Records of ``topic`` that ``groups`` have not committed, summed over groups and partitions (pure).
+
+    None while a group has committed nothing on one of the partitions: the job has not checkpointed
+    its reading of it yet, so how much it has read there is unknown.
+    """
+    unread = 0
+    for group in groups:
+        for partition in partitions:
+            sample = next((s for key, s in samples.items()
+                           if (key.group, key.topic, key.partition) == (group, topic, partition)), None)
+            if sample is None:
+                return None
+            unread += sample.lag
+    return unread
+
+
+def unread_records(admin: "AdminClient", kafka_config: dict[str, Any], topic: str, group_id: str,
+                   timeout: float = 10.0) -> int | None:
+    """Records of ``topic`` the job's consumer groups have not committed (see :func:`unread_in`).
+
+    The lag is pipeline_health's (:func:`include.health.lag.sample_groups`): against the last stable
+    offset, so transaction markers are no lag.
+    """
+    from include.health.config import LagLimits
+    from include.health.lag import sample_groups
+
+    metadata = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise CtrJobFailed(f"the CTR job's topic {topic} does not exist")
+    groups = consumer_groups(group_id)
+    samples = sample_groups(admin, kafka_config, LagLimits(groups=groups), timeout=timeout)
+    return unread_in(samples, topic, groups, sorted(metadata.partitions))
 
 
 def newest_record_ms(admin: "AdminClient", topic: str, timeout: float = 10.0) -> int | None:

@@ -27,12 +27,14 @@ REQUIREMENTS = ROOT / "requirements.txt"
 LOCAL_ENV = ROOT / "scripts" / "local-env.sh"
 PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 
-ONE_SHOT = {"airflow-init", "minio-init", "jmx-agent-init"}
+ONE_SHOT = {"airflow-init", "minio-init", "jmx-agent-init", "flink-state-init"}
 AIRFLOW_SERVICES = {
     "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
     "airflow-triggerer", "airflow-worker",
 }
-PROJECT_DIRS = ("dags", "plugins", "include", "schemas", "scripts")
+PROJECT_DIRS = ("dags", "plugins", "include", "schemas", "scripts", "flink", "devstack")
+FLINK_REQUIREMENTS = ROOT / "flink" / "requirements.txt"
+FLINK_SERVICES = ("flink-jobmanager", "flink-taskmanager")
 IMAGE_HOME = "/opt/airflow"
 
 
@@ -191,8 +193,9 @@ def test_dockerfile_installs_the_lock_without_changing_airflow():
         destination += "requirements.txt"
     (copied_at,) = [i for i, (keyword, arguments) in enumerate(instructions)
                     if keyword == "COPY" and "requirements.txt" in arguments]
+    # The lock's install (the Flink client's stage installs PyFlink into a venv of its own).
     installs = [(i, shlex.split(arguments)) for i, (keyword, arguments) in enumerate(instructions)
-                if keyword == "RUN" and "pip install" in arguments]
+                if keyword == "RUN" and "pip install" in arguments and destination in shlex.split(arguments)]
     assert len(installs) == 1
     installed_at, tokens = installs[0]
     assert installed_at > copied_at
@@ -207,11 +210,11 @@ def test_dockerfile_installs_the_lock_without_changing_airflow():
 def test_dockerfile_builds_the_c_codec_and_installs_its_wheel_with_the_lock():
     instructions = _dockerfile_instructions()
     stages = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
-    assert len(stages) == 2 and instructions[stages[0]][1].split()[1:] == ["AS", "rowcodec"]
+    assert len(stages) == 3 and instructions[stages[0]][1].split()[1:] == ["AS", "rowcodec"]
     build = instructions[stages[0]:stages[1]]
     assert ("COPY", "--chown=airflow:0 native/ /tmp/native/") in build
     assert any(keyword == "RUN" and "pip wheel" in arguments and "/tmp/native" in arguments for keyword, arguments in build)
-    final = instructions[stages[1]:]
+    final = instructions[stages[-1]:]
     assert ("COPY", "--from=rowcodec /tmp/wheels/ /tmp/wheels/") in final
     (install,) = [arguments for keyword, arguments in final if keyword == "RUN" and "pip install" in arguments]
     assert "/tmp/wheels/avazu_rowcodec-*.whl" in shlex.split(install)
@@ -391,7 +394,7 @@ def test_published_host_ports_do_not_collide(services):
         for _, host_port, _ in _published(service):
             assert host_port not in seen, f"{name} and {seen.get(host_port)} both publish {host_port}"
             seen[host_port] = name
-    assert {9092, 8081, 9000, 8080, 9090, 9091} <= seen.keys()
+    assert {9092, 8081, 9000, 8080, 9090, 9091, 8082} <= seen.keys()
 
 
 def test_airflow_commands_exist_in_the_installed_cli(services, airflow_cli):
@@ -554,6 +557,67 @@ def test_jmx_agent_init_fetches_the_jar_kafka_loads_from_devstacks_pom(services)
                          KafkaBroker.agent_pom.read_text())
     assert artifact and jar.name == f"{artifact[1]}.jar" and "-Dmdep.stripVersion=true" in script
     assert f"test -s {jar}" in script, "the job must fail when it left no jar"
+
+
+def _flink_properties(service: dict) -> dict[str, str]:
+    """The official Flink image's FLINK_PROPERTIES ("key: value" lines) as {key: value}."""
+    lines = service["environment"]["FLINK_PROPERTIES"].splitlines()
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in lines if line.strip())}
+
+
+def test_flink_runs_the_version_pyflink_pins_with_the_ctr_jobs_options(services, airflow_env, monkeypatch):
+    from devstack.flink import JARS_POM, FlinkSettings, cluster_options
+    from devstack.stack import StackSettings, _pom_property
+
+    (pinned,) = re.findall(r"^apache-flink==(\S+)$", FLINK_REQUIREMENTS.read_text(), re.MULTILINE)
+    assert _pom_property(JARS_POM, "flink.version") == pinned
+    images = {services[name]["image"] for name in (*FLINK_SERVICES, "flink-state-init")}
+    assert images == {f"flink:{pinned}-scala_2.12-java17"}
+    assert [services[name]["command"] for name in FLINK_SERVICES] == ["jobmanager", "taskmanager"]
+    jobmanager, taskmanager = (_flink_properties(services[name]) for name in FLINK_SERVICES)
+    assert jobmanager == taskmanager
+    assert jobmanager.pop("jobmanager.rpc.address") == services["flink-jobmanager"]["hostname"] == "flink-jobmanager"
+    # The options devstack.flink gives its local cluster, with the state folder where Airflow has it.
+    for variable in ("FLINK_TASK_SLOTS", "FLINK_TASKMANAGER_MEMORY"):
+        monkeypatch.delenv(variable, raising=False)
+    home = airflow_env["DEVSTACK_HOME"]
+    expected = cluster_options(FlinkSettings(stack=StackSettings(home=Path(home))))
+    assert jobmanager == {key: str(value) for key, value in expected.items()}
+    # Flink, the state folder's init and every Airflow service mount the same volume at that path.
+    state = f"{home}/flink"
+    for name in (*FLINK_SERVICES, "flink-state-init", *AIRFLOW_SERVICES):
+        volumes = dict(reversed(entry.split(":")[:2]) for entry in services[name]["volumes"])
+        assert volumes.get(state) == "flink-state", name
+    assert "chmod 1777 . checkpoints savepoints restore-points" in " ".join(services["flink-state-init"]["command"])
+
+
+def test_ctr_stream_reaches_the_flink_cluster_with_the_images_client_and_jars(services, airflow_env, monkeypatch):
+    from devstack.flink import FlinkSettings
+
+    for variable, value in airflow_env.items():
+        if variable.startswith(("FLINK_", "DEVSTACK_")):
+            monkeypatch.setenv(variable, value)
+    settings = FlinkSettings()
+    # REST on the image's default port (FLINK_PROPERTIES sets no rest.port), published on devstack's 8082.
+    assert settings.rest_url == "http://flink-jobmanager:8081"
+    assert "rest.port" not in _flink_properties(services["flink-jobmanager"])
+    assert (_published(services["flink-jobmanager"])) == [("", 8082, 8081)]
+    assert "http://localhost:8081/overview" in " ".join(services["flink-jobmanager"]["healthcheck"]["test"])
+    assert f"{settings.rest_url}/overview" in " ".join(services["flink-taskmanager"]["healthcheck"]["test"])
+    for name in ("airflow-scheduler", "airflow-worker"):  # where tasks run
+        assert services[name]["depends_on"]["flink-taskmanager"]["condition"] == "service_healthy", name
+    # The image's PyFlink client and jar cache, made in the flinkclient stage by devstack.flink itself.
+    instructions = _dockerfile_instructions()
+    env = dict(token.split("=", 1) for keyword, arguments in instructions if keyword == "ENV"
+               for token in shlex.split(arguments) if "=" in token)
+    assert (env["FLINK_VENV"], env["DEVSTACK_CACHE"]) == ("/opt/flink-venv", "/opt/flink-cache")
+    stage = [i for i, (keyword, arguments) in enumerate(instructions) if keyword == "FROM" and "AS flinkclient" in arguments]
+    assert stage
+    build = " ".join(arguments for keyword, arguments in instructions[stage[0]:] if keyword == "RUN")
+    assert "/opt/flink-venv/bin/python -m pip install --no-cache-dir -r /opt/airflow/flink/requirements.txt" in build
+    assert "DEVSTACK_CACHE=/opt/flink-cache" in build and "python -m devstack.flink jars" in build
+    for path in ("/opt/flink-venv/", "/opt/flink-cache/"):
+        assert ("COPY", f"--from=flinkclient {path} {path}") in instructions
 
 
 def test_monitoring_urls_are_the_local_envs_pointed_at_the_containers(services, airflow_env):

@@ -13,7 +13,9 @@ import pytest
 
 from include.ctr.flink_rest import FlinkJob, FlinkJobError, JobMetrics, RestorePoint, SinkProgress, SourceProgress
 from include.ctr.metrics import progress_registry
-from include.ctr.stream_job import CtrJobFailed, CtrJobProgress, CtrStreamJob, RestorePointFile
+from include.ctr.stream_job import (CtrJobFailed, CtrJobProgress, CtrStreamJob, RestorePointFile, consumer_groups,
+                                    unread_in)
+from include.health.lag import LagSample, PartitionKey
 
 
 class FakeFlink:
@@ -25,6 +27,7 @@ class FakeFlink:
         self.stops: list[str] = []
         self.cause = "java.lang.RuntimeException: the sink's database refused the connection"
         self.restarts = 0
+        self.completed_checkpoints = 1
         self.on_poll = lambda job_id: None
 
     def add(self, job_id: str, state: str, name: str = "ctr") -> None:
@@ -47,7 +50,8 @@ class FakeFlink:
         job = self.jobs[job_id]
         return JobMetrics(job_id, job.state, (SourceProgress("events_by_hour[1]", 10, 1_000),
                                               SourceProgress("events_by_arrival[2]", 10, 5_000, 3)),
-                          completed_checkpoints=1, last_checkpoint=f"file:/ckpt/{job_id}/chk-1",
+                          completed_checkpoints=self.completed_checkpoints,
+                          last_checkpoint=f"file:/ckpt/{job_id}/chk-1",
                           sinks=(SinkProgress("ctr_hourly_sink", 7),), last_checkpoint_ms=4_000,
                           restarts=self.restarts)
 
@@ -71,7 +75,7 @@ def _job(flink, tmp_path, submitted=None, **options):
         return job_id
 
     return CtrStreamJob("ctr", flink, submit, RestorePointFile(tmp_path / "restore" / "ctr.json"),
-                        poll_interval=0.01, progress_interval=0.0, **options)
+                        **{"poll_interval": 0.01, "progress_interval": 0.0, **options})
 
 
 def test_without_a_restore_point_the_job_starts_from_the_committed_offsets_and_is_remembered(tmp_path):
@@ -138,6 +142,67 @@ def test_max_runtime_hands_the_job_on_unless_told_to_stop_it(tmp_path):
     # The next watcher takes the same job over and stops it at its end.
     again = _job(flink, tmp_path).run(max_runtime=0.05, stop_at_end=True)
     assert again.adopted and again.job_id == "job1" and flink.stops == ["job1"] and again.savepoint
+
+
+def test_caught_up_the_job_stops_with_a_savepoint_after_a_last_reading(tmp_path, caplog):
+    flink = FakeFlink()
+    readings = iter([None, 1_200, 0])
+    job = _job(flink, tmp_path, unread_records=lambda: next(readings), progress_interval=3600.0)
+    with caplog.at_level("INFO", logger="include.ctr.stream_job"):
+        run = job.run(max_runtime=30, stop_when_caught_up=True)
+    assert flink.stops == ["job1"]
+    assert (run.stop_reason, run.savepoint) == ("caught up", "file:/savepoints/savepoint-job1")
+    # The first progress line at the start, and one more just before the stop: the final counts.
+    assert run.progress_lines == 2 and run.records_in == {"events_by_hour": 10, "events_by_arrival": 10}
+    assert "have not committed an offset on every partition yet" in caplog.text
+    assert "1,200 records of the topic not yet committed by its consumer groups" in caplog.text
+
+
+def test_offsets_committed_before_the_job_has_checkpointed_are_not_yet_caught_up(tmp_path):
+    # A job restored from a savepoint finds its predecessor's offsets at the end of the topic at once.
+    flink = FakeFlink()
+    flink.completed_checkpoints = 0
+    polls = []
+
+    def poll(job_id):
+        polls.append(job_id)
+        if len(polls) == 4:
+            flink.completed_checkpoints = 1
+    flink.on_poll = poll
+    run = _job(flink, tmp_path, unread_records=lambda: 0).run(max_runtime=30, stop_when_caught_up=True)
+    assert run.stop_reason == "caught up" and len(polls) >= 4
+
+
+def test_an_unread_count_that_fails_is_counted_and_the_watch_goes_on(tmp_path):
+    flink = FakeFlink()
+    calls = []
+
+    def unread():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the broker did not answer")
+        return 0
+    run = _job(flink, tmp_path, unread_records=unread).run(max_runtime=30, stop_when_caught_up=True)
+    assert run.reports_failed == 1 and run.stop_reason == "caught up" and len(calls) == 2
+
+
+def test_stop_when_caught_up_needs_a_way_to_count_unread_records(tmp_path):
+    with pytest.raises(ValueError, match="stop_when_caught_up needs unread_records"):
+        _job(FakeFlink(), tmp_path).run(max_runtime=1, stop_when_caught_up=True)
+
+
+def test_unread_records_are_the_lag_of_both_groups_on_every_partition():
+    groups = consumer_groups("ctr-flink")
+    assert groups == ("ctr-flink.hourly", "ctr-flink.minute")
+
+    def sample(committed, end):
+        return LagSample(at=0.0, committed=committed, end=end, start=0, lag_seconds=0.0, state="EMPTY", members=0)
+    samples = {PartitionKey(g, "raw", p): sample(100, 100 + lag) for g, lags in zip(groups, ([0, 5], [0, 0]))
+               for p, lag in enumerate(lags)}
+    samples[PartitionKey("ctr-flink.hourly", "other", 0)] = sample(0, 999)  # another topic: not counted
+    assert unread_in(samples, "raw", groups, [0, 1]) == 5
+    # A partition one group has committed nothing on: unknown, not caught up.
+    assert unread_in(samples, "raw", groups, [0, 1, 2]) is None
 
 
 def test_progress_remembers_the_latest_checkpoint(tmp_path):

@@ -8,7 +8,9 @@ Flink's cause in one sentence if the job fails. On SIGTERM or ``on_kill`` it sto
 savepoint and remembers where (``include.ctr.stream_job.RestorePointFile``, in the cluster's state
 folder); the next run resumes from there. At ``max_runtime`` the task ends and, unless
 ``stop_at_end``, leaves the job running: the next run of a ``@continuous`` DAG takes it over
-without a gap. The plain Python is ``include.ctr.stream_job.CtrStreamJob``.
+without a gap. With ``stop_when_caught_up`` the task stops the job with a savepoint as soon as its
+consumer groups have committed every record of the topic: a bounded run over what is there (``make
+demo``). The plain Python is ``include.ctr.stream_job.CtrStreamJob``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 from airflow.sdk import BaseHook, BaseOperator
 
 from include.ctr.flink_rest import FlinkRestClient
-from include.ctr.stream_job import CtrJobFailed, CtrJobProgress, CtrStreamJob, RestorePointFile, newest_record_ms
+from include.ctr.stream_job import (CtrJobFailed, CtrJobProgress, CtrStreamJob, RestorePointFile, newest_record_ms,
+                                    unread_records)
 from include.errors import PipelineError
 from include.kafka_admin.catalog import declared_catalog, topic_for
 from kafka_pipeline.failures import fails_cleanly
@@ -41,6 +44,8 @@ class CtrStreamOperator(BaseOperator):
     :param max_runtime: seconds the task watches; None: until stopped (templated).
     :param stop_at_end: stop the job with a savepoint at ``max_runtime`` too, instead of handing it on
         (templated: "True"/"False" as a param renders).
+    :param stop_when_caught_up: stop the job with a savepoint once its consumer groups have committed
+        every record of the topic, before ``max_runtime`` (templated, like ``stop_at_end``).
     :param progress_interval: seconds between progress lines and metric pushes (templated).
     :param poll_interval: seconds between looks at the job's state.
     :param kafka_config_id: the Kafka connection: the job's sources sign in as it does (its librdkafka
@@ -52,7 +57,7 @@ class CtrStreamOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("job_name", "topic", "schema", "group_id", "job_args", "max_runtime",
-                                      "stop_at_end", "progress_interval")
+                                      "stop_at_end", "stop_when_caught_up", "progress_interval")
     ui_color = "#fde9d9"
 
     def __init__(
@@ -65,6 +70,7 @@ class CtrStreamOperator(BaseOperator):
         job_args: Sequence[str] = (),
         max_runtime: float | str | None = 3600,
         stop_at_end: bool | str = False,
+        stop_when_caught_up: bool | str = False,
         progress_interval: float | str = 30.0,
         poll_interval: float = 2.0,
         kafka_config_id: str = KafkaClusterHook.default_conn_name,
@@ -81,6 +87,7 @@ class CtrStreamOperator(BaseOperator):
         self.job_args = list(job_args)
         self.max_runtime = max_runtime
         self.stop_at_end = stop_at_end
+        self.stop_when_caught_up = stop_when_caught_up
         self.progress_interval = progress_interval
         self.poll_interval = poll_interval
         self.kafka_config_id = kafka_config_id
@@ -122,12 +129,13 @@ class CtrStreamOperator(BaseOperator):
             except StackError as error:
                 raise CtrJobFailed(f"submitting the CTR job to {settings.rest_url} failed: {error}") from None
 
-        admin = kafka.admin()
+        admin, kafka_config = kafka.admin(), kafka.client_config()
         pushgateway = self.pushgateway_url or os.environ.get("PUSHGATEWAY_URL", "")
         self._job = CtrStreamJob(
             self.job_name, FlinkRestClient(settings.rest_url), submit_job,
             RestorePointFile(restore_point_path(settings.home, self.job_name)),
             newest_record_ms=lambda: newest_record_ms(admin, topic),
+            unread_records=lambda: unread_records(admin, kafka_config, topic, self.group_id),
             report=self._reporter(pushgateway), progress_interval=float(self.progress_interval),
             poll_interval=self.poll_interval)
         if self._killed:
@@ -136,8 +144,8 @@ class CtrStreamOperator(BaseOperator):
         self.log.info("CTR job %s on %s at %s; restore points in %s; metrics to %s", self.job_name, topic,
                       settings.rest_url, self._job.restore_points.path, pushgateway or "nowhere (no PUSHGATEWAY_URL)")
         with stop_on_sigterm(self._job):
-            run = self._job.run(max_runtime=seconds(self.max_runtime),
-                                stop_at_end=str(self.stop_at_end).strip().lower() in ("true", "1", "yes"))
+            run = self._job.run(max_runtime=seconds(self.max_runtime), stop_at_end=_flag(self.stop_at_end),
+                                stop_when_caught_up=_flag(self.stop_when_caught_up))
         if run.savepoint and pushgateway:
             try:  # the job is stopped and its savepoint remembered: a missing Pushgateway fails nothing now
                 self._reporter(pushgateway)(None)
@@ -167,6 +175,11 @@ class CtrStreamOperator(BaseOperator):
         self._killed = True
         if self._job is not None:
             self._job.stop("task killed")
+
+
+def _flag(value: bool | str) -> bool:
+    """A templated boolean: a param renders as "True"/"False"."""
+    return str(value).strip().lower() in ("true", "1", "yes")
 
 
 def restore_point_path(cluster_home: Path, job_name: str) -> Path:
