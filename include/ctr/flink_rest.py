@@ -19,7 +19,7 @@ from include.errors import PermanentError, RetriableError
 
 
 class FlinkUnavailable(RetriableError):
-    """The job manager does not answer."""
+    """The job manager does not answer, or failed to answer a reading (a 5xx to a GET)."""
 
 
 class FlinkJobError(PermanentError):
@@ -122,7 +122,13 @@ class FlinkRestClient:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace")[:500]
-            raise FlinkJobError(f"Flink answered {error.code} to {method or 'GET'} {url}: {detail}") from None
+            verb = request.get_method()
+            if error.code >= 500 and verb == "GET":
+                # A reading the job manager failed to compute (its checkpoint statistics mid-checkpoint
+                # answer 500 now and then): asking again is safe, and the watch's grace covers it.
+                raise FlinkUnavailable(f"Flink answered {error.code} to GET {url} (a server error, "
+                                       f"asked again): {detail[:200]}") from None
+            raise FlinkJobError(f"Flink answered {error.code} to {verb} {url}: {detail}") from None
         except (urllib.error.URLError, OSError) as error:
             raise FlinkUnavailable(f"the Flink job manager at {self.base_url} does not answer: {error}") from None
 

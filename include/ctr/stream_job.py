@@ -259,7 +259,7 @@ class CtrStreamJob:
         job_id = self.start()
         # The watch's own length: a submit (30-60 s of planning on a busy machine) does not eat into it.
         deadline = None if max_runtime is None else time.monotonic() + max_runtime
-        last_progress = 0.0
+        last_progress = float("-inf")  # the first line at once, however long the machine has been up
         unreachable_since: float | None = None
         last_state = ""
         try:
