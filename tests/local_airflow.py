@@ -2,9 +2,10 @@
 does (``python -m devstack.airflow``) on an Airflow home, an API port and settings files of its own,
 driven through the REST API as a user's script would.
 
-``ingest_sandbox`` gives the hourly ingestion a generated source and sandbox topics, so a backfill
-run here never touches the local stack's own topics nor another test's; ``celery_wiring`` gives an
-Airflow the Celery executor on the local stack's Redis and PostgreSQL with a metadata database and a
+``ingest_sandbox`` gives the hourly ingestion a generated source and sandbox topics
+(``ingest_settings`` the topics and settings for a source of the caller's), so a backfill run here
+never touches the local stack's own topics nor another test's; ``celery_wiring`` gives an Airflow
+the Celery executor on the local stack's Redis and PostgreSQL with a metadata database and a
 task queue of its own, so it shares nothing with a `make airflow` running beside it.
 """
 
@@ -60,6 +61,15 @@ class Api:
         response = self.client.get(path, params=params)
         response.raise_for_status()
         return response.json()
+
+    def get_all(self, path: str, key: str, **params) -> list[dict]:
+        """Every item of a list endpoint, page by page (the API serves at most 100 at a time)."""
+        items: list[dict] = []
+        while True:
+            page = self.get(path, **params, limit=100, offset=len(items))
+            items.extend(page[key])
+            if not page[key] or len(items) >= page["total_entries"]:
+                return items
 
     def send(self, method: str, path: str, body: dict):
         response = self.client.request(method, path, json=body)
@@ -119,7 +129,7 @@ class Api:
 
         self.wait_for(f"the backfill of {dag_id} from {first:%Y-%m-%dT%H:%M} ({hours} hours) to complete",
                       completed, timeout)
-        runs = sorted((r for r in self.get(f"/dags/{dag_id}/dagRuns", limit=100, run_type="backfill")["dag_runs"]
+        runs = sorted((r for r in self.get_all(f"/dags/{dag_id}/dagRuns", "dag_runs", run_type="backfill")
                        if first <= datetime.fromisoformat(r["logical_date"]) <= last), key=lambda r: r["logical_date"])
         assert len(runs) == hours, f"the backfill made {len(runs)} runs for {hours} hours"
         failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
@@ -127,7 +137,7 @@ class Api:
         return runs
 
     def task_instances(self, dag_id: str, run_id: str = "~") -> list[dict]:
-        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=1000)["task_instances"]
+        return self.get_all(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", "task_instances")
 
 
 @dataclass
@@ -221,10 +231,8 @@ class IngestSandbox:
 
 def ingest_sandbox(folder: Path, kafka_config: dict, registry_url: str, rows: int, hours: int,
                    seed: int = 11, fault_rate: float = 0.001) -> IngestSandbox:
-    """``rows`` rows over the first ``hours`` Avazu hours with every kind of fault, staged, and a copy of
-    include/config whose topics are sandbox copies (the ingestion's three provisioned) and whose
-    ingestion reads that source in backfill mode: a run that is no backfill (the scheduled one an
-    unpaused DAG gets) fails at once and writes nothing."""
+    """``rows`` rows over the first ``hours`` Avazu hours with every kind of fault, staged, and the
+    settings of :func:`ingest_settings` pointing the DAGs at them."""
     from include.ingest.staging import stage_source
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -233,19 +241,27 @@ def ingest_sandbox(folder: Path, kafka_config: dict, registry_url: str, rows: in
                                    fault_rates={kind: fault_rate for kind in FaultKind}), source)
     good, _, _ = read_all(str(source))
     stage_source(str(source), str(folder / "staging"))
+    config_dir, topics = ingest_settings(folder / "config", kafka_config, registry_url, source, folder / "staging")
+    return IngestSandbox(config_dir, topics, truth, Counter(r["id"] for r in good), hours)
+
+
+def ingest_settings(config_dir: Path, kafka_config: dict, registry_url: str, source: Path,
+                    staging: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of include/config whose topics are sandbox copies (the ingestion's three provisioned) and
+    whose ingestion reads ``source``, staged in ``staging``, in backfill mode: a run that is no backfill
+    (the scheduled one an unpaused DAG gets) fails at once and writes nothing. The folder and the
+    topics by role."""
     suffix = uuid.uuid4().hex[:8]
     topics = {t.role: f"sbx_{t.role}_{suffix}" for t in load_catalog().topics}
     provision_sandbox(AdminClient(kafka_config), registry_client(registry_url),
                       {role: topics[role] for role in INGEST_ROLES})
-
-    config_dir = folder / "config"
     copy_config_with_topics(config_dir, topics)
     ingest = yaml.safe_load((config_dir / "ingest.yaml").read_text())
     ingest.pop("generate_if_missing", None)
-    ingest.update(source_uri=str(source), staging_uri=str(folder / "staging"), mode="backfill",
+    ingest.update(source_uri=str(source), staging_uri=str(staging), mode="backfill",
                   partition_wait={"timeout_s": 60, "poke_interval_s": 5})
     (config_dir / "ingest.yaml").write_text(yaml.safe_dump(ingest))
-    return IngestSandbox(config_dir, topics, truth, Counter(r["id"] for r in good), hours)
+    return config_dir, topics
 
 
 @dataclass
