@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-topics", action="store_true")
     parser.add_argument("--phases", default="stage,ingest,ceiling",
                         help=f"comma-separated, of {', '.join(PHASES)} (stage always runs: the others read its hours)")
-    parser.add_argument("--parallelism", type=int, default=4, help="airflow: the LocalExecutor's task slots")
-    parser.add_argument("--max-active-runs", type=int, default=4, help="airflow: backfill runs at a time")
+    parser.add_argument("--parallelism", type=int, default=8, help="airflow: the LocalExecutor's task slots")
+    parser.add_argument("--max-active-runs", type=int, default=8, help="airflow: backfill runs at a time")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "OPTIONS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
