@@ -16,7 +16,8 @@ Without ``--source`` it generates an Avazu-format gzip file of the real data set
 * ``airflow`` (``--phases stage,airflow``) - the same hours as a real Airflow backfill of
   ``avazu_hourly_ingest`` into sandbox topics, on an Airflow of its own started the way
   `make airflow` starts it (the scheduler, the LocalExecutor with ``--parallelism`` slots, at most
-  ``--max-active-runs`` runs at a time; pipeline_health paused meanwhile), timed from the backfill's
+  ``--max-active-runs`` runs at a time, its metadata in a PostgreSQL database of its own on the
+  stack's, as Airflow wants for a backfill this size; pipeline_health paused meanwhile), timed from the backfill's
   creation until Airflow marks it complete, with where each task's time went: waiting for a slot
   (scheduled -> queued), starting (queued -> running), and running, of which the ingestion's own
   work (its ``duration_s``) is the rest. Then pipeline_health is unpaused and its run for those
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, of {', '.join(PHASES)} (stage always runs: the others read its hours)")
     parser.add_argument("--parallelism", type=int, default=8, help="airflow: the LocalExecutor's task slots")
     parser.add_argument("--max-active-runs", type=int, default=8, help="airflow: backfill runs at a time")
+    parser.add_argument("--metadata", choices=("postgres", "sqlite"), default="postgres",
+                        help="airflow: its metadata database (postgres: one of its own on the stack's PostgreSQL)")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "OPTIONS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -241,12 +244,24 @@ def _airflow(args: argparse.Namespace, source: Path, staging: Path, stage: dict)
     health = yaml.safe_load((config_dir / "health.yaml").read_text())
     health["report_uri"] = str(home / "reports")  # never the project's own reports folder
     (config_dir / "health.yaml").write_text(yaml.safe_dump(health))
-    airflow = LocalAirflow(home / "airflow", {"AVAZU_CONFIG_DIR": str(config_dir),
-                                              "AIRFLOW_PARALLELISM": str(args.parallelism)})
+    wiring = {"AVAZU_CONFIG_DIR": str(config_dir), "AIRFLOW_PARALLELISM": str(args.parallelism),
+              "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
+    database = None
+    if args.metadata == "postgres":
+        # Airflow refuses a backfill of 240 runs on SQLite while its scheduler writes (503 "Database is
+        # locked ... Please use PostgreSQL"): a metadata database of its own on the stack's PostgreSQL.
+        from devstack import Stack
+
+        postgres = Stack().services["postgres"]
+        database = f"airflow_bench_{uuid.uuid4().hex[:8]}"
+        postgres.create_database(database, "airflow")
+        wiring["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = postgres.url("airflow", database, scheme="postgresql+psycopg")
+    airflow = LocalAirflow(home / "airflow", wiring)
     hours = stage["hours"]
     try:
         api = airflow.start()
-        print(f"airflow: started in {airflow.started_in:.1f} s ({home}); backfilling {hours} hours, "
+        print(f"airflow: started in {airflow.started_in:.1f} s ({home}, metadata on {args.metadata}, LocalExecutor); "
+              f"backfilling {hours} hours, "
               f"{args.max_active_runs} runs at a time, {args.parallelism} task slots ...", flush=True)
         api.wait_until_parsed(dag_id, "pipeline_health")
         api.unpause(dag_id)
@@ -277,6 +292,8 @@ def _airflow(args: argparse.Namespace, source: Path, staging: Path, stage: dict)
         figures.update(_health_over(api, args))
     finally:
         airflow.stop()
+        if database:
+            postgres.drop_database(database)
         if not args.keep_topics:
             bench_ingest.delete_topics(AdminClient(kafka), [topics[role] for role in INGEST_ROLES])
             shutil.rmtree(home, ignore_errors=True)
