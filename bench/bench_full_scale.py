@@ -17,12 +17,13 @@ Without ``--source`` it generates an Avazu-format gzip file of the real data set
   ``avazu_hourly_ingest`` into sandbox topics, on an Airflow of its own started the way
   `make airflow` starts it (the scheduler, the LocalExecutor with ``--parallelism`` slots, at most
   ``--max-active-runs`` runs at a time, its metadata in a PostgreSQL database of its own on the
-  stack's, as Airflow wants for a backfill this size; pipeline_health paused meanwhile), timed from the backfill's
-  creation until Airflow marks it complete, with where each task's time went: waiting for a slot
-  (scheduled -> queued), starting (queued -> running), and running, of which the ingestion's own
-  work (its ``duration_s``) is the rest. Then pipeline_health is unpaused and its run for those
-  hours (started by the ingestion's asset) is timed check by check: the reconciliation counts every
-  hour's records in Kafka against its staged rows, so a green run says every row is there once.
+  stack's, as Airflow wants for a backfill this size; pipeline_health paused meanwhile), timed
+  from the backfill's creation until Airflow marks it complete, with where each task's time went:
+  waiting for a slot (scheduled -> queued), starting (queued -> running) and running, and how much
+  of the running was the ingestion's own work (its ``duration_s``). Then a pipeline_health run is
+  triggered over those hours and timed check by check: the reconciliation counts every hour's
+  records in Kafka against its staged rows, so a green run says every row is there once. The
+  Airflow home (its logs) is kept with ``--keep-topics``, removed otherwise.
 
 It prints wall time, rows/s and peak RSS per phase, the broker's disk use for the sandbox topics,
 every row accounted for (read = produced + dead-lettered), the targets (stage + ingest under
@@ -269,7 +270,7 @@ def _airflow(args: argparse.Namespace, source: Path, staging: Path, stage: dict)
         last_report = [began]
 
         def alive_and_reported() -> None:
-            """The services still run; a line of progress a minute (runs done, rows ingested, rate)."""
+            """The services still run; a line of progress a minute (runs done, the machine's load)."""
             airflow.check_alive()
             if time.monotonic() - last_report[0] >= 60:
                 last_report[0] = time.monotonic()
