@@ -233,7 +233,7 @@ def _airflow(args: argparse.Namespace, source: Path, staging: Path, stage: dict)
     import yaml
     from confluent_kafka.admin import AdminClient
 
-    from tests.local_airflow import INGEST_ROLES, LocalAirflow, ingest_settings
+    from tests.local_airflow import INGEST_ROLES, LocalAirflow, ingest_settings, metadata_database
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per API call would bury the figures
 
@@ -253,10 +253,8 @@ def _airflow(args: argparse.Namespace, source: Path, staging: Path, stage: dict)
         # locked ... Please use PostgreSQL"): a metadata database of its own on the stack's PostgreSQL.
         from devstack import Stack
 
-        postgres = Stack().services["postgres"]
-        database = f"airflow_bench_{uuid.uuid4().hex[:8]}"
-        postgres.create_database(database, "airflow")
-        wiring["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = postgres.url("airflow", database, scheme="postgresql+psycopg")
+        database = metadata_database(Stack(), prefix="airflow_bench")
+        wiring["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = database.url
     airflow = LocalAirflow(home / "airflow", wiring)
     hours = stage["hours"]
     try:
@@ -294,7 +292,7 @@ def _airflow(args: argparse.Namespace, source: Path, staging: Path, stage: dict)
     finally:
         airflow.stop()
         if database:
-            postgres.drop_database(database)
+            database.drop()
         if not args.keep_topics:
             bench_ingest.delete_topics(AdminClient(kafka), [topics[role] for role in INGEST_ROLES])
             shutil.rmtree(home, ignore_errors=True)

@@ -143,11 +143,16 @@ class Triggerer(AirflowService):
     component = "triggerer"
 
 
+def metadata_url(stack: Stack, database: str = "airflow") -> str:
+    """The SQLAlchemy URL of an Airflow metadata database on the local stack's PostgreSQL (as the airflow role)."""
+    return stack.services["postgres"].url("airflow", database, scheme="postgresql+psycopg")
+
+
 def celery_environment(stack: Stack | None = None, database: str = "airflow") -> dict[str, str]:
     """The settings of the Celery executor on the local stack, as scripts/local-env.sh exports them
     for AIRFLOW_EXECUTOR=celery, with the metadata in ``database`` (owned by the airflow role)."""
     stack = stack or Stack()
-    metadata = stack.services["postgres"].url("airflow", database, scheme="postgresql+psycopg")
+    metadata = metadata_url(stack, database)
     return {
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,

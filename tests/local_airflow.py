@@ -29,7 +29,7 @@ import yaml
 from confluent_kafka.admin import AdminClient
 
 from devstack import Stack
-from devstack.airflow import celery_environment
+from devstack.airflow import celery_environment, metadata_url
 from include.avazu.generator import FaultKind, GenerationTruth, GeneratorSpec, generate
 from include.avazu.reader import read_all
 from include.kafka.registry import registry_client
@@ -265,23 +265,44 @@ def ingest_settings(config_dir: Path, kafka_config: dict, registry_url: str, sou
 
 
 @dataclass
+class MetadataDatabase:
+    """An Airflow metadata database of its own on the local stack's PostgreSQL, owned by the airflow role;
+    ``drop`` removes it afterwards."""
+
+    stack: Stack
+    name: str
+
+    @property
+    def url(self) -> str:
+        return metadata_url(self.stack, self.name)
+
+    def drop(self) -> None:
+        self.stack.services["postgres"].drop_database(self.name)
+
+
+def metadata_database(stack: Stack, prefix: str = "airflow_sbx") -> MetadataDatabase:
+    """A new, empty metadata database named ``<prefix>_<8 hex>``."""
+    database = MetadataDatabase(stack, f"{prefix}_{uuid.uuid4().hex[:8]}")
+    stack.services["postgres"].create_database(database.name, "airflow")
+    return database
+
+
+@dataclass
 class CeleryWiring:
     """The Celery executor's settings for one Airflow, and the metadata database to drop afterwards."""
 
     env: dict[str, str]
-    database: str
-    stack: Stack
+    database: MetadataDatabase
 
     def drop(self) -> None:
-        self.stack.services["postgres"].drop_database(self.database)
+        self.database.drop()
 
 
 def celery_wiring(stack: Stack, workers: int = 2, concurrency: int = 2) -> CeleryWiring:
     """The Celery executor on the local stack's Redis and PostgreSQL, with a metadata database and a task
     queue of its own (the Redis is shared with any other Airflow on this machine)."""
-    suffix = uuid.uuid4().hex[:8]
-    database = f"airflow_sbx_{suffix}"
-    stack.services["postgres"].create_database(database, "airflow")
-    env = {**celery_environment(stack, database), "AIRFLOW__OPERATORS__DEFAULT_QUEUE": f"sbx-{suffix}",
+    database = metadata_database(stack)
+    suffix = database.name.rsplit("_", 1)[1]
+    env = {**celery_environment(stack, database.name), "AIRFLOW__OPERATORS__DEFAULT_QUEUE": f"sbx-{suffix}",
            "AIRFLOW_CELERY_WORKERS": str(workers), "AIRFLOW_CELERY_CONCURRENCY": str(concurrency)}
-    return CeleryWiring(env, database, stack)
+    return CeleryWiring(env, database)
