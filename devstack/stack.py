@@ -350,8 +350,34 @@ class Service:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self._end_session(pid, timeout=min(timeout, 10.0))
         self.pidfile.unlink(missing_ok=True)
         return True
+
+    @staticmethod
+    def _end_session(session: int, timeout: float) -> None:
+        """End what is left of the service's session once its process has gone (TERM, then KILL).
+
+        The process was started in a session of its own, whose id is its pid; a child that moved
+        to a process group of its own is out of reach of the group's signal but still in the
+        session. Airflow's task processes do that (its supervisor's ``setpgid``), and a task that
+        outlived its scheduler would otherwise run on with nothing to report to.
+        """
+        left = _session_members(session)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = [pid for pid in left if Service._alive(pid)]
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     @staticmethod
     def _alive(pid: int) -> bool:
@@ -376,6 +402,20 @@ def _cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not cluster_id.startswith("-"):
             return cluster_id
+
+
+def _session_members(session: int) -> list[int]:
+    """The pids of the live processes in ``session`` (field 6 of /proc/<pid>/stat)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(") ", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[3]) == session:
+                members.append(int(entry.name))
+    return members
 
 
 def _proc_state(pid: int) -> tuple[str, str]:
