@@ -9,6 +9,7 @@
  *
  *   encode(lines, header, hours) -> (values, keys, taken, payload_bytes, text_bytes, declined)
  *   columns(lines, hours) -> (rows, declined)
+ *   int_field_counts(values, header, steps) -> (counts, declined)
  *
  *   lines    a list of str, one CSV line each, without its line break
  *   header   the Confluent wire-format header (magic byte and schema id), prepended to each value
@@ -26,6 +27,9 @@
  *
  * The field rules below are CLEAN_ROW_PATTERN written out; the module exports the pattern it
  * implements as CLEAN_ROW_PATTERN and the Python side refuses the module if the two differ.
+ *
+ * `int_field_counts` goes the other way for the checks that count records in Kafka: of wire-format
+ * payloads, how many hold each value of one int field (the hour), stepping over the fields before it.
  *
  * The lines are validated and encoded without the GIL (the str objects are held by a tuple for
  * the duration), so worker threads encode while the producing thread runs.
@@ -493,6 +497,150 @@ done:
     return result;
 }
 
+/* int_field_counts: how many payloads hold each value of one int/long field (see the method doc).
+ * The fields before it are stepped over by kind, one code each in `steps`: 'v' a varint (int,
+ * long), 's' a length-prefixed value (string, bytes), '1' / '4' / '8' that many bytes (boolean,
+ * float, double). Nothing else of the payload is read. */
+static int read_varint(const unsigned char **at, const unsigned char *end, int64_t *value) {
+    const unsigned char *p = *at;
+    uint64_t n = 0;
+    for (int shift = 0; p < end && shift < 64; shift += 7) {
+        unsigned char b = *p++;
+        n |= (uint64_t)(b & 0x7F) << shift;
+        if (b < 0x80) {
+            *at = p;
+            *value = (int64_t)(n >> 1) ^ -(int64_t)(n & 1);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int int_field_of(const unsigned char *p, Py_ssize_t n, const char *steps, Py_ssize_t step_count,
+                        Py_ssize_t header_len, int64_t *value) {
+    const unsigned char *end = p + n;
+    int64_t v;
+    p += header_len;
+    for (Py_ssize_t i = 0; i < step_count; i++) {
+        switch (steps[i]) {
+        case 'v':
+            if (!read_varint(&p, end, &v)) return 0;
+            break;
+        case 's':
+            if (!read_varint(&p, end, &v) || v < 0 || v > end - p) return 0;
+            p += v;
+            break;
+        default: /* '1', '4', '8' (checked on entry) */
+            if (end - p < steps[i] - '0') return 0;
+            p += steps[i] - '0';
+        }
+    }
+    return read_varint(&p, end, value);
+}
+
+typedef struct {
+    int64_t value;
+    Py_ssize_t count; /* 0: a free slot */
+} value_count;
+
+typedef struct {
+    value_count *slots;
+    size_t mask, used;
+} value_counts;
+
+static inline size_t slot_of(const value_counts *t, int64_t value) {
+    size_t i = (size_t)((uint64_t)value * 0x9E3779B97F4A7C15ULL >> 20) & t->mask;
+    while (t->slots[i].count && t->slots[i].value != value) i = (i + 1) & t->mask;
+    return i;
+}
+
+static int count_value(value_counts *t, int64_t value) {
+    size_t i = slot_of(t, value);
+    if (t->slots[i].count) {
+        t->slots[i].count++;
+        return 0;
+    }
+    if (2 * (t->used + 1) > t->mask + 1) { /* keep the table at most half full */
+        value_counts bigger = {PyMem_Calloc(2 * (t->mask + 1), sizeof(value_count)), 2 * t->mask + 1, t->used};
+        if (bigger.slots == NULL) return -1;
+        for (size_t k = 0; k <= t->mask; k++)
+            if (t->slots[k].count) bigger.slots[slot_of(&bigger, t->slots[k].value)] = t->slots[k];
+        PyMem_Free(t->slots);
+        *t = bigger;
+        i = slot_of(t, value);
+    }
+    t->slots[i].value = value;
+    t->slots[i].count = 1;
+    t->used++;
+    return 0;
+}
+
+static PyObject *int_field_counts(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *values_arg;
+    Py_buffer header;
+    const char *steps;
+    Py_ssize_t step_count;
+    if (!PyArg_ParseTuple(args, "Oy*s#:int_field_counts", &values_arg, &header, &steps, &step_count)) return NULL;
+    PyObject *result = NULL, *counts = NULL, *declined = NULL, *values = NULL;
+    value_counts table = {PyMem_Calloc(256, sizeof(value_count)), 255, 0};
+    if (table.slots == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < step_count; i++) {
+        if (strchr("vs148", steps[i]) == NULL) {
+            PyErr_Format(PyExc_ValueError, "int_field_counts: step '%c' is not one of v, s, 1, 4, 8", steps[i]);
+            goto done;
+        }
+    }
+    values = PySequence_Fast(values_arg, "int_field_counts: values must be a sequence of bytes");
+    if (values == NULL) goto done;
+    declined = PyList_New(0);
+    if (declined == NULL) goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(values);
+    PyObject **items = PySequence_Fast_ITEMS(values);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = items[i];
+        int64_t value;
+        if (PyBytes_Check(item) && PyBytes_GET_SIZE(item) >= header.len &&
+            memcmp(PyBytes_AS_STRING(item), header.buf, (size_t)header.len) == 0 &&
+            int_field_of((const unsigned char *)PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item), steps, step_count,
+                         header.len, &value)) {
+            if (count_value(&table, value) < 0) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            continue;
+        }
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL || PyList_Append(declined, index) < 0) {
+            Py_XDECREF(index);
+            goto done;
+        }
+        Py_DECREF(index);
+    }
+    counts = PyDict_New();
+    if (counts == NULL) goto done;
+    for (size_t k = 0; k <= table.mask; k++) {
+        if (!table.slots[k].count) continue;
+        PyObject *key = PyLong_FromLongLong(table.slots[k].value);
+        PyObject *count = PyLong_FromSsize_t(table.slots[k].count);
+        int failed = key == NULL || count == NULL || PyDict_SetItem(counts, key, count) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(count);
+        if (failed) goto done;
+    }
+    result = Py_BuildValue("(OO)", counts, declined);
+
+done:
+    Py_XDECREF(values);
+    Py_XDECREF(counts);
+    Py_XDECREF(declined);
+    PyMem_Free(table.slots);
+    PyBuffer_Release(&header);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode", encode, METH_VARARGS,
      "encode(lines, header, hours) -> (values, keys, taken, payload_bytes, text_bytes, declined)\n\n"
@@ -502,14 +650,21 @@ static PyMethodDef methods[] = {
      "columns(lines, hours) -> (rows, declined)\n\n"
      "The clean rows of the lines as packed records (ROW_LAYOUT, native byte order), in line order,\n"
      "and the indices of the lines that are not clean rows, for the row path to decide."},
+    {"int_field_counts", int_field_counts, METH_VARARGS,
+     "int_field_counts(values, header, steps) -> (counts, declined)\n\n"
+     "How many of the wire-format payloads (bytes) starting with `header` hold each value of one int or\n"
+     "long field, the fields before it stepped over by `steps` (one code a field: 'v' int/long, 's'\n"
+     "string/bytes, '1' boolean, '4' float, '8' double): counts maps value -> payloads. A payload that is\n"
+     "not bytes, starts otherwise or ends too soon is left to the caller: its index is in `declined`."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "avazu_rowcodec",
-    .m_doc = "Validate and Avro-encode the clean rows of a batch of Avazu CSV lines (see encode), or read "
-              "their figures for the EDA survey (see columns).",
+    .m_doc = "Validate and Avro-encode the clean rows of a batch of Avazu CSV lines (see encode), read "
+              "their figures for the EDA survey (see columns), or count an int field of encoded records "
+              "(see int_field_counts).",
     .m_size = -1,
     .m_methods = methods,
 };

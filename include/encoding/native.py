@@ -1,5 +1,6 @@
 """The C codec (native/avazu_rowcodec.c), refused when it does not fit the contract: as a batch
-encoder for the ingestion, and as a reader of the clean rows' figures for the EDA survey."""
+encoder for the ingestion, as a reader of the clean rows' figures for the EDA survey, and as a
+counter of an int field of encoded records for the checks that count records in Kafka."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ def native_codec_problem() -> str | None:
     if _native.PLACEHOLDER_DEVICE_ID != PLACEHOLDER_DEVICE_ID:
         return "the installed avazu_rowcodec keys rows by another placeholder device id than include.avazu.contract"
     return None
+
+
+def int_field_counts():
+    """The C codec's ``int_field_counts(values, header, steps) -> (counts, declined)`` (see
+    native/avazu_rowcodec.c), or None where the codec is not installed or older than it."""
+    return getattr(_native, "int_field_counts", None)
 
 
 class NativeEncoder:

@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer
 
+from include.encoding.native import int_field_counts
 from include.health.outcome import CheckOutcome, Metric, first_problems
 from include.ingest.checkpoint import Checkpoint, checkpoint_keys_of, load_checkpoint_schema, read_checkpoints
 from include.ingest.config import IngestTopics
 from include.ingest.staging import find_partition
 from include.kafka.headers import DLQ_HEADER_PREFIX, INGEST_HOUR_HEADER, generation_of
-from include.kafka.reader import read_to_end, reader_config
-from include.kafka.wire import AvroDecoder, int_field_reader, load_schema, split_header
+from include.kafka.reader import read_batches_to_end, read_to_end, reader_config
+from include.kafka.wire import AvroDecoder, int_field_reader, int_field_steps, load_schema, split_header, wire_header
 from include.paths import SCHEMAS_DIR
 
 if TYPE_CHECKING:
@@ -48,22 +49,44 @@ _HOUR_ONLY = {**{k: v for k, v in load_schema(SCHEMAS_DIR / "ad_event.avsc").ite
 
 
 class HourReader:
-    """The ``hour`` of a raw record's payload, without decoding the rest where its schema allows."""
+    """The ``hour`` of a raw record's payload, without decoding the rest where its schema allows;
+    ``count`` counts a list of them (by the C codec where it is installed)."""
 
     def __init__(self, fetch_schema):
         self._fetch = fetch_schema
         self._decoder = AvroDecoder(fetch_schema, reader_schema=_HOUR_ONLY)
         self._readers: dict[int, Any] = {}
+        self._steps: dict[int, str | None] = {}
+        self._counts = int_field_counts()
 
     def __call__(self, payload: bytes) -> int:
-        schema_id = split_header(payload)[0]
+        return self._reader(split_header(payload)[0])(payload)
+
+    def _reader(self, schema_id: int):
         reader = self._readers.get(schema_id)
         if reader is None:
             raw = self._fetch(schema_id)
-            reader = int_field_reader(json.loads(raw) if isinstance(raw, str) else raw, "hour") or (
-                lambda value: self._decoder.decode(value)["hour"])
+            schema = json.loads(raw) if isinstance(raw, str) else raw
+            self._steps[schema_id] = int_field_steps(schema, "hour")
+            reader = int_field_reader(schema, "hour") or (lambda value: self._decoder.decode(value)["hour"])
             self._readers[schema_id] = reader
-        return reader(payload)
+        return reader
+
+    def count(self, payloads: list[bytes]) -> Counter:
+        """How many of ``payloads`` belong to each hour. The C codec counts those of the first one's
+        schema in one call; any other is read one at a time (and a payload that is not in the wire
+        format raises, as one read alone does)."""
+        if not payloads:
+            return Counter()
+        schema_id = split_header(payloads[0])[0]
+        self._reader(schema_id)
+        steps = self._steps[schema_id]
+        if self._counts is None or steps is None:
+            return Counter(map(self, payloads))
+        found, declined = self._counts(payloads, wire_header(schema_id), steps)
+        counts = Counter(found)
+        counts.update(self(payloads[i]) for i in declined)
+        return counts
 
 
 def read_hour_checkpoints(kafka_config: dict[str, Any], fetch_schema: Callable[[int], str],
@@ -234,7 +257,7 @@ def _staged_rows(inputs: HealthInputs, hour: int, cps: list[Checkpoint], problem
     return f"manifest {partition.rows:,} rows"
 
 
-# A progress line every this many raw records (about every 7 s at the measured 143k records/s).
+# A progress line every this many raw records (about every 4 s at the measured 250k records/s).
 _PROGRESS_EVERY = 1_000_000
 
 
@@ -248,23 +271,28 @@ def count_hour_records(inputs: HealthInputs, since_ms: int, hours: set[int]):
     dlq: Counter = Counter()
     unattributed = 0
     consumer = Consumer(reader_config(inputs.kafka_config, f"pipeline-health-{uuid.uuid4().hex}"))
-    began, read = time.monotonic(), 0
+    began, read, reported = time.monotonic(), 0, 0
     try:
-        for message in read_to_end(consumer, [topics.raw], timeout=600, batch=10_000, since_ms=since_ms):
-            read += 1
-            if read % _PROGRESS_EVERY == 0:
+        for records in read_batches_to_end(consumer, [topics.raw], timeout=600, batch=10_000, since_ms=since_ms):
+            read += len(records)
+            if read - reported >= _PROGRESS_EVERY:
+                reported = read
                 elapsed = time.monotonic() - began
                 inputs.log.info("counting %s: %s records so far, %s records/s", topics.raw, f"{read:,}",
                                 f"{read / elapsed:,.0f}")
-            headers = message.headers()
-            if headers is None:  # generation 0, written by the ingestion
-                raw[(hour_of(message.value()), 0)] += 1
-                continue
-            names = dict(headers)
-            if any(name.startswith(DLQ_HEADER_PREFIX) for name in names):
-                repaired[hour_of(message.value())] += 1
-                continue
-            raw[(hour_of(message.value()), generation_of(names))] += 1
+            plain = []  # generation 0, written by the ingestion: no headers
+            for message in records:
+                headers = message.headers()
+                if headers is None:
+                    plain.append(message.value())
+                    continue
+                names = dict(headers)
+                if any(name.startswith(DLQ_HEADER_PREFIX) for name in names):
+                    repaired[hour_of(message.value())] += 1
+                    continue
+                raw[(hour_of(message.value()), generation_of(names))] += 1
+            for hour, count in hour_of.count(plain).items():
+                raw[(hour, 0)] += count
         for message in read_to_end(consumer, [topics.dlq], timeout=600, batch=10_000, since_ms=since_ms):
             read += 1
             names = dict(message.headers() or ())
@@ -275,7 +303,8 @@ def count_hour_records(inputs: HealthInputs, since_ms: int, hours: set[int]):
                 unattributed += 1
     finally:
         consumer.close()
-    inputs.log.info("counted %s records of %s and %s in %.1f s", f"{read:,}", topics.raw, topics.dlq,
-                    time.monotonic() - began)
+    elapsed = time.monotonic() - began
+    inputs.log.info("counted %s records of %s and %s in %.1f s (%s records/s)", f"{read:,}", topics.raw, topics.dlq,
+                    elapsed, f"{read / elapsed if elapsed else 0:,.0f}")
     return ({k: v for k, v in raw.items() if k[0] in hours}, {h: n for h, n in repaired.items() if h in hours},
             {k: v for k, v in dlq.items() if k[0] in hours}, unattributed)

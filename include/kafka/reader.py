@@ -41,6 +41,10 @@ READER_SETTINGS = {
     "auto.offset.reset": "earliest",
     # The end of a partition shows as an empty fetch; do not let the broker hold it for 500 ms.
     "fetch.wait.max.ms": 10,
+    # A read to the end drains the local queue as fast as it can: once the queue is over its
+    # thresholds, fetch again after 10 ms, not librdkafka's 1 s. Measured on 6M records of the raw
+    # topic: 143k records/s (the fetcher idle a quarter of the time) -> 258k, peak RSS 174 -> 188 MB.
+    "fetch.queue.backoff.ms": 10,
 }
 
 
@@ -64,7 +68,18 @@ def reader_config(kafka_config: dict[str, Any], group_id: str, *, committed_only
 
 def read_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool = False, commit: bool = True,
                 timeout: float = 60.0, batch: int = 1000, since_ms: int | None = None) -> Iterator[Message]:
-    """Yield every record up to the end of each partition of ``topics`` (see the module doc).
+    """Yield every record up to the end of each partition of ``topics``, one at a time: the records of
+    :func:`read_batches_to_end` (which says what the arguments do and what it raises)."""
+    for records in read_batches_to_end(consumer, topics, from_committed=from_committed, commit=commit,
+                                       timeout=timeout, batch=batch, since_ms=since_ms):
+        yield from records
+
+
+def read_batches_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool = False, commit: bool = True,
+                        timeout: float = 60.0, batch: int = 1000,
+                        since_ms: int | None = None) -> Iterator[list[Message]]:
+    """Yield every record up to the end of each partition of ``topics`` (see the module doc), in lists
+    of at most ``batch`` in the order consumed: for a caller that counts millions, a list at a time.
 
     Create ``consumer`` with :func:`reader_config`. ``commit=False`` leaves the offsets of a
     ``from_committed`` read to the caller (a transaction sends them with its output). ``since_ms``
@@ -93,6 +108,15 @@ def read_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool =
     deadline = time.monotonic() + timeout
     # Partitions at their end but below their high watermark: since when, at which high watermark.
     short: dict[tuple[str, int], tuple[float, int]] = {}
+    # Partitions taken out of `pending` (at their end): a record of one puts it back.
+    ended: set[tuple[str, int]] = set()
+
+    def took(key: tuple[str, int]) -> None:
+        """A record of partition ``key``: not at its end after all (a record after its end-of-partition event)."""
+        pending.add(key)
+        short.pop(key, None)
+        ended.discard(key)
+
     read = 0
     try:
         while not known or pending:
@@ -105,30 +129,41 @@ def read_to_end(consumer: Consumer, topics: list[str], *, from_committed: bool =
                 log.info("%s[%d]: the records before offset %d are in a transaction still open after %.0f s; not read",
                          *key, short.pop(key)[1], OPEN_TRANSACTION_WAIT_S)
                 pending.discard(key)
+                ended.add(key)
             # A short timeout once assigned: consume() waits that long whenever fewer records than
             # asked are left, which is every time near the end of a partition.
-            for message in consumer.consume(num_messages=batch, timeout=0.02 if known else 0.5):
-                error = message.error()
-                if error is None:
-                    read += 1
-                    # Not at its end after all (a record after its end-of-partition event).
-                    pending.add((message.topic(), message.partition()))
-                    short.pop((message.topic(), message.partition()), None)
-                    yield message
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    key = (message.topic(), message.partition())
-                    _, high = consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
-                    if message.offset() >= high:
-                        short.pop(key, None)
-                        pending.discard(key)
+            messages = consumer.consume(num_messages=batch, timeout=0.02 if known else 0.5)
+            records = [message for message in messages if message.error() is None]
+            if len(records) == len(messages):
+                # Records only (nearly every batch): their partitions matter only once one has ended.
+                if short or ended:
+                    for key in {(message.topic(), message.partition()) for message in records}:
+                        took(key)
+            else:
+                # Events among them: taken in order, since a record after an end event undoes it.
+                for message in messages:
+                    error = message.error()
+                    if error is None:
+                        took((message.topic(), message.partition()))
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        key = (message.topic(), message.partition())
+                        _, high = consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
+                        if message.offset() >= high:
+                            short.pop(key, None)
+                            pending.discard(key)
+                            ended.add(key)
+                        else:
+                            short.setdefault(key, (now, high))
+                    elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        raise TopicsMissing(f"cannot read {', '.join(topics)}: {error.str()}")
+                    elif error.fatal():
+                        raise KafkaFatalError(f"the consumer reading {', '.join(topics)} failed: {error.str()}")
                     else:
-                        short.setdefault(key, (now, high))
-                elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise TopicsMissing(f"cannot read {', '.join(topics)}: {error.str()}")
-                elif error.fatal():
-                    raise KafkaFatalError(f"the consumer reading {', '.join(topics)} failed: {error.str()}")
-                else:
-                    log.warning("consumer error while reading %s (the client retries): %s", ", ".join(topics), error)
+                        log.warning("consumer error while reading %s (the client retries): %s",
+                                    ", ".join(topics), error)
+            if records:
+                read += len(records)
+                yield records
         if from_committed and commit and read:
             _commit(consumer)
     finally:

@@ -106,10 +106,9 @@ class AvroDecoder:
 
 
 # Avro primitives whose encoding can be stepped over without a schema library: how many bytes
-# they take is in the first bytes (a zig-zag varint length) or fixed.
-_FIXED_SIZES = {"boolean": 1, "float": 4, "double": 8}
+# they take is in the first bytes (a zig-zag varint length) or fixed. Their step codes (see
+# int_field_steps): 'v' a varint, 's' a varint length and that many bytes, a digit that many bytes.
 _VARINTS = {"int", "long"}
-_LENGTH_PREFIXED = {"string", "bytes"}
 
 
 def _primitive(field_type: Any) -> str | None:
@@ -118,24 +117,34 @@ def _primitive(field_type: Any) -> str | None:
     return field_type if isinstance(field_type, str) else None
 
 
+_STEP_CODES = {"int": "v", "long": "v", "string": "s", "bytes": "s", "boolean": "1", "float": "4", "double": "8"}
+
+
+def int_field_steps(writer_schema: dict[str, Any], name: str) -> str | None:
+    """How to step to the int/long field ``name`` of a record: one code per field before it ('v' a
+    varint, 's' length-prefixed, '1'/'4'/'8' that many bytes), or None when a field before it is
+    not a primitive (a union, a record, ...) or ``name`` is not an int/long field."""
+    steps = ""
+    for column in writer_schema.get("fields", []):
+        kind = _primitive(column["type"])
+        if column["name"] == name:
+            return steps if kind in _VARINTS else None
+        if kind not in _STEP_CODES:
+            return None
+        steps += _STEP_CODES[kind]
+    return None
+
+
 def int_field_reader(writer_schema: dict[str, Any], name: str) -> Callable[[bytes], int] | None:
     """A reader of one int/long field of a wire-format payload that decodes nothing else, or None.
 
     Only for a record whose fields before ``name`` are all primitives (strings, numbers, booleans):
-    those are stepped over by their lengths, which is about ten times faster than decoding the
-    record. Any other layout gives None: decode it with :class:`AvroDecoder` instead.
+    those are stepped over by their lengths (:func:`int_field_steps`), which is about ten times
+    faster than decoding the record. Any other layout gives None: decode it with
+    :class:`AvroDecoder` instead.
     """
-    steps: list[str] = []
-    for column in writer_schema.get("fields", []):
-        kind = _primitive(column["type"])
-        if column["name"] == name:
-            if kind not in _VARINTS:
-                return None
-            break
-        if kind not in _VARINTS | _LENGTH_PREFIXED | set(_FIXED_SIZES):
-            return None
-        steps.append(kind)
-    else:
+    steps = int_field_steps(writer_schema, name)
+    if steps is None:
         return None
 
     def varint(data: bytes, at: int) -> tuple[int, int]:
@@ -150,13 +159,14 @@ def int_field_reader(writer_schema: dict[str, Any], name: str) -> Callable[[byte
 
     def read(payload: bytes) -> int:
         at = 5  # the wire header: magic byte and schema id
-        for kind in steps:
-            if kind in _FIXED_SIZES:
-                at += _FIXED_SIZES[kind]
+        for code in steps:
+            if code == "v":
+                at = varint(payload, at)[1]
+            elif code == "s":
+                length, at = varint(payload, at)
+                at += length
             else:
-                value, at = varint(payload, at)
-                if kind in _LENGTH_PREFIXED:
-                    at += value
+                at += int(code)
         return varint(payload, at)[0]
 
     return read

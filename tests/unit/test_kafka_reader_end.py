@@ -135,3 +135,32 @@ def test_a_leader_that_never_comes_is_a_retriable_failure_in_one_sentence(clock,
     with pytest.raises(KafkaFatalError, match=r"the broker did not give the offsets of t\[0\]"):
         list(reader.read_to_end(other, ["t"]))
     assert other.refusals == 0  # asked once: an error that is not a leader moving is not asked again
+
+
+class _TwoPartitions(_ScriptedConsumer):
+    def list_topics(self, topic, timeout):
+        class Described:
+            partitions = {0: None, 1: None}
+            error = None
+
+        class Metadata:
+            topics = {topic: Described()}
+
+        return Metadata()
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout=None, cached=False):
+        return 0, self.high[tp.partition]
+
+
+def test_batches_come_in_order_and_a_record_after_an_end_reopens_its_partition(clock):
+    # Partition 0 ends at 1; a record of it comes after that (in a batch of records only), so the
+    # read goes on past partition 1's end until partition 0 ends again.
+    consumer = _TwoPartitions([[_Event(0, 0, False), _Event(1, 0, False), _Event(0, 1, True)],
+                               [_Event(1, 1, False), _Event(0, 1, False)],
+                               [_Event(1, 2, True)],
+                               [_Event(0, 2, False)],
+                               [_Event(0, 3, True)]], high={0: 1, 1: 2})
+    batches = list(reader.read_batches_to_end(consumer, ["t"]))
+    assert [[(m.partition(), m.offset()) for m in batch] for batch in batches] == [
+        [(0, 0), (1, 0)], [(1, 1), (0, 1)], [(0, 2)]]
+    assert consumer.script == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections import Counter
 
 import pytest
 
@@ -72,3 +73,58 @@ def test_an_int_field_is_read_by_stepping_over_the_primitives_before_it_exactly_
     unioned = {**schema, "fields": [schema["fields"][-1], *schema["fields"][:-1]]}
     assert int_field_reader(unioned, "hour") is None
     assert int_field_reader(schema, "id") is None and int_field_reader(schema, "missing") is None
+
+
+def test_the_c_codec_counts_an_int_field_as_the_python_reader_reads_it_and_leaves_the_rest_to_it():
+    import avazu_rowcodec
+
+    from include.kafka.wire import AvroEncoder, int_field_reader, int_field_steps, wire_header
+
+    schema = {"type": "record", "name": "R", "fields": [
+        {"name": "id", "type": "string"}, {"name": "blob", "type": "bytes"}, {"name": "ok", "type": "boolean"},
+        {"name": "ratio", "type": "float"}, {"name": "weight", "type": "double"}, {"name": "n", "type": "long"},
+        {"name": "hour", "type": "int"}]}
+    steps = int_field_steps(schema, "hour")
+    assert steps == "ss148v"
+    encoder, read = AvroEncoder(schema, 7), int_field_reader(schema, "hour")
+    payloads = [encoder.encode({"id": "é" * (i % 90), "blob": b"\x01" * (i % 200), "ok": i % 2 == 0, "ratio": i / 3,
+                                "weight": -i * 1e10, "n": (-1) ** i * 7 ** (i % 22), "hour": 14102100 + i % 5 - 2 * (i % 2)})
+                for i in range(1000)]
+    other_schema = AvroEncoder(schema, 8).encode({"id": "x", "blob": b"", "ok": True, "ratio": 0.0, "weight": 0.0,
+                                                  "n": 0, "hour": 1})
+    odd = [other_schema, payloads[0][:9], None, b""]
+    counts, declined = avazu_rowcodec.int_field_counts(payloads + odd, wire_header(7), steps)
+    assert counts == dict(Counter(map(read, payloads)))
+    assert declined == [1000, 1001, 1002, 1003]
+    assert avazu_rowcodec.int_field_counts([], b"\x00\x00\x00\x00\x07", "") == ({}, [])
+    with pytest.raises(ValueError, match="step 'x' is not one of v, s, 1, 4, 8"):
+        avazu_rowcodec.int_field_counts(payloads, b"", "vx")
+
+
+def test_the_hour_reader_counts_a_batch_the_same_with_and_without_the_c_codec(monkeypatch):
+    from include.health.hours import HourReader
+    from include.kafka.wire import AvroEncoder, load_schema
+    from include.paths import SCHEMAS_DIR
+
+    schema = load_schema(SCHEMAS_DIR / "ad_event.avsc")
+    # A later version with a union first: the hour is decoded, not stepped to.
+    unioned = {**schema, "fields": [{"name": "extra", "type": ["null", "int"], "default": None}, *schema["fields"]]}
+    schemas = {1: schema, 2: unioned}
+    row = {field["name"]: field.get("default") for field in schema["fields"]}
+    row.update(id="10000174058809263569", click=1, C1=1005, banner_pos=0, device_type=1, device_conn_type=0)
+    for name in ("site_id", "site_domain", "site_category", "app_id", "app_domain", "app_category",
+                 "device_id", "device_ip", "device_model"):
+        row[name] = "1fbe01fe"
+    for name in ("C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21"):
+        row[name] = 100
+    payloads = [AvroEncoder(schemas[1 + (i % 7 == 0)], 1 + (i % 7 == 0)).encode({**row, "hour": 14102100 + i % 24})
+                for i in range(500)]
+    fetch = lambda schema_id: json.dumps(schemas[schema_id])  # noqa: E731
+    expected = Counter(14102100 + i % 24 for i in range(500))
+
+    assert HourReader(fetch).count(payloads) == expected
+    assert HourReader(fetch).count(payloads[1:]) == expected - Counter([14102100])  # a batch led by version 2
+    without = HourReader(fetch)
+    monkeypatch.setattr(without, "_counts", None)
+    assert without.count(payloads) == expected
+    assert HourReader(fetch).count([]) == Counter()
