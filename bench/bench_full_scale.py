@@ -10,6 +10,10 @@ Without ``--source`` it generates an Avazu-format gzip file of the real data set
 * ``stage``  - include.ingest.staging: one pass over the file into 240 hour partitions;
 * ``ingest`` - include.ingest: every staged hour, one after the other (one task's work), through
   ``HourlyIngestor`` into sandbox topics: exactly once, DLQ, checkpoints, counts reconciled;
+* ``health`` (with ``ingest``) - pipeline_health's two checks of the ingested hours, in-process
+  (include.health.hours): ``dlq_ratio`` from the hours' checkpoints, and ``reconciliation``, which
+  counts every hour's records in the raw topic and the DLQ against the rows its ingestion read and
+  its staged manifest;
 * ``ceiling`` - the baseline in the same run: librdkafka producing the same Avro payloads with the
   same settings and transaction cadence in a tight loop (bench/bench_ingest.py's), over the first
   ``--ceiling-rows`` rows: how fast a Python producer can go here at all;
@@ -54,7 +58,7 @@ TARGET_STAGE_AND_INGEST_S = 240.0
 TARGET_PEAK_RSS_MB = 1024.0
 TARGET_BACKFILL_S = 900.0
 TARGET_HEALTH_S = 60.0
-PHASES = ("stage", "ingest", "ceiling", "airflow")
+PHASES = ("stage", "ingest", "ceiling", "health", "airflow")
 
 
 def _child_stage(options: dict) -> dict:
@@ -93,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=2, metavar=("MODE", "OPTIONS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_child_stage(json.loads(args.child[1])), default=str))
+        child = {"stage": _child_stage, "health": _child_health}[args.child[0]]
+        print(json.dumps(child(json.loads(args.child[1])), default=str))
         return 0
 
     phases = {phase.strip() for phase in args.phases.split(",") if phase.strip()} | {"stage"}
     if phases - set(PHASES):
         parser.error(f"unknown phase(s) {', '.join(sorted(phases - set(PHASES)))}; choose from {', '.join(PHASES)}")
+    if "health" in phases and "ingest" not in phases:
+        parser.error("the health phase checks the hours the ingest phase wrote: add ingest to --phases")
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"machine speed: sum(range(10**7)) takes {bench_ingest._calibration_s():.2f} s here; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -159,6 +166,8 @@ def _ingest_and_ceiling(args: argparse.Namespace, phases: set[str], staging: Pat
             figures.update(ingest_s=round(ingest["wall_s"], 1), ingest_rows_per_s=round(ingest["rows"] / ingest["wall_s"]),
                            ingest_peak_rss_mb=round(ingest["peak_rss_mb"]), produced=ingest["produced"],
                            dead_lettered=ingest["dead_lettered"], broker_disk_mb=round(disk_mb))
+            if "health" in phases:
+                figures.update(_health_of(topics, staging, ingest))
         if "ceiling" in phases:
             ceiling_topics = sandbox("ceiling")
             schema_id = lookup_schema_id(registry, f"{ceiling_topics.raw}-value", load_ad_event_schema())
@@ -188,6 +197,52 @@ def _ingest_and_ceiling(args: argparse.Namespace, phases: set[str], staging: Pat
               f"{'met' if both <= TARGET_STAGE_AND_INGEST_S else 'MISSED'}); peak memory of a phase {peak:.0f} MB "
               f"(target {TARGET_PEAK_RSS_MB:.0f} MB: {'met' if peak <= TARGET_PEAK_RSS_MB else 'MISSED'})")
     return figures
+
+
+def _child_health(options: dict) -> dict:
+    import logging
+    import tempfile
+
+    from include.health.checks import HealthInputs
+    from include.health.config import load_health_config
+    from include.health.hours import check_dlq_ratio, check_reconciliation
+    from include.ingest.config import IngestTopics, load_ingest_config
+    from include.kafka_admin.sandbox import sandbox_catalog
+
+    logging.basicConfig(level=logging.WARNING, format="  %(message)s")
+    logging.getLogger("include").setLevel(logging.INFO)  # the count's progress lines, not each registry call
+    topics = IngestTopics(**options["topics"])
+    ingest = load_ingest_config().with_topics(topics).replace("bench", staging_uri=options["staging"])
+    with tempfile.TemporaryDirectory(prefix="bench-full-health-") as work:
+        health = load_health_config().replace(state_uri=f"{work}/state.json", report_uri=f"{work}/reports")
+        inputs = HealthInputs(config=health, kafka_config=bench_ingest._kafka_config(), registry=bench_ingest._registry(),
+                              ingest=ingest, catalog=sandbox_catalog({"raw": topics.raw}))
+        figures: dict = {}
+        for name, check in (("dlq_ratio", check_dlq_ratio), ("reconciliation", check_reconciliation)):
+            inputs.cache.clear()  # each reads the hours' checkpoints itself, as each check's task does
+            began = time.monotonic()
+            outcome = check(inputs)
+            figures[name] = {"ok": outcome.ok, "seconds": round(time.monotonic() - began, 1), "summary": outcome.summary,
+                             "hours": len({row["hour"] for row in outcome.rows})}
+    # The records the reconciliation found in Kafka (raw + DLQ), every hour's.
+    figures["rows"] = sum(row["raw"] + row["dlq"] for row in outcome.rows)
+    return figures
+
+
+def _health_of(topics, staging: Path, ingest: dict) -> dict:
+    """pipeline_health's dlq_ratio and reconciliation over the ingested hours, in a child process."""
+    health = _run_self("health", {"topics": topics.as_dict(), "staging": str(staging)})
+    reconciliation, dlq_ratio = health["reconciliation"], health["dlq_ratio"]
+    print(f"health: dlq_ratio {'pass' if dlq_ratio['ok'] else 'FAIL'} in {dlq_ratio['seconds']:.1f} s "
+          f"({dlq_ratio['summary'][:100]})")
+    print(f"health: reconciliation {'pass' if reconciliation['ok'] else 'FAIL'} over {reconciliation['hours']} hours in "
+          f"{reconciliation['seconds']:.1f} s, {health['rows'] / reconciliation['seconds']:,.0f} records/s "
+          f"(target {TARGET_HEALTH_S:.0f} s: {'met' if reconciliation['seconds'] <= TARGET_HEALTH_S else 'MISSED'}), "
+          f"peak RSS {health['peak_rss_mb']:.0f} MB: {reconciliation['summary'][:120]}")
+    assert reconciliation["ok"] and health["rows"] == ingest["rows"], (health, ingest["rows"])
+    return {"health_reconciliation_s": reconciliation["seconds"], "health_dlq_ratio_s": dlq_ratio["seconds"],
+            "health_records_per_s": round(health["rows"] / reconciliation["seconds"]),
+            "health_peak_rss_mb": round(health["peak_rss_mb"])}
 
 
 class _PeakMemory:

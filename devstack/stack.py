@@ -363,7 +363,7 @@ class Service:
         session. Airflow's task processes do that (its supervisor's ``setpgid``), and a task that
         outlived its scheduler would otherwise run on with nothing to report to.
         """
-        left = _session_members(session)
+        left = session_members(session)
         for pid in left:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -404,7 +404,7 @@ def _cluster_id() -> str:
             return cluster_id
 
 
-def _session_members(session: int) -> list[int]:
+def session_members(session: int) -> list[int]:
     """The pids of the live processes in ``session`` (field 6 of /proc/<pid>/stat)."""
     members = []
     for entry in os.scandir("/proc"):

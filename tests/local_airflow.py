@@ -29,6 +29,7 @@ import yaml
 from confluent_kafka.admin import AdminClient
 
 from devstack import Stack
+from devstack.stack import session_members
 from devstack.airflow import celery_environment, metadata_url
 from include.avazu.generator import FaultKind, GenerationTruth, GeneratorSpec, generate
 from include.avazu.reader import read_all
@@ -204,9 +205,11 @@ def copy_config_with_topics(config_dir: Path, topics: dict[str, str]) -> None:
 
 
 def leftover_processes(home: Path) -> list[str]:
-    """Pids of processes devstack started for the Airflow home ``home`` that still run."""
+    """Pids of the processes devstack started for the Airflow home ``home`` that still run, and of the
+    processes in their sessions: Airflow's task processes rewrite their title over the environment
+    that marks them (setproctitle), but stay in the session of the service that started them."""
     marker, home_bytes = b"DEVSTACK_SERVICE=", str(home).encode()
-    left = []
+    started = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -214,8 +217,8 @@ def leftover_processes(home: Path) -> list[str]:
             except OSError:
                 continue
             if home_bytes in environ and marker in environ:
-                left.append(proc.name)
-    return left
+                started.append(int(proc.name))
+    return [str(pid) for pid in sorted({member for pid in started for member in session_members(pid)} | set(started))]
 
 
 @dataclass

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from devstack.stack import Service, StackSettings, _session_members
+from devstack.stack import Service, StackSettings, session_members
 
 # The service: a child that moves to a process group of its own (as Airflow's task processes do),
 # writes its pid, and both wait to be stopped.
@@ -57,7 +57,7 @@ def test_a_child_in_a_process_group_of_its_own_is_stopped_with_the_service(tmp_p
     service.wait_until_answers(time.monotonic() + 30)
     child = int(service.child_pidfile.read_text())
     assert os.getpgid(child) == child != pid  # out of reach of the service's group signal
-    assert sorted(_session_members(pid)) == sorted([pid, child])
+    assert sorted(session_members(pid)) == sorted([pid, child])
 
     try:
         assert service.stop(timeout=5)
@@ -66,8 +66,8 @@ def test_a_child_in_a_process_group_of_its_own_is_stopped_with_the_service(tmp_p
         while _running(child) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _running(child)
-        assert _session_members(pid) == []
+        assert session_members(pid) == []
         assert service.pid() is None
     finally:
-        for left in _session_members(pid):
+        for left in session_members(pid):
             os.kill(left, signal.SIGKILL)
