@@ -102,12 +102,8 @@ class Api:
         self.wait_for(f"{', '.join(dag_ids)} to be parsed",
                       lambda: set(dag_ids) <= {d["dag_id"] for d in self.get("/dags", limit=100)["dags"]}, timeout)
 
-    def backfill(self, dag_id: str, first: datetime, hours: int, max_active_runs: int,
-                 timeout: float = 900, check_alive=lambda: None) -> list[dict]:
-        """Backfill ``hours`` hourly runs from ``first`` and wait until the backfill is complete; every run
-        must have succeeded. The runs, in logical-date order. ``check_alive`` raises when a service died
-        (a backfill never completes without its scheduler)."""
-        last = first + timedelta(hours=hours - 1)
+    def create_backfill(self, dag_id: str, first: datetime, last: datetime, max_active_runs: int) -> dict:
+        """POST /backfills of the hourly runs from ``first`` to ``last``; the backfill created."""
         body = {"dag_id": dag_id, "from_date": first.isoformat(), "to_date": last.isoformat(),
                 "max_active_runs": max_active_runs, "reprocess_behavior": "failed", "dag_run_conf": {}}
 
@@ -119,7 +115,15 @@ class Api:
             assert response.status_code < 300, f"POST /backfills: {response.status_code} {response.text[:500]}"
             return response.json()
 
-        created = self.wait_for(f"the backfill of {dag_id} to be created", create, 120)
+        return self.wait_for(f"the backfill of {dag_id} to be created", create, 120)
+
+    def backfill(self, dag_id: str, first: datetime, hours: int, max_active_runs: int,
+                 timeout: float = 900, check_alive=lambda: None) -> list[dict]:
+        """Backfill ``hours`` hourly runs from ``first`` and wait until the backfill is complete; every run
+        must have succeeded. The runs, in logical-date order. ``check_alive`` raises when a service died
+        (a backfill never completes without its scheduler)."""
+        last = first + timedelta(hours=hours - 1)
+        created = self.create_backfill(dag_id, first, last, max_active_runs)
 
         def completed():
             check_alive()

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -182,9 +183,9 @@ def test_a_scheduler_backfill_ingests_two_avazu_hours(services, kafka_config):
     api, topics = services["api"], services["topics"]
     api.wait_for("avazu_hourly_ingest to be parsed",
                  lambda: any(d["dag_id"] == "avazu_hourly_ingest" for d in api.get("/dags")["dags"]), 90)
-    api.send("POST", "/backfills", {"dag_id": "avazu_hourly_ingest", "from_date": "2014-10-21T00:00:00Z",
-                                    "to_date": "2014-10-21T01:00:00Z", "max_active_runs": 2,
-                                    "reprocess_behavior": "failed", "dag_run_conf": {}})
+    # On SQLite the API may refuse it for a while with 503 "Database is locked": create_backfill asks again.
+    api.create_backfill("avazu_hourly_ingest", datetime(2014, 10, 21, 0, tzinfo=timezone.utc),
+                        datetime(2014, 10, 21, 1, tzinfo=timezone.utc), max_active_runs=2)
     runs = api.wait_for("two backfill runs", lambda: (found := [r for r in api.runs("avazu_hourly_ingest")
                                                                  if r["run_type"] == "backfill"]) and len(found) == 2
                         and found, timeout=90)
