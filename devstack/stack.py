@@ -404,18 +404,23 @@ def _cluster_id() -> str:
             return cluster_id
 
 
-def session_members(session: int) -> list[int]:
-    """The pids of the live processes in ``session`` (field 6 of /proc/<pid>/stat)."""
-    members = []
+def process_sessions() -> dict[int, int]:
+    """The session id of every live process, by pid (field 6 of /proc/<pid>/stat)."""
+    sessions = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(") ", 1)[1].split()
             except (OSError, IndexError):
                 continue
-            if fields[0] != "Z" and int(fields[3]) == session:
-                members.append(int(entry.name))
-    return members
+            if fields[0] != "Z":
+                sessions[int(entry.name)] = int(fields[3])
+    return sessions
+
+
+def session_members(session: int) -> list[int]:
+    """The pids of the live processes in ``session``."""
+    return [pid for pid, member_of in process_sessions().items() if member_of == session]
 
 
 def _proc_state(pid: int) -> tuple[str, str]:

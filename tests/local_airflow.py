@@ -29,7 +29,7 @@ import yaml
 from confluent_kafka.admin import AdminClient
 
 from devstack import Stack
-from devstack.stack import session_members
+from devstack.stack import process_sessions
 from devstack.airflow import celery_environment, metadata_url
 from include.avazu.generator import FaultKind, GenerationTruth, GeneratorSpec, generate
 from include.avazu.reader import read_all
@@ -213,7 +213,7 @@ def leftover_processes(home: Path) -> list[str]:
     processes in their sessions: Airflow's task processes rewrite their title over the environment
     that marks them (setproctitle), but stay in the session of the service that started them."""
     marker, home_bytes = b"DEVSTACK_SERVICE=", str(home).encode()
-    started = []
+    started: set[int] = set()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -221,8 +221,10 @@ def leftover_processes(home: Path) -> list[str]:
             except OSError:
                 continue
             if home_bytes in environ and marker in environ:
-                started.append(int(proc.name))
-    return [str(pid) for pid in sorted({member for pid in started for member in session_members(pid)} | set(started))]
+                started.add(int(proc.name))
+    # One look at every process's session (not one per process found): the peak-memory sampler asks often.
+    in_their_sessions = {pid for pid, session in process_sessions().items() if session in started}
+    return [str(pid) for pid in sorted(in_their_sessions | started)]
 
 
 @dataclass
