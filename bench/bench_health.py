@@ -77,18 +77,18 @@ def main() -> None:
     outcome = check_reconciliation(inputs)
     ours = time.monotonic() - began
     assert outcome.ok, outcome.summary
-    records_read = records = sum(r["raw"] for r in outcome.rows)
+    records = sum(r["raw"] for r in outcome.rows)
 
     def timed_read(count_hours) -> float:
         consumer = Consumer(reader_config(kafka, f"bench-health-{uuid.uuid4().hex}"))
         began = time.monotonic()
         count = 0
-        for records in read_batches_to_end(consumer, [topics.raw], batch=10_000, timeout=600):
-            count_hours([message.value() for message in records])
-            count += len(records)
+        for batch in read_batches_to_end(consumer, [topics.raw], batch=10_000, timeout=600):
+            count_hours([message.value() for message in batch])
+            count += len(batch)
         elapsed = time.monotonic() - began
         consumer.close()
-        assert count == records_read, (count, records_read)
+        assert count == records, (count, records)
         return elapsed
 
     python_reader = HourReader(schema_fetcher(registry))
